@@ -1,0 +1,240 @@
+"""The ``jobgate`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import click
+
+from app.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+ALL_SCOPES = "orch:read orch:quota orch:operate orch:backfill orch:submit"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        click.echo(f"jobgate: invalid setting: {exc}", err=True)
+        sys.exit(2)
+
+
+def _run(factory: Callable[[Settings], Awaitable[T]]) -> T:
+    return asyncio.run(factory(_settings()))
+
+
+async def _with_sessions(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    from app.storage.db import create_engine, session_factory
+
+    engine = create_engine(settings)
+    try:
+        return await work(session_factory(engine))
+    finally:
+        await engine.dispose()
+
+
+def _parse_ttl(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not match:
+        raise click.BadParameter("use a number with s, m, h or d, e.g. 1h")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def mint_token(
+    settings: Settings, *, tenants: list[str], scope: str, subject: str, ttl_seconds: int, jkt: str | None = None
+) -> str:
+    """A token signed with the development key (dev only)."""
+    import jwt
+
+    from app.security.keys import dev_signing_key
+
+    jwk = dev_signing_key(settings.data_dir)
+    key = jwt.PyJWK(jwk).key
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": settings.issuer,
+        "aud": settings.audience,
+        "sub": subject,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_seconds,
+        "scope": scope,
+        "tenant": tenants[0] if len(tenants) == 1 else tenants,
+        "client_id": "jobgate-cli",
+    }
+    if jkt:
+        claims["cnf"] = {"jkt": jkt}
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": jwk["kid"]})
+
+
+@click.group()
+def main() -> None:
+    """Stella JobEngine Gateway."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="Server processes.")
+@click.option("--demo", is_flag=True, help="Seed the demo data first.")
+def serve(host: str, port: int, workers: int, demo: bool) -> None:
+    """Run the gateway."""
+    settings = _settings()
+    if workers > 1 and (settings.is_sqlite or not settings.redis_url):
+        click.echo("jobgate: --workers > 1 needs PostgreSQL and Redis (JOBGATE_DATABASE_URL, JOBGATE_REDIS_URL)", err=True)
+        sys.exit(2)
+    from app.storage.db import create_engine
+    from app.storage.migrate import upgrade
+
+    async def prepare() -> None:
+        engine = create_engine(settings)
+        try:
+            if settings.is_sqlite:
+                await upgrade(engine)
+        finally:
+            await engine.dispose()
+        if demo:
+            from app.seed import seed_demo
+
+            await _with_sessions(settings, seed_demo)
+
+    asyncio.run(prepare())
+    if settings.uses_dev_keys:
+        token = mint_token(settings, tenants=["acme"], scope=ALL_SCOPES, subject="dev-operator", ttl_seconds=3600)
+        click.echo("Stella JobEngine Gateway (development keys; tokens from `jobgate token`). Try:")
+        click.echo(
+            f"  curl -s http://{host}:{port}/jobengine/sources -H 'Authorization: Bearer {token}' "
+            "-H 'X-Stella-Tenant: acme'"
+        )
+        if not demo:
+            click.echo("  (tenant acme exists after `jobgate seed --demo` or `jobgate serve --demo`)")
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        "app.server:create_app",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        factory=True,
+        log_access=False,
+    ).serve()
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the migrations up to head."""
+    from app.storage.db import create_engine
+    from app.storage.migrate import upgrade
+
+    async def work(settings: Settings) -> None:
+        engine = create_engine(settings)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    _run(work)
+    click.echo("database at head")
+
+
+@main.command()
+@click.option("--demo", is_flag=True, help="Demo tenants and their data (the only seed there is).")
+def seed(demo: bool) -> None:
+    """Deterministic demo data (repeatable: the same ids every time)."""
+    if not demo:
+        click.echo("jobgate: nothing to seed; pass --demo", err=True)
+        sys.exit(2)
+    from app.seed import seed_demo
+
+    summary = _run(lambda s: _with_sessions(s, seed_demo))
+    click.echo(json.dumps(summary, sort_keys=True))
+
+
+@main.group()
+def tenants() -> None:
+    """The tenant registry."""
+
+
+@tenants.command("add")
+@click.argument("key")
+@click.option("--workspace", required=True)
+def tenants_add(key: str, workspace: str) -> None:
+    from app.domain.tenants.service import add_tenant
+
+    async def work(sessions: Any) -> str:
+        async with sessions.begin() as session:
+            tenant = await add_tenant(session, key, workspace)
+            return f"{tenant.key} (id {tenant.id}, external id {tenant.external_id}) in workspace {workspace}"
+
+    try:
+        click.echo(_run(lambda s: _with_sessions(s, work)))
+    except ValueError as exc:
+        click.echo(f"jobgate: {exc}", err=True)
+        sys.exit(2)
+
+
+@tenants.command("list")
+def tenants_list() -> None:
+    from app.domain.tenants.service import list_tenants
+
+    async def work(sessions: Any) -> list[Any]:
+        async with sessions() as session:
+            return await list_tenants(session)
+
+    for t in _run(lambda s: _with_sessions(s, work)):
+        click.echo(f"{t.key}\t{t.workspace_key}\t{t.id}\t{t.external_id}")
+
+
+@main.command()
+@click.option("--tenant", "tenant", required=True, multiple=True, help="Tenant key (repeat for several).")
+@click.option("--scope", default=ALL_SCOPES, show_default=True)
+@click.option("--sub", "subject", default="dev-operator", show_default=True)
+@click.option("--ttl", default="1h", show_default=True)
+@click.option("--jkt", default=None, help="Bind the token to a DPoP key thumbprint (cnf.jkt).")
+def token(tenant: tuple[str, ...], scope: str, subject: str, ttl: str, jkt: str | None) -> None:
+    """Mint a token with the development key (dev only)."""
+    settings = _settings()
+    if settings.env != "dev" or not settings.uses_dev_keys:
+        click.echo("jobgate: tokens are minted only in dev with the development key", err=True)
+        sys.exit(2)
+    click.echo(mint_token(settings, tenants=list(tenant), scope=scope, subject=subject, ttl_seconds=_parse_ttl(ttl), jkt=jkt))
+
+
+def openapi_document() -> dict[str, Any]:
+    from app.server import create_app
+
+    os.environ.setdefault("JOBGATE_DATA_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "jobgate-openapi"))
+    app = create_app(_settings())
+    return app.openapi_schema.to_schema()
+
+
+def render_openapi(document: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(document, sort_keys=True, allow_unicode=True, width=100)
+
+
+@main.command()
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def openapi(output: Path | None) -> None:
+    """Write the OpenAPI document (YAML)."""
+    text = render_openapi(openapi_document())
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)

@@ -1,0 +1,1 @@
+"""One package per domain: routes, payload Structs, service and queries together."""

@@ -1,0 +1,71 @@
+"""Liveness, readiness and metrics: outside the envelope."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get
+from sqlalchemy import text
+
+from app import metrics
+from app.http.problems import Problem
+from app.http.routes import PUBLIC, problem_responses
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    status: str
+    database: str
+    redis: str
+
+
+@get("/healthz", **PUBLIC, summary="Process is up", tags=["health"])
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+async def _check(probe: Any) -> str:
+    try:
+        await asyncio.wait_for(probe, timeout=2.0)
+    except Exception:  # noqa: BLE001 - readiness reports, it does not raise
+        return "unavailable"
+    return "ok"
+
+
+@get(
+    "/readyz",
+    **PUBLIC,
+    summary="Database and Redis reachable",
+    tags=["health"],
+    responses=problem_responses(s503="The database or Redis is unreachable"),
+)
+async def readyz(request: Request[Any, Any, Any]) -> Readiness:
+    runtime = request.app.state.runtime
+
+    async def database() -> None:
+        async with runtime.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    db = await _check(database())
+    redis = await _check(runtime.store.ping()) if runtime.settings.redis_url else "not_configured"
+    if "unavailable" in (db, redis):
+        raise Problem(
+            503,
+            "not_ready",
+            f"Not ready: database {db}, redis {redis}.",
+            headers={"Retry-After": "5"},
+        )
+    return Readiness(status="ok", database=db, redis=redis)
+
+
+@get("/metrics", **PUBLIC, summary="Prometheus metrics", tags=["health"], media_type="text/plain; version=0.0.4")
+async def metrics_endpoint() -> Response[bytes]:
+    return Response(content=metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+ROUTES = [healthz, readyz, metrics_endpoint]

@@ -1,0 +1,96 @@
+"""Routes of job sources: list, detail, register, replace."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, Response, get, post, put
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.sources import service
+from app.domain.sources.schemas import SourceCreate, SourcePage, SourceReplace, SourceView
+from app.http.caching import etag_of, matches
+from app.http.mutation import Mutation
+from app.http.paging import ContinuationToken, Limit
+from app.http.problems import Problem
+from app.http.routes import protected
+from app.security.caller import Caller
+
+SourceId = Annotated[str, Parameter(max_length=64, description="The source's id")]
+
+
+@get(
+    "/jobengine/sources",
+    **protected("orch:read", problems=(304,)),
+    summary="List job sources",
+    description="Ordered by `name asc, sourceId asc`.",
+    tags=["sources"],
+)
+async def list_sources(
+    request: Request[Any, Any, Any],
+    session: AsyncSession,
+    caller: Caller,
+    limit: Limit = 50,
+    continuation_token: ContinuationToken = None,
+    source_type: Annotated[str | None, Parameter(query="sourceType", max_length=64)] = None,
+    enabled: bool | None = None,
+) -> SourcePage:
+    return await service.list_sources(
+        session,
+        caller,
+        request.app.state.runtime.cursors,
+        source_type=source_type,
+        enabled=enabled,
+        limit=limit,
+        token=continuation_token,
+    )
+
+
+@get(
+    "/jobengine/sources/{source_id:str}",
+    **protected("orch:read", problems=(304, 404)),
+    summary="One job source",
+    tags=["sources"],
+)
+async def get_source(session: AsyncSession, caller: Caller, source_id: SourceId) -> SourceView:
+    return service.view(await service.load(session, caller, source_id))
+
+
+@post(
+    "/jobengine/sources",
+    **protected("orch:operate", action="source.create"),
+    status_code=201,
+    summary="Register a job source",
+    description="`sourceId` is assigned by the server unless given. Answers 201 with `Location` and `ETag`.",
+    tags=["sources"],
+)
+async def create_source(data: SourceCreate, mutation: Mutation) -> Response[SourceView]:
+    source = await service.create_source(mutation.session, mutation.caller, data)
+    return await mutation.commit(
+        target=source.source_id,
+        status=201,
+        content=service.view(source),
+        headers={"Location": f"/jobengine/sources/{source.source_id}"},
+    )
+
+
+@put(
+    "/jobengine/sources/{source_id:str}",
+    **protected("orch:operate", action="source.replace", target="source_id", problems=(404, 412)),
+    summary="Replace a job source",
+    description="Full replace of the mutable fields. Send `If-Match` with the current ETag to avoid lost updates.",
+    tags=["sources"],
+)
+async def replace_source(
+    request: Request[Any, Any, Any], source_id: SourceId, data: SourceReplace, mutation: Mutation
+) -> Response[SourceView]:
+    source = await service.load(mutation.session, mutation.caller, source_id, for_update=True)
+    if_match = request.headers.get("if-match")
+    if if_match is not None and not matches(if_match, etag_of(service.view(source))):
+        raise Problem(412, "precondition_failed", "The source changed since the given ETag; fetch it again.")
+    source = await service.replace_source(mutation.session, source, mutation.caller, data)
+    return await mutation.commit(target=source.source_id, status=200, content=service.view(source))
+
+
+ROUTES = [list_sources, get_source, create_source, replace_source]

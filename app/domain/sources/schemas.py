@@ -1,0 +1,57 @@
+"""Payloads of the sources routes (camelCase, as the gateway contract)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+SourceIdText = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", max_length=64)]
+ProjectIdText = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", max_length=64)]
+SourceTypeText = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9._-]{0,63}$", max_length=64)]
+NameText = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+DescriptionText = Annotated[str, msgspec.Meta(max_length=2000)]
+
+
+class JobCounts(msgspec.Struct, rename="camel"):
+    submitted: int
+    active: int
+    failed: int
+
+
+class SourceView(msgspec.Struct, rename="camel"):
+    source_id: str
+    name: str
+    source_type: str
+    enabled: bool
+    project_id: str | None
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_job_at: datetime | None
+    job_counts: JobCounts
+
+
+class SourcePage(msgspec.Struct, rename="camel"):
+    items: list[SourceView]
+    continuation_token: str | None
+
+
+class SourceCreate(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    name: NameText
+    source_type: SourceTypeText
+    source_id: SourceIdText | None = None
+    enabled: bool = True
+    project_id: ProjectIdText | None = None
+    description: DescriptionText | None = None
+
+
+class SourceReplace(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """Full replace: every mutable field is sent."""
+
+    name: NameText
+    source_type: SourceTypeText
+    enabled: bool
+    project_id: ProjectIdText | None
+    description: DescriptionText | None

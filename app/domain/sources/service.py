@@ -1,0 +1,114 @@
+"""Sources: queries and changes, always within the caller's tenant and project."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.sources.schemas import JobCounts, SourceCreate, SourcePage, SourceReplace, SourceView
+from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.problems import Problem, not_found
+from app.security.caller import Caller
+from app.storage.models import Source
+
+ORDER = Keyset((Source.name, Source.source_id))
+
+
+def view(source: Source) -> SourceView:
+    return SourceView(
+        source_id=source.source_id,
+        name=source.name,
+        source_type=source.source_type,
+        enabled=source.enabled,
+        project_id=source.project_id,
+        description=source.description,
+        created_at=source.created_at,
+        updated_at=source.updated_at,
+        last_job_at=source.last_job_at,
+        job_counts=JobCounts(source.jobs_submitted, source.jobs_active, source.jobs_failed),
+    )
+
+
+def _visible(caller: Caller):  # type: ignore[no-untyped-def]
+    stmt = select(Source).where(Source.tenant_id == caller.tenant_id)
+    if caller.project is not None:
+        stmt = stmt.where(Source.project_id == caller.project)
+    return stmt
+
+
+async def list_sources(
+    session: AsyncSession,
+    caller: Caller,
+    codec: CursorCodec,
+    *,
+    source_type: str | None,
+    enabled: bool | None,
+    limit: int,
+    token: str | None,
+) -> SourcePage:
+    stmt = _visible(caller)
+    if source_type is not None:
+        stmt = stmt.where(Source.source_type == source_type)
+    if enabled is not None:
+        stmt = stmt.where(Source.enabled == enabled)
+    scope = PageScope(
+        caller.tenant.key, caller.project, "sources", (("sourceType", source_type), ("enabled", enabled)), ORDER.name
+    )
+    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    return SourcePage(items=[view(r) for r in rows], continuation_token=next_token)
+
+
+async def load(session: AsyncSession, caller: Caller, source_id: str, *, for_update: bool = False) -> Source:
+    stmt = _visible(caller).where(Source.source_id == source_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    source = (await session.execute(stmt)).scalar_one_or_none()
+    if source is None:
+        raise not_found("Source")
+    return source
+
+
+def _project(caller: Caller, requested: str | None) -> str | None:
+    if caller.project is not None and requested not in (None, caller.project):
+        raise Problem(400, "project_mismatch", "projectId must match the X-Stella-Project header.")
+    return requested if requested is not None else caller.project
+
+
+async def create_source(session: AsyncSession, caller: Caller, data: SourceCreate) -> Source:
+    now = datetime.now(UTC)
+    source = Source(
+        tenant_id=caller.tenant_id,
+        source_id=data.source_id or str(uuid.uuid4()),
+        project_id=_project(caller, data.project_id),
+        name=data.name,
+        source_type=data.source_type,
+        enabled=data.enabled,
+        description=data.description,
+        created_at=now,
+        updated_at=now,
+        jobs_submitted=0,
+        jobs_active=0,
+        jobs_failed=0,
+    )
+    session.add(source)
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        raise Problem(409, "source_exists", f"A source with sourceId {source.source_id!r} exists.") from None
+    return source
+
+
+async def replace_source(session: AsyncSession, source: Source, caller: Caller, data: SourceReplace) -> Source:
+    source.project_id = _project(caller, data.project_id)
+    source.name = data.name
+    source.source_type = data.source_type
+    source.enabled = data.enabled
+    source.description = data.description
+    source.updated_at = datetime.now(UTC)
+    await session.flush()
+    return source

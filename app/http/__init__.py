@@ -1,0 +1,1 @@
+"""HTTP conventions built once: problem details, paging, caching."""

@@ -1,0 +1,67 @@
+"""Conditional requests and cache headers, built once for every route.
+
+Every JSON response is encoded here with a deterministic key order, so equal content is equal
+bytes in every process; the strong ``ETag`` of a GET is a hash of those bytes. ``If-None-Match``
+answers 304 with no body. The cache policy of a route is declared in its ``opt["cache"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.response.base import ASGIResponse
+
+CACHE_POLICIES = {
+    "console": "private, max-age=60, stale-if-error=300",
+    "poll": "private, no-cache",
+    "none": "no-store",
+}
+VARY = "Authorization, X-Stella-Tenant, X-Stella-Project"
+
+
+def encode(content: Any) -> bytes:
+    return msgspec.json.encode(content, order="deterministic")
+
+
+def etag_of_body(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def etag_of(content: Any) -> str:
+    return etag_of_body(encode(content))
+
+
+def matches(header: str | None, etag: str) -> bool:
+    """``If-None-Match``/``If-Match`` comparison (RFC 9110): ``*`` or any listed tag, W/ ignored."""
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+
+
+class GatewayResponse(Response[Any]):
+    """The response class of the whole app: canonical JSON, ETag, 304 and cache headers."""
+
+    def to_asgi_response(self, app: Any, request: Request[Any, Any, Any], **kwargs: Any) -> ASGIResponse:
+        status = kwargs.get("status_code") or self.status_code
+        content = self.content
+        if request.method != "GET" or isinstance(content, (bytes, str)) or content is None or status != 200:
+            if request.method != "GET" and not self.headers.get("Cache-Control"):
+                self.headers["Cache-Control"] = "no-store"
+            if not isinstance(content, (bytes, str)) and content is not None:
+                self.content = encode(content)
+            return super().to_asgi_response(app, request, **kwargs)
+
+        body = encode(content)
+        etag = etag_of_body(body)
+        policy = request.route_handler.opt.get("cache", "console")
+        headers = {"ETag": etag, "Cache-Control": CACHE_POLICIES[policy], "Vary": VARY}
+        self.headers.update(headers)
+        if matches(request.headers.get("if-none-match"), etag):
+            return ASGIResponse(status_code=304, headers=self.headers, body=b"")
+        self.content = body
+        return super().to_asgi_response(app, request, **kwargs)

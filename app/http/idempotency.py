@@ -1,0 +1,181 @@
+"""``Idempotency-Key`` on POST (IETF httpapi idempotency-key draft).
+
+A key is claimed (committed, ``in_flight``) before the handler runs. A handler that commits
+through :class:`app.http.mutation.Mutation` stores its response in the same transaction as its
+change, so a completed change and its stored answer can never be separated. Same key and same
+request replays the stored answer; a different request with the key is 422; a request while the
+first is still running is 409. A failed first request releases the key. Keys are scoped to
+(tenant, subject) and kept for :data:`RETENTION`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.http.problems import Problem
+from app.security.caller import Caller
+from app.storage.models import IdempotencyRecord
+
+RETENTION = timedelta(hours=24)
+LOCK = timedelta(seconds=60)
+_KEPT_HEADERS = {b"content-type", b"location", b"etag", b"cache-control"}
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, "body_too_large", f"The request body exceeds {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+@dataclass
+class StoredResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    async def send(self, send: Send) -> None:
+        headers = [(k.encode(), v.encode()) for k, v in self.headers.items()]
+        headers.append((b"idempotent-replayed", b"true"))
+        headers.append((b"content-length", str(len(self.body)).encode()))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": False})
+
+
+@dataclass
+class Captured:
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytearray = field(default_factory=bytearray)
+
+
+def _record_key(caller: Caller) -> tuple[Any, ...]:
+    return (
+        IdempotencyRecord.tenant_id == caller.tenant.id,
+        IdempotencyRecord.subject == caller.subject,
+        IdempotencyRecord.key == caller.idempotency_key,
+    )
+
+
+async def complete_in(
+    session: AsyncSession, caller: Caller, status: int, headers: dict[str, str], body: bytes
+) -> None:
+    """Store the response of the first request in the caller's own transaction."""
+    if caller.idempotency_key is None:
+        return
+    await session.execute(
+        update(IdempotencyRecord)
+        .where(*_record_key(caller), IdempotencyRecord.state == "in_flight")
+        .values(
+            state="done",
+            response_status=status,
+            response_headers={k.lower(): v for k, v in headers.items()},
+            response_body=body,
+        )
+    )
+
+
+class IdempotencyStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    @staticmethod
+    def fingerprint(scope: Scope, body: bytes) -> str:
+        digest = hashlib.sha256()
+        for part in (scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b""), body):
+            digest.update(len(part).to_bytes(8, "big") + part)
+        return digest.hexdigest()
+
+    async def claim(self, caller: Caller, fingerprint: str) -> StoredResponse | None:
+        """Claim the key; return the stored response when the first request already completed."""
+        now = datetime.now(UTC)
+        values = dict(
+            tenant_id=caller.tenant.id,
+            subject=caller.subject,
+            key=caller.idempotency_key,
+            request_hash=fingerprint,
+            state="in_flight",
+            locked_until=now + LOCK,
+            created_at=now,
+            expires_at=now + RETENTION,
+        )
+        async with self._sessions.begin() as session:
+            insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+            claimed = await session.execute(insert(IdempotencyRecord).values(**values).on_conflict_do_nothing())
+            if claimed.rowcount == 1:
+                return None
+            # An expired record, or an abandoned in-flight one, may be taken over atomically.
+            taken = await session.execute(
+                update(IdempotencyRecord)
+                .where(
+                    *_record_key(caller),
+                    (IdempotencyRecord.expires_at < now)
+                    | ((IdempotencyRecord.state == "in_flight") & (IdempotencyRecord.locked_until < now)),
+                )
+                .values(**{k: v for k, v in values.items() if k not in {"tenant_id", "subject", "key"}})
+            )
+            if taken.rowcount == 1:
+                return None
+            record = (await session.execute(select(IdempotencyRecord).where(*_record_key(caller)))).scalar_one()
+        if record.request_hash != fingerprint:
+            raise Problem(
+                422,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with a different request; use a new key.",
+            )
+        if record.state != "done":
+            raise Problem(
+                409,
+                "idempotency_in_flight",
+                "A request with this Idempotency-Key is still being processed; retry later.",
+                headers={"Retry-After": "1"},
+            )
+        return StoredResponse(record.response_status or 200, record.response_headers or {}, record.response_body or b"")
+
+    @staticmethod
+    async def capture(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Captured:
+        captured = Captured()
+
+        async def tee(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured.status = message["status"]
+                captured.headers = {
+                    k.decode().lower(): v.decode("latin-1")
+                    for k, v in message.get("headers", [])
+                    if k.lower() in _KEPT_HEADERS
+                }
+            elif message["type"] == "http.response.body":
+                captured.body += message.get("body", b"")
+            await send(message)
+
+        await app(scope, receive, tee)
+        return captured
+
+    async def settle(self, caller: Caller, captured: Captured) -> None:
+        """After the response: release the key of a failed request; store a response not yet stored."""
+        async with self._sessions.begin() as session:
+            if captured.status >= 400:
+                await session.execute(
+                    delete(IdempotencyRecord).where(*_record_key(caller), IdempotencyRecord.state == "in_flight")
+                )
+            else:
+                await complete_in(session, caller, captured.status, captured.headers, bytes(captured.body))

@@ -1,0 +1,124 @@
+"""The one way a handler commits a change: audit row, stored idempotent response, commit.
+
+All three land in the handler's transaction, committed before the response is sent; a failing
+commit answers a problem response and applies nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, AsyncIterator
+
+from litestar import Request, Response
+from litestar.params import Parameter
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.audit.service import record
+from app.http.caching import encode, etag_of_body
+from app.http.idempotency import complete_in
+from app.http.problems import Problem
+from app.security.caller import Caller, caller_of
+from app.security.envelope import AUDITED_KEY
+
+log = logging.getLogger("jobgate.mutation")
+
+
+class Mutation:
+    def __init__(self, session: AsyncSession, request: Request[Any, Any, Any]) -> None:
+        self.session = session
+        self.caller: Caller = caller_of(request.scope)
+        self._request = request
+
+    async def commit(
+        self,
+        *,
+        target: str | None,
+        status: int,
+        content: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response[bytes]:
+        body = b"" if content is None else encode(content)
+        response_headers = {"Cache-Control": "no-store", **(headers or {})}
+        if content is not None:
+            response_headers["ETag"] = etag_of_body(body)
+            response_headers["Content-Type"] = "application/json"
+        scope = self._request.scope
+        record(
+            self.session,
+            self.caller,
+            action=self._request.route_handler.opt["action"],
+            method=scope["method"],
+            route=scope.get("path_template") or scope["path"],
+            target=target,
+            status=status,
+        )
+        await complete_in(self.session, self.caller, status, response_headers, body)
+        try:
+            await self.session.commit()
+        except IntegrityError:
+            await self.session.rollback()
+            raise
+        except Exception as exc:
+            await self.session.rollback()
+            log.error("commit failed, nothing applied (%s)", type(exc).__name__)
+            raise Problem(
+                503,
+                "commit_failed",
+                "The change could not be recorded and was not applied; retry shortly.",
+                headers={"Retry-After": "2"},
+            ) from None
+        scope["state"][AUDITED_KEY] = True
+        return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
+
+
+async def provide_session(request: Request[Any, Any, Any]) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.runtime.sessions() as session:
+        yield session
+
+
+# The header parameters below are checked by the envelope before the handler runs; declaring them
+# here documents them in the OpenAPI contract of every route that depends on a caller or mutation.
+
+
+async def provide_caller(
+    request: Request[Any, Any, Any],
+    x_stella_tenant: Annotated[
+        str, Parameter(header="X-Stella-Tenant", description="Tenant key granted by the token's tenant claim")
+    ],
+    x_stella_project: Annotated[
+        str | None, Parameter(header="X-Stella-Project", description="Narrows reads and writes to one project")
+    ] = None,
+    x_stella_trace_id: Annotated[
+        str | None, Parameter(header="X-Stella-Trace-Id", description="Echoed on the response; generated when absent")
+    ] = None,
+) -> Caller:
+    return caller_of(request.scope)
+
+
+async def provide_mutation(
+    request: Request[Any, Any, Any],
+    session: AsyncSession,
+    caller: Caller,
+    x_stella_operator_reason: Annotated[
+        str, Parameter(header="X-Stella-Operator-Reason", description="Why: 1-512 printable characters")
+    ],
+    x_stella_operator_ticket: Annotated[
+        str | None, Parameter(header="X-Stella-Operator-Ticket", description="Ticket id, up to 128 characters")
+    ] = None,
+    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", description=IDEMPOTENCY_HELP)] = None,
+) -> Mutation:
+    return Mutation(session, request)
+
+
+async def provide_submission(
+    request: Request[Any, Any, Any],
+    session: AsyncSession,
+    caller: Caller,
+    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", description=IDEMPOTENCY_HELP)] = None,
+) -> Mutation:
+    """Submissions of job sources and workers: audited, no operator reason required."""
+    return Mutation(session, request)
+
+
+IDEMPOTENCY_HELP = "Same key and request replays the first response; another request is 422; in flight 409"

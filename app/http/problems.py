@@ -1,0 +1,170 @@
+"""RFC 9457 problem details: the one place where errors become ``application/problem+json``.
+
+Handlers and services raise :class:`Problem`; framework errors (validation, 404/405, body too
+large) and unexpected exceptions are mapped here too, so no response ever carries a stack
+trace, SQL, a DSN or a token.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from app.http.tracing import ensure_trace_id
+from app.security.sanitize import sanitize
+
+log = logging.getLogger("jobgate.errors")
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://stella-ops.org/problems/"
+PROBLEM_CODE_KEY = "jobgate_problem_code"
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    412: "Precondition Failed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class FieldError(msgspec.Struct):
+    field: str
+    message: str
+
+
+class ProblemDetails(msgspec.Struct, omit_defaults=True):
+    """The body of every error response."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    traceId: str
+    errors: list[FieldError] | None = None
+
+
+class Problem(Exception):
+    """An error the client should see, with a stable machine ``code``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+def not_found(what: str) -> Problem:
+    """The one 404 for a missing object and for another tenant's object: no hint of which."""
+    return Problem(404, "not_found", f"{what} not found.")
+
+
+def problem_body(problem: Problem, trace_id: str) -> bytes:
+    details = ProblemDetails(
+        type=TYPE_BASE + problem.code.replace("_", "-"),
+        title=_TITLES.get(problem.status, "Error"),
+        status=problem.status,
+        detail=problem.detail,
+        code=problem.code,
+        traceId=trace_id,
+        errors=problem.errors,
+    )
+    return msgspec.json.encode(details)
+
+
+def problem_response(problem: Problem, trace_id: str) -> Response[bytes]:
+    return Response(
+        content=problem_body(problem, trace_id),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers={**problem.headers, "Cache-Control": "no-store"},
+    )
+
+
+
+
+def _validation_errors(exc: ValidationException) -> list[FieldError]:
+    errors: list[FieldError] = []
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if isinstance(item, dict):
+            key = str(item.get("key") or item.get("source") or "body")
+            message = str(item.get("message", "invalid value"))
+            errors.append(FieldError(field=key, message=sanitize(message)[:300]))
+    return errors
+
+
+def to_problem(exc: Exception) -> Problem:
+    """Map any exception to the problem the client sees."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, ValidationException):
+        errors = _validation_errors(exc)
+        detail = "The request is invalid: " + "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+        return Problem(400, "validation_failed", detail if errors else "The request is invalid.", errors=errors)
+    if isinstance(exc, NotFoundException):
+        return Problem(404, "not_found", "No such resource.")
+    if isinstance(exc, MethodNotAllowedException):
+        return Problem(405, "method_not_allowed", "Method not allowed on this resource.", headers=exc.headers)
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        if status == 413:
+            return Problem(413, "body_too_large", "The request body is too large.")
+        if status == 415:
+            return Problem(415, "unsupported_media_type", "Send the body as application/json.")
+        if status < 500:
+            return Problem(status, f"http_{status}", sanitize(str(exc.detail))[:300], headers=exc.headers)
+    if isinstance(exc, (OperationalError, PoolTimeoutError, OSError, ConnectionError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return Problem(
+            503, "service_unavailable", "A backing service is unavailable; retry shortly.", headers={"Retry-After": "2"}
+        )
+    return Problem(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "An unexpected error occurred.")
+
+
+def problem_exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    problem = to_problem(exc)
+    if problem.status >= 500:
+        log.error(
+            "request failed: %s %s -> %s (%s: %s)",
+            request.method,
+            request.scope.get("path", ""),
+            problem.status,
+            type(exc).__name__,
+            sanitize(str(exc))[:500],
+        )
+    request.scope.setdefault("state", {})[PROBLEM_CODE_KEY] = problem.code
+    return problem_response(problem, ensure_trace_id(request.scope))

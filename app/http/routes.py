@@ -1,0 +1,69 @@
+"""How a route declares its envelope: scope, audit action, cache policy, documented problems."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.openapi.datastructures import ResponseSpec
+
+from app.http.problems import ProblemDetails
+
+BEARER = "BearerAuth"
+
+_PROBLEMS = {
+    400: "Invalid request, header, filter, limit or continuation token",
+    401: "Missing or invalid credentials (see WWW-Authenticate)",
+    403: "Tenant not granted or unknown, or scope missing",
+    404: "No such object in this tenant and project",
+    429: "Tenant request budget spent (see Retry-After)",
+    412: "If-Match does not match the current ETag",
+    503: "A backing service is unavailable (see Retry-After)",
+}
+
+
+def _problem(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ProblemDetails, description=description, media_type="application/problem+json")
+
+
+def problem_responses(*statuses: int, **described: str) -> dict[int, ResponseSpec]:
+    specs = {
+        status: ResponseSpec(data_container=None, description="Not modified: the If-None-Match ETag is current")
+        if status == 304
+        else _problem(_PROBLEMS[status])
+        for status in statuses
+    }
+    specs.update({int(status.removeprefix("s")): _problem(text) for status, text in described.items()})
+    return specs
+
+
+def protected(
+    scope: str,
+    *,
+    action: str | None = None,
+    target: str | None = None,
+    cache: str = "console",
+    submission: bool = False,
+    problems: tuple[int, ...] = (),
+    **described: str,
+) -> dict[str, Any]:
+    """Keyword arguments for a route decorator behind the envelope.
+
+    ``scope`` is enforced by the envelope. A mutation names its audit ``action`` (and ``target``,
+    the path parameter that identifies its object); a route without ``action`` is a read.
+    """
+    mutating = action is not None
+    statuses = (400, 401, 403, 429, 503, *problems)
+    if mutating:
+        described.setdefault("s409", "Conflict with the current state, or the Idempotency-Key is in flight")
+        described.setdefault("s422", "Idempotency-Key reused with a different request")
+    opt: dict[str, Any] = {"scope": scope, "cache": cache if not mutating else "none"}
+    if mutating:
+        opt.update(action=action, target=target, submission=submission)
+    return {
+        "opt": opt,
+        "security": [{BEARER: []}],
+        "responses": problem_responses(*sorted(set(statuses)), **described),
+    }
+
+
+PUBLIC = {"opt": {"public": True, "cache": "none"}}

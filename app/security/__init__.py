@@ -1,0 +1,1 @@
+"""Security: token and DPoP verification, the request envelope, secret masking."""

@@ -1,0 +1,45 @@
+"""Masking of secrets in text that leaves the process (logs, stored messages, problem details)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # scheme://user:password@host -> scheme://user:***@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*):[^\s@/]*@"), r"\1:***@"),
+    # Authorization headers and bearer/DPoP credentials
+    (re.compile(r"(?i)\b(bearer|dpop|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
+    # compact JWS/JWT (three base64url segments)
+    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "***jwt***"),
+    # password=..., secret: ..., api_key=..., token=...
+    (
+        re.compile(r"(?i)\b(password|passwd|pwd|secret|api[_-]?key|access[_-]?token|token)\s*([=:])\s*[^\s,;&]+"),
+        r"\1\2***",
+    ),
+    # e-mail addresses
+    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "***@***"),
+)
+
+
+def sanitize(text: str) -> str:
+    """Mask bearer tokens, JWTs, URL passwords, key=value secrets and e-mail addresses."""
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class SanitizingFilter(logging.Filter):
+    """Applied to every handler: the formatted message is sanitised before it is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = sanitize(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            # Tracebacks may quote SQL parameters or DSNs; log the type and a sanitised message only.
+            exc = record.exc_info[1]
+            clean = f"{clean} [{type(exc).__name__}: {sanitize(str(exc))[:500]}]"
+            record.exc_info = None
+            record.exc_text = None
+        record.msg, record.args = clean, None
+        return True

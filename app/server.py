@@ -1,0 +1,121 @@
+"""The composition root: ``create_app()`` builds the gateway from its settings.
+
+A request enters through the envelope middleware (``app/security/envelope.py``), which decides
+the caller, tenant and scope; routes live in their domain packages; errors become problem
+details in ``app/http/problems.py``; every JSON response is encoded in ``app/http/caching.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme, Server
+from litestar.types import Message, Scope
+
+from app.domain.health import routes as health
+from app.domain.sources import routes as sources
+from app.http.caching import GatewayResponse
+from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
+from app.http.problems import problem_exception_handler
+from app.http.routes import BEARER
+from app.logs import configure_logging
+from app.runtime import Runtime
+from app.http.tracing import ensure_trace_id
+from app.security.envelope import Envelope, EnvelopeMiddleware
+from app.settings import Settings, load_settings
+
+VERSION = "0.1.0"
+PROTECTED_ROUTES = [*sources.ROUTES]
+PUBLIC_ROUTES = [*health.ROUTES]
+
+CORS_ALLOW_HEADERS = [
+    "Authorization",
+    "DPoP",
+    "Content-Type",
+    "X-Stella-Tenant",
+    "X-Stella-Project",
+    "X-Stella-Trace-Id",
+    "X-Stella-Operator-Reason",
+    "X-Stella-Operator-Ticket",
+    "If-None-Match",
+    "If-Match",
+    "Idempotency-Key",
+]
+CORS_EXPOSE_HEADERS = ["ETag", "Location", "X-Stella-Trace-Id", "Retry-After", "WWW-Authenticate", "DPoP-Nonce"]
+
+
+async def _echo_trace_id(message: Message, scope: Scope) -> None:
+    if message["type"] == "http.response.start":
+        headers = list(message.get("headers", []))
+        headers.append((b"x-stella-trace-id", ensure_trace_id(scope).encode()))
+        message["headers"] = headers
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
+    settings = settings or load_settings()
+    configure_logging()
+    runtime = runtime or Runtime.create(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return Litestar(
+        route_handlers=[*PUBLIC_ROUTES, *PROTECTED_ROUTES],
+        middleware=[DefineMiddleware(EnvelopeMiddleware, envelope=Envelope(runtime))],
+        dependencies={
+            "session": Provide(provide_session),
+            "caller": Provide(provide_caller),
+            "mutation": Provide(provide_mutation),
+            "submission": Provide(provide_submission),
+        },
+        exception_handlers={Exception: problem_exception_handler},
+        before_send=[_echo_trace_id],
+        response_class=GatewayResponse,
+        lifespan=[lifespan],
+        state=State({"runtime": runtime}),
+        cors_config=CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_headers=CORS_ALLOW_HEADERS,
+            expose_headers=CORS_EXPOSE_HEADERS,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_credentials=False,
+            max_age=600,
+        )
+        if settings.cors_origins
+        else None,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Stella JobEngine Gateway",
+            version=VERSION,
+            description="The HTTP entry point to the job engine's control plane.",
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+            servers=[Server(url="/")],
+            components=Components(
+                security_schemes={
+                    BEARER: SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT",
+                        description="Bearer or DPoP-bound JWT (RFC 9449) from the configured issuer",
+                    )
+                }
+            ),
+            use_handler_docstrings=False,
+        ),
+        debug=False,
+    )

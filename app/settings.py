@@ -1,0 +1,214 @@
+"""Settings: every ``JOBGATE_*`` variable, read once and validated at start-up.
+
+A bad value raises :class:`SettingsError` whose message is one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
+)
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+DEV_ISSUER = "https://jobgate.dev.local"
+DEV_AUDIENCE = "stella-jobengine"
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
+_RATE_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    requests: int
+    period_seconds: int
+
+    def __str__(self) -> str:
+        unit = {1: "second", 60: "minute", 3600: "hour"}[self.period_seconds]
+        return f"{self.requests}/{unit}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "dev"
+    data_dir: Path = Path(".jobgate")
+    database_url: str = ""
+    redis_url: str | None = None
+    redis_prefix: str = "jobgate:"
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    issuer: str = DEV_ISSUER
+    audience: str = DEV_AUDIENCE
+    algorithms: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
+    dpop: str = "optional"
+    public_url: str | None = None
+    cursor_secrets: tuple[tuple[str, bytes], ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    rate_limit: RateLimit = RateLimit(600, 60)
+    max_body_bytes: int = 1024 * 1024
+    embedded_worker: bool = False
+    uses_dev_keys: bool = False
+    uses_dev_cursor_secret: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def dev_jwks_path(self) -> Path:
+        return self.data_dir / "dev-jwks.json"
+
+    @property
+    def dev_signing_key_path(self) -> Path:
+        return self.data_dir / "dev-signing-key.json"
+
+
+def _parse_rate(value: str) -> RateLimit:
+    match = _RATE.match(value)
+    if not match or int(match.group(1)) < 1:
+        raise SettingsError(f"JOBGATE_RATE_LIMIT must look like '600/minute' (got {value!r})")
+    return RateLimit(int(match.group(1)), _RATE_SECONDS[match.group(2)])
+
+
+def _parse_algorithms(value: str) -> tuple[str, ...]:
+    algs = tuple(a.strip() for a in value.split(",") if a.strip())
+    if not algs:
+        raise SettingsError("JOBGATE_AUTH_ALGORITHMS must name at least one algorithm")
+    unknown = [a for a in algs if a not in ASYMMETRIC_ALGORITHMS | HMAC_ALGORITHMS]
+    if unknown:
+        raise SettingsError(f"JOBGATE_AUTH_ALGORITHMS has unsupported algorithm(s): {', '.join(unknown)}")
+    if any(a in HMAC_ALGORITHMS for a in algs) and any(a in ASYMMETRIC_ALGORITHMS for a in algs):
+        raise SettingsError("JOBGATE_AUTH_ALGORITHMS must not mix HMAC (HS*) with asymmetric algorithms")
+    return algs
+
+
+def _parse_cursor_secrets(value: str) -> tuple[tuple[str, bytes], ...]:
+    """``kid:secret,kid2:secret2`` (the first signs, all verify) or one bare secret."""
+    secrets: list[tuple[str, bytes]] = []
+    for index, part in enumerate(p.strip() for p in value.split(",") if p.strip()):
+        kid, sep, secret = part.partition(":")
+        if not sep:
+            kid, secret = f"k{index}", part
+        if len(secret) < 16 or not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", kid):
+            raise SettingsError(
+                "JOBGATE_CURSOR_SECRET must be 'kid:secret[,kid:secret]' with secrets of 16+ characters"
+            )
+        secrets.append((kid, secret.encode()))
+    if not secrets:
+        raise SettingsError("JOBGATE_CURSOR_SECRET is empty")
+    return tuple(secrets)
+
+
+def _dev_cursor_secret(data_dir: Path) -> bytes:
+    path = data_dir / "dev-cursor-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(os.urandom(32).hex())
+        path.chmod(0o600)
+    return path.read_text().strip().encode()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings; raise :class:`SettingsError` on the first bad variable."""
+    env = dict(os.environ if environ is None else environ)
+    get = lambda name, default=None: (env.get(f"JOBGATE_{name}") or default)  # noqa: E731
+
+    mode = get("ENV", "dev")
+    if mode not in {"dev", "prod"}:
+        raise SettingsError(f"JOBGATE_ENV must be 'dev' or 'prod' (got {mode!r})")
+    data_dir = Path(get("DATA_DIR", ".jobgate"))
+
+    database_url = get("DATABASE_URL")
+    if database_url is None:
+        database_url = f"sqlite+aiosqlite:///{(data_dir / 'jobgate.db').as_posix()}"
+    elif not re.match(r"^(postgresql\+asyncpg|sqlite\+aiosqlite)://", database_url):
+        raise SettingsError(
+            "JOBGATE_DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite://"
+        )
+
+    redis_url = get("REDIS_URL")
+    if redis_url is not None and not re.match(r"^(redis|rediss|unix)://", redis_url):
+        raise SettingsError("JOBGATE_REDIS_URL must start with redis://, rediss:// or unix://")
+
+    jwks_file = get("AUTH_JWKS_FILE")
+    jwks_url = get("AUTH_JWKS_URL")
+    if jwks_file and jwks_url:
+        raise SettingsError("JOBGATE_AUTH_JWKS_FILE and JOBGATE_AUTH_JWKS_URL are exclusive; set one")
+    if jwks_file and not Path(jwks_file).is_file():
+        raise SettingsError(f"JOBGATE_AUTH_JWKS_FILE does not name a readable file: {jwks_file}")
+    if jwks_url and not jwks_url.startswith(("https://", "http://")):
+        raise SettingsError("JOBGATE_AUTH_JWKS_URL must be an http(s) URL")
+    uses_dev_keys = not (jwks_file or jwks_url)
+
+    dpop = get("AUTH_DPOP", "optional")
+    if dpop not in {"off", "optional", "required"}:
+        raise SettingsError(f"JOBGATE_AUTH_DPOP must be off, optional or required (got {dpop!r})")
+
+    public_url = get("PUBLIC_URL")
+    if public_url is not None:
+        if not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", public_url):
+            raise SettingsError("JOBGATE_PUBLIC_URL must be an absolute http(s) URL without query")
+        public_url = public_url.rstrip("/")
+
+    cursor_raw = get("CURSOR_SECRET")
+    uses_dev_cursor = cursor_raw is None
+    cursor_secrets = (
+        (("dev", _dev_cursor_secret(data_dir)),) if cursor_raw is None else _parse_cursor_secrets(cursor_raw)
+    )
+
+    cors = tuple(o.strip() for o in (get("CORS_ORIGINS", "") or "").split(",") if o.strip())
+    for origin in cors:
+        if origin == "*" and mode == "prod":
+            raise SettingsError("JOBGATE_CORS_ORIGINS must list exact origins in prod, not '*'")
+        if origin != "*" and not re.match(r"^https?://[^/]+$", origin):
+            raise SettingsError(f"JOBGATE_CORS_ORIGINS has an invalid origin: {origin!r}")
+
+    try:
+        max_body = int(get("MAX_BODY_BYTES", str(1024 * 1024)))
+    except ValueError:
+        raise SettingsError("JOBGATE_MAX_BODY_BYTES must be an integer") from None
+    if max_body < 1024:
+        raise SettingsError("JOBGATE_MAX_BODY_BYTES must be at least 1024")
+
+    prefix = get("REDIS_PREFIX", "jobgate:")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
+        raise SettingsError("JOBGATE_REDIS_PREFIX must be 1-64 characters of [A-Za-z0-9_.:-]")
+
+    settings = Settings(
+        env=mode,
+        data_dir=data_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=prefix,
+        jwks_file=Path(jwks_file) if jwks_file else None,
+        jwks_url=jwks_url,
+        issuer=get("AUTH_ISSUER", DEV_ISSUER),
+        audience=get("AUTH_AUDIENCE", DEV_AUDIENCE),
+        algorithms=_parse_algorithms(get("AUTH_ALGORITHMS", "ES256,RS256,EdDSA")),
+        dpop=dpop,
+        public_url=public_url,
+        cursor_secrets=cursor_secrets,
+        cors_origins=cors,
+        rate_limit=_parse_rate(get("RATE_LIMIT", "600/minute")),
+        max_body_bytes=max_body,
+        uses_dev_keys=uses_dev_keys,
+        uses_dev_cursor_secret=uses_dev_cursor,
+    )
+    if mode == "prod":
+        if uses_dev_keys:
+            raise SettingsError("JOBGATE_AUTH_JWKS_FILE or JOBGATE_AUTH_JWKS_URL is required when JOBGATE_ENV=prod")
+        if uses_dev_cursor:
+            raise SettingsError("JOBGATE_CURSOR_SECRET is required when JOBGATE_ENV=prod")
+        if settings.issuer == DEV_ISSUER or settings.audience == DEV_AUDIENCE:
+            raise SettingsError("JOBGATE_AUTH_ISSUER and JOBGATE_AUTH_AUDIENCE must be set when JOBGATE_ENV=prod")
+        if settings.is_sqlite:
+            raise SettingsError("JOBGATE_DATABASE_URL must name PostgreSQL when JOBGATE_ENV=prod")
+    return settings

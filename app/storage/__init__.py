@@ -1,0 +1,1 @@
+"""Storage: the data model, the database engine and the migrations."""

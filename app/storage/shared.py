@@ -1,0 +1,120 @@
+"""State shared by every gateway process: rate-limit buckets and single-use markers.
+
+Redis in production (atomic Lua, shared across processes and machines); an in-process store
+for the embedded single-process default. Both implement the same two operations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+# GCRA: one bucket per key; ``period`` ms lets ``limit`` requests through at once, then one per
+# ``period / limit`` ms. Returns {allowed, retry_after_ms}. TIME makes every process use one clock.
+_GCRA = """
+local emission = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + emission
+local allow_at = new_tat - tolerance
+if allow_at > now then
+  return {0, allow_at - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now) + 1)
+return {1, 0}
+"""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    retry_after_ms: int = 0
+
+    @property
+    def retry_after_seconds(self) -> int:
+        return max(1, math.ceil(self.retry_after_ms / 1000))
+
+
+class SharedStore(Protocol):
+    async def take(self, key: str, limit: int, period_seconds: int) -> Verdict:
+        """Take one request from the bucket ``key``."""
+
+    async def add_once(self, key: str, ttl_seconds: int) -> bool:
+        """Mark ``key`` as used; False if it already was (within its TTL)."""
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class RedisStore:
+    def __init__(self, url: str, prefix: str, *, timeout: float = 0.5) -> None:
+        self.prefix = prefix
+        self.redis = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            health_check_interval=30,
+        )
+        self._gcra = self.redis.register_script(_GCRA)
+
+    async def take(self, key: str, limit: int, period_seconds: int) -> Verdict:
+        period_ms = period_seconds * 1000
+        allowed, retry = await self._gcra(keys=[self.prefix + key], args=[period_ms / limit, period_ms])
+        return Verdict(bool(allowed), int(retry))
+
+    async def add_once(self, key: str, ttl_seconds: int) -> bool:
+        return bool(await self.redis.set(self.prefix + key, b"1", nx=True, ex=ttl_seconds))
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+class MemoryStore:
+    """Single-process only: the embedded default and nothing else."""
+
+    def __init__(self, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+        self._clock = clock
+        self._tat: dict[str, float] = {}
+        self._used: dict[str, float] = {}
+
+    async def take(self, key: str, limit: int, period_seconds: int) -> Verdict:
+        now = self._clock() * 1000
+        period_ms = period_seconds * 1000
+        tat = max(self._tat.get(key, now), now)
+        new_tat = tat + period_ms / limit
+        allow_at = new_tat - period_ms
+        if allow_at > now:
+            return Verdict(False, int(allow_at - now))
+        self._tat[key] = new_tat
+        return Verdict(True)
+
+    async def add_once(self, key: str, ttl_seconds: int) -> bool:
+        now = self._clock()
+        if len(self._used) > 100_000:
+            self._used = {k: v for k, v in self._used.items() if v > now}
+        if self._used.get(key, 0) > now:
+            return False
+        self._used[key] = now + ttl_seconds
+        return True
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def create_store(redis_url: str | None, prefix: str) -> SharedStore:
+    return RedisStore(redis_url, prefix) if redis_url else MemoryStore()
