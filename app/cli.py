@@ -238,3 +238,7 @@ def openapi(output: Path | None) -> None:
         click.echo(text, nl=False)
     else:
         output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
