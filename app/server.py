@@ -21,7 +21,12 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Server
 from litestar.types import Message, Scope
 
+from app.domain.audit import routes as audit
+from app.domain.deadletter import routes as deadletter
 from app.domain.health import routes as health
+from app.domain.jobs import routes as jobs
+from app.domain.packruns import routes as packruns
+from app.domain.quotas import routes as quotas
 from app.domain.sources import routes as sources
 from app.http.caching import GatewayResponse
 from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
@@ -34,7 +39,7 @@ from app.security.envelope import Envelope, EnvelopeMiddleware
 from app.settings import Settings, load_settings
 
 VERSION = "0.1.0"
-PROTECTED_ROUTES = [*sources.ROUTES]
+PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES]
 PUBLIC_ROUTES = [*health.ROUTES]
 
 CORS_ALLOW_HEADERS = [

@@ -48,13 +48,13 @@ async def list_sources(
 
 
 @get(
-    "/jobengine/sources/{source_id:str}",
+    "/jobengine/sources/{sourceId:str}",
     **protected("orch:read", problems=(304, 404)),
     summary="One job source",
     tags=["sources"],
 )
-async def get_source(session: AsyncSession, caller: Caller, source_id: SourceId) -> SourceView:
-    return service.view(await service.load(session, caller, source_id))
+async def get_source(session: AsyncSession, caller: Caller, sourceId: SourceId) -> SourceView:
+    return service.view(await service.load(session, caller, sourceId))
 
 
 @post(
@@ -76,16 +76,16 @@ async def create_source(data: SourceCreate, mutation: Mutation) -> Response[Sour
 
 
 @put(
-    "/jobengine/sources/{source_id:str}",
-    **protected("orch:operate", action="source.replace", target="source_id", problems=(404, 412)),
+    "/jobengine/sources/{sourceId:str}",
+    **protected("orch:operate", action="source.replace", target="sourceId", problems=(404, 412)),
     summary="Replace a job source",
     description="Full replace of the mutable fields. Send `If-Match` with the current ETag to avoid lost updates.",
     tags=["sources"],
 )
 async def replace_source(
-    request: Request[Any, Any, Any], source_id: SourceId, data: SourceReplace, mutation: Mutation
+    request: Request[Any, Any, Any], sourceId: SourceId, data: SourceReplace, mutation: Mutation
 ) -> Response[SourceView]:
-    source = await service.load(mutation.session, mutation.caller, source_id, for_update=True)
+    source = await service.load(mutation.session, mutation.caller, sourceId, for_update=True)
     if_match = request.headers.get("if-match")
     if if_match is not None and not matches(if_match, etag_of(service.view(source))):
         raise Problem(412, "precondition_failed", "The source changed since the given ETag; fetch it again.")

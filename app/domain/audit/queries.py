@@ -1,0 +1,71 @@
+"""Reading the audit log of the caller's tenant (and project)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.audit.schemas import AuditPage, AuditView
+from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.security.caller import Caller
+from app.storage.models import AuditRecord
+
+ORDER = Keyset((AuditRecord.occurred_at, AuditRecord.id), descending=True)
+
+
+def view(row: AuditRecord, tenant: str) -> AuditView:
+    return AuditView(
+        audit_id=row.id,
+        occurred_at=row.occurred_at,
+        tenant=tenant,
+        project_id=row.project_id,
+        subject=row.subject,
+        client_id=row.client_id,
+        action=row.action,
+        method=row.method,
+        route=row.route,
+        target=row.target,
+        reason=row.reason,
+        ticket=row.ticket,
+        trace_id=row.trace_id,
+        idempotency_key=row.idempotency_key,
+        result_status=row.result_status,
+        result_code=row.result_code,
+    )
+
+
+async def list_audit(
+    session: AsyncSession,
+    caller: Caller,
+    codec: CursorCodec,
+    *,
+    action: str | None,
+    subject: str | None,
+    target: str | None,
+    occurred_from: datetime | None,
+    occurred_to: datetime | None,
+    limit: int,
+    token: str | None,
+) -> AuditPage:
+    stmt = select(AuditRecord).where(AuditRecord.tenant_id == caller.tenant_id)
+    if caller.project is not None:
+        stmt = stmt.where(AuditRecord.project_id == caller.project)
+    filters: dict[str, Any] = {"action": action, "subject": subject, "target": target}
+    for name, column in (("action", AuditRecord.action), ("subject", AuditRecord.subject), ("target", AuditRecord.target)):
+        if filters[name] is not None:
+            stmt = stmt.where(column == filters[name])
+    if occurred_from is not None:
+        stmt = stmt.where(AuditRecord.occurred_at >= occurred_from)
+    if occurred_to is not None:
+        stmt = stmt.where(AuditRecord.occurred_at < occurred_to)
+    bound = (*sorted(filters.items()), ("from", _iso(occurred_from)), ("to", _iso(occurred_to)))
+    scope = PageScope(caller.tenant.key, caller.project, "audit", bound, ORDER.name)
+    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    return AuditPage(items=[view(r, caller.tenant.key) for r in rows], continuation_token=next_token)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,241 @@
+"""Dead-letter entries: queries within the caller's tenant and project."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.deadletter.schemas import (
+    CategoryCount,
+    DeadLetterStats,
+    EntryPage,
+    EntryView,
+    ErrorCluster,
+    StatusTotals,
+    SummaryGroup,
+    SummaryPage,
+)
+from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.problems import not_found
+from app.security.caller import Caller
+from app.storage.models import DeadLetterEntry as Entry
+
+ORDER = Keyset((Entry.dead_lettered_at, Entry.entry_id), descending=True)
+TOP_CLUSTERS = 10
+SAMPLES = 3
+
+
+def view(entry: Entry) -> EntryView:
+    return EntryView(
+        entry_id=entry.entry_id,
+        job_id=entry.job_id,
+        job_type=entry.job_type,
+        source_id=entry.source_id,
+        project_id=entry.project_id,
+        category=entry.category,
+        error_code=entry.error_code,
+        message=entry.message,
+        error_template=entry.error_template,
+        payload=entry.payload,
+        attempts=entry.attempts,
+        status=entry.status,  # type: ignore[arg-type]
+        replay_count=entry.replay_count,
+        last_replayed_at=entry.last_replayed_at,
+        last_replay_job_id=entry.last_replay_job_id,
+        first_dead_lettered_at=entry.first_dead_lettered_at,
+        dead_lettered_at=entry.dead_lettered_at,
+        updated_at=entry.updated_at,
+    )
+
+
+def visible(caller: Caller, *columns: Any):  # type: ignore[no-untyped-def]
+    stmt = (select(*columns) if columns else select(Entry)).where(Entry.tenant_id == caller.tenant_id)
+    if caller.project is not None:
+        stmt = stmt.where(Entry.project_id == caller.project)
+    return stmt
+
+
+class EntryFilter:
+    """The filters shared by the entry list and the replay-by-filter action."""
+
+    COLUMNS = {
+        "jobType": Entry.job_type,
+        "category": Entry.category,
+        "errorCode": Entry.error_code,
+        "sourceId": Entry.source_id,
+        "status": Entry.status,
+    }
+
+    def __init__(self, *, dead_lettered_from: datetime | None = None, dead_lettered_to: datetime | None = None,
+                 **equals: str | None) -> None:
+        unknown = set(equals) - set(self.COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown filters: {unknown}")
+        self.equals = {k: v for k, v in equals.items() if v is not None}
+        self.dead_lettered_from = dead_lettered_from
+        self.dead_lettered_to = dead_lettered_to
+
+    def apply(self, stmt):  # type: ignore[no-untyped-def]
+        for name, value in self.equals.items():
+            stmt = stmt.where(self.COLUMNS[name] == value)
+        if self.dead_lettered_from is not None:
+            stmt = stmt.where(Entry.dead_lettered_at >= self.dead_lettered_from)
+        if self.dead_lettered_to is not None:
+            stmt = stmt.where(Entry.dead_lettered_at < self.dead_lettered_to)
+        return stmt
+
+    def binding(self) -> tuple[tuple[str, Any], ...]:
+        times = (("from", _iso(self.dead_lettered_from)), ("to", _iso(self.dead_lettered_to)))
+        return (*sorted(self.equals.items()), *times)
+
+    def is_empty(self) -> bool:
+        return not self.equals and self.dead_lettered_from is None and self.dead_lettered_to is None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+async def list_entries(
+    session: AsyncSession, caller: Caller, codec: CursorCodec, *, filters: EntryFilter, limit: int, token: str | None
+) -> EntryPage:
+    stmt = filters.apply(visible(caller))
+    scope = PageScope(caller.tenant.key, caller.project, "deadletter", filters.binding(), ORDER.name)
+    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    return EntryPage(items=[view(r) for r in rows], continuation_token=next_token)
+
+
+async def load(session: AsyncSession, caller: Caller, entry_id: str) -> Entry:
+    entry = (await session.execute(visible(caller).where(Entry.entry_id == entry_id))).scalar_one_or_none()
+    if entry is None:
+        raise not_found("Dead-letter entry")
+    return entry
+
+
+def _pending_count():  # type: ignore[no-untyped-def]
+    return func.coalesce(func.sum(case((Entry.status == "pending", 1), else_=0)), 0)
+
+
+async def stats(session: AsyncSession, caller: Caller, now: datetime | None = None) -> DeadLetterStats:
+    now = now or datetime.now(UTC)
+    by_status = StatusTotals()
+    for status, count in await session.execute(visible(caller, Entry.status, func.count()).group_by(Entry.status)):
+        setattr(by_status, status, count)
+    categories = [
+        CategoryCount(category=category, count=count, pending=pending)
+        for category, count, pending in await session.execute(
+            visible(caller, Entry.category, func.count(), _pending_count())
+            .group_by(Entry.category)
+            .order_by(Entry.category)
+        )
+    ]
+    oldest = (
+        await session.execute(visible(caller, func.min(Entry.dead_lettered_at)).where(Entry.status == "pending"))
+    ).scalar_one()
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    inflow = (
+        await session.execute(
+            visible(caller, func.count()).where(Entry.dead_lettered_at >= now - timedelta(hours=24))
+        )
+    ).scalar_one()
+    return DeadLetterStats(
+        total=sum((by_status.pending, by_status.replaying, by_status.replayed, by_status.discarded)),
+        by_status=by_status,
+        by_category=categories,
+        oldest_pending_at=oldest,
+        oldest_pending_age_seconds=int((now - oldest).total_seconds()) if oldest is not None else None,
+        inflow_last_24h=inflow,
+        top_clusters=await _top_clusters(session, caller),
+    )
+
+
+async def _top_clusters(session: AsyncSession, caller: Caller) -> list[ErrorCluster]:
+    """The ten largest (errorCode, template) groups, ties by template, with three sample ids."""
+    count = func.count().label("n")
+    template = func.min(Entry.error_template).label("template")
+    groups = (
+        await session.execute(
+            visible(
+                caller,
+                Entry.error_code,
+                Entry.template_hash,
+                template,
+                count,
+                _pending_count(),
+                func.min(Entry.dead_lettered_at),
+                func.max(Entry.dead_lettered_at),
+            )
+            .group_by(Entry.error_code, Entry.template_hash)
+            .order_by(count.desc(), template.asc(), Entry.error_code.asc())
+            .limit(TOP_CLUSTERS)
+        )
+    ).all()
+    if not groups:
+        return []
+    rank = func.row_number().over(
+        partition_by=(Entry.error_code, Entry.template_hash),
+        order_by=(Entry.dead_lettered_at.desc(), Entry.entry_id.desc()),
+    )
+    keys = [(g[0], g[1]) for g in groups]
+    ranked = (
+        visible(caller, Entry.error_code, Entry.template_hash, Entry.entry_id, rank.label("r"))
+        .where(Entry.template_hash.in_([k[1] for k in keys]))
+        .subquery()
+    )
+    samples: dict[tuple[str, str], list[str]] = {}
+    for code, hash_, entry_id in await session.execute(
+        select(ranked.c.error_code, ranked.c.template_hash, ranked.c.entry_id)
+        .where(ranked.c.r <= SAMPLES)
+        .order_by(ranked.c.r)
+    ):
+        samples.setdefault((code, hash_), []).append(entry_id)
+    return [
+        ErrorCluster(
+            error_code=code,
+            template=tmpl,
+            count=n,
+            pending=pending,
+            sample_entry_ids=samples.get((code, hash_), []),
+            first_seen=first,
+            last_seen=last,
+        )
+        for code, hash_, tmpl, n, pending, first, last in groups
+    ]
+
+
+async def summary(
+    session: AsyncSession, caller: Caller, codec: CursorCodec, *, limit: int, token: str | None
+) -> SummaryPage:
+    """Groups by (category, errorCode), in that order, paged by the group key."""
+    group = Keyset((Entry.category, Entry.error_code))
+    stmt = visible(
+        caller,
+        Entry.category,
+        Entry.error_code,
+        func.count().label("total"),
+        _pending_count().label("pending"),
+        func.min(Entry.dead_lettered_at).label("first"),
+        func.max(Entry.dead_lettered_at).label("last"),
+    ).group_by(Entry.category, Entry.error_code)
+    scope = PageScope(caller.tenant.key, caller.project, "deadletter-summary", (), group.name)
+    rows, next_token = await fetch_page(
+        session, stmt, group, limit=limit, token=token, scope=scope, codec=codec, scalars=False
+    )
+    return SummaryPage(
+        items=[
+            SummaryGroup(
+                category=r.category,
+                error_code=r.error_code,
+                total=r.total,
+                pending=r.pending,
+                first_dead_lettered_at=r.first,
+                last_dead_lettered_at=r.last,
+            )
+            for r in rows
+        ],
+        continuation_token=next_token,
+    )

@@ -1,0 +1,98 @@
+"""Jobs: queries within the caller's tenant and project."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.jobs.schemas import JobPage, JobSummary, JobTypeCounts, JobView, StatusCounts
+from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.problems import not_found
+from app.security.caller import Caller
+from app.storage.models import Job
+
+ORDER = Keyset((Job.created_at, Job.job_id), descending=True)
+
+
+def view(job: Job) -> JobView:
+    return JobView(
+        job_id=job.job_id,
+        job_type=job.job_type,
+        source_id=job.source_id,
+        project_id=job.project_id,
+        status=job.status,  # type: ignore[arg-type]
+        priority=job.priority,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        payload=job.payload,
+        run_after=job.run_after,
+        lease_owner=job.lease_owner,
+        lease_expires_at=job.lease_expires_at,
+        heartbeat_at=job.heartbeat_at,
+        pack_run_id=job.pack_run_id,
+        replay_of_entry_id=job.replay_of_entry_id,
+        last_error_code=job.last_error_code,
+        last_error_category=job.last_error_category,
+        last_error_message=job.last_error_message,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def visible(caller: Caller, *columns: Any):  # type: ignore[no-untyped-def]
+    stmt = select(*columns) if columns else select(Job)
+    stmt = stmt.where(Job.tenant_id == caller.tenant_id)
+    if caller.project is not None:
+        stmt = stmt.where(Job.project_id == caller.project)
+    return stmt
+
+
+async def list_jobs(
+    session: AsyncSession,
+    caller: Caller,
+    codec: CursorCodec,
+    *,
+    filters: dict[str, Any],
+    limit: int,
+    token: str | None,
+) -> JobPage:
+    stmt = visible(caller)
+    columns = {"status": Job.status, "jobType": Job.job_type, "sourceId": Job.source_id, "packRunId": Job.pack_run_id}
+    for name, value in filters.items():
+        if value is not None:
+            stmt = stmt.where(columns[name] == value)
+    scope = PageScope(caller.tenant.key, caller.project, "jobs", tuple(sorted(filters.items())), ORDER.name)
+    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    return JobPage(items=[view(r) for r in rows], continuation_token=next_token)
+
+
+async def load(session: AsyncSession, caller: Caller, job_id: str) -> Job:
+    job = (await session.execute(visible(caller).where(Job.job_id == job_id))).scalar_one_or_none()
+    if job is None:
+        raise not_found("Job")
+    return job
+
+
+async def summary(session: AsyncSession, caller: Caller, *, job_type: str | None, source_id: str | None) -> JobSummary:
+    stmt = visible(caller, Job.job_type, Job.status, func.count()).group_by(Job.job_type, Job.status)
+    if job_type is not None:
+        stmt = stmt.where(Job.job_type == job_type)
+    if source_id is not None:
+        stmt = stmt.where(Job.source_id == source_id)
+    overall: dict[str, int] = {}
+    per_type: dict[str, dict[str, int]] = {}
+    for kind, status, count in await session.execute(stmt):
+        overall[status] = overall.get(status, 0) + count
+        per_type.setdefault(kind, {})[status] = count
+
+    def counts(by_status: dict[str, int]) -> StatusCounts:
+        return StatusCounts(**by_status, total=sum(by_status.values()))
+
+    return JobSummary(
+        overall=counts(overall),
+        by_job_type=[JobTypeCounts(job_type=k, counts=counts(v)) for k, v in sorted(per_type.items())],
+    )

@@ -1,0 +1,73 @@
+"""Pack runs: queries within the caller's tenant and project."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.packruns.schemas import PackRunPage, PackRunView, StepCounts
+from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.problems import not_found
+from app.security.caller import Caller
+from app.storage.models import PackRun
+
+ORDER = Keyset((PackRun.created_at, PackRun.pack_run_id), descending=True)
+
+
+def view(run: PackRun) -> PackRunView:
+    return PackRunView(
+        pack_run_id=run.pack_run_id,
+        pack_name=run.pack_name,
+        pack_version=run.pack_version,
+        status=run.status,  # type: ignore[arg-type]
+        project_id=run.project_id,
+        source_id=run.source_id,
+        retry_of=run.retry_of,
+        operation_run_id=run.operation_run_id,
+        steps=StepCounts(run.steps_total, run.steps_succeeded, run.steps_failed),
+        initiated_by=run.initiated_by,
+        cancel_requested_at=run.cancel_requested_at,
+        created_at=run.created_at,
+        updated_at=run.updated_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+    )
+
+
+def visible(caller: Caller):  # type: ignore[no-untyped-def]
+    stmt = select(PackRun).where(PackRun.tenant_id == caller.tenant_id)
+    if caller.project is not None:
+        stmt = stmt.where(PackRun.project_id == caller.project)
+    return stmt
+
+
+async def list_pack_runs(
+    session: AsyncSession,
+    caller: Caller,
+    codec: CursorCodec,
+    *,
+    status: str | None,
+    pack_name: str | None,
+    limit: int,
+    token: str | None,
+) -> PackRunPage:
+    stmt = visible(caller)
+    if status is not None:
+        stmt = stmt.where(PackRun.status == status)
+    if pack_name is not None:
+        stmt = stmt.where(PackRun.pack_name == pack_name)
+    scope = PageScope(
+        caller.tenant.key, caller.project, "pack-runs", (("status", status), ("packName", pack_name)), ORDER.name
+    )
+    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    return PackRunPage(items=[view(r) for r in rows], continuation_token=next_token)
+
+
+async def load(session: AsyncSession, caller: Caller, pack_run_id: str, *, for_update: bool = False) -> PackRun:
+    stmt = visible(caller).where(PackRun.pack_run_id == pack_run_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    run = (await session.execute(stmt)).scalar_one_or_none()
+    if run is None:
+        raise not_found("Pack run")
+    return run

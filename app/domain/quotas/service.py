@@ -1,0 +1,132 @@
+"""Quotas: queries within the caller's tenant (quotas belong to the tenant, not to a project)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.quotas import rules
+from app.domain.quotas.schemas import QuotaPage, QuotaSummary, QuotaTotals, QuotaUsage, QuotaView
+from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.problems import not_found
+from app.security.caller import Caller
+from app.storage.models import Job, Quota
+
+ORDER = Keyset((Quota.job_type, Quota.quota_id))
+ACTIVE_JOB_STATUSES = ("leased", "running")
+QUEUED_JOB_STATUSES = ("pending", "scheduled")
+
+
+def view(quota: Quota) -> QuotaView:
+    return QuotaView(
+        quota_id=quota.quota_id,
+        job_type=quota.job_type,
+        max_active=quota.max_active,
+        max_per_hour=quota.max_per_hour,
+        burst=quota.burst,
+        paused=quota.paused,
+        paused_by=quota.paused_by,
+        paused_reason=quota.paused_reason,
+        paused_at=quota.paused_at,
+        created_at=quota.created_at,
+        updated_at=quota.updated_at,
+    )
+
+
+async def list_quotas(
+    session: AsyncSession,
+    caller: Caller,
+    codec: CursorCodec,
+    *,
+    job_type: str | None,
+    paused: bool | None,
+    limit: int,
+    token: str | None,
+) -> QuotaPage:
+    stmt = select(Quota).where(Quota.tenant_id == caller.tenant_id)
+    if job_type is not None:
+        stmt = stmt.where(Quota.job_type == job_type)
+    if paused is not None:
+        stmt = stmt.where(Quota.paused == paused)
+    scope = PageScope(caller.tenant.key, None, "quotas", (("jobType", job_type), ("paused", paused)), ORDER.name)
+    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    return QuotaPage(items=[view(r) for r in rows], continuation_token=next_token)
+
+
+async def load(session: AsyncSession, caller: Caller, quota_id: str, *, for_update: bool = False) -> Quota:
+    stmt = select(Quota).where(Quota.tenant_id == caller.tenant_id, Quota.quota_id == quota_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    quota = (await session.execute(stmt)).scalar_one_or_none()
+    if quota is None:
+        raise not_found("Quota")
+    return quota
+
+
+async def observed_by_job_type(
+    session: AsyncSession, tenant_id: int, job_types: list[str], now: datetime
+) -> dict[str, rules.Observed]:
+    """Active, queued and recently started jobs per job type, in one grouped query."""
+    if not job_types:
+        return {}
+    hour_ago, minute_ago = now - timedelta(hours=1), now - timedelta(minutes=1)
+    count_if = lambda condition: func.coalesce(func.sum(case((condition, 1), else_=0)), 0)  # noqa: E731
+    stmt = (
+        select(
+            Job.job_type,
+            count_if(Job.status.in_(ACTIVE_JOB_STATUSES)),
+            count_if(Job.status.in_(QUEUED_JOB_STATUSES)),
+            count_if(Job.started_at >= hour_ago),
+            count_if(Job.started_at >= minute_ago),
+        )
+        .where(Job.tenant_id == tenant_id, Job.job_type.in_(job_types))
+        .where(Job.status.in_(ACTIVE_JOB_STATUSES + QUEUED_JOB_STATUSES) | (Job.started_at >= hour_ago))
+        .group_by(Job.job_type)
+    )
+    return {
+        job_type: rules.Observed(int(active), int(queued), int(hour), int(minute))
+        for job_type, active, queued, hour, minute in await session.execute(stmt)
+    }
+
+
+async def summary(session: AsyncSession, caller: Caller, now: datetime | None = None) -> QuotaSummary:
+    now = now or datetime.now(UTC)
+    quotas = list(
+        (
+            await session.execute(
+                select(Quota).where(Quota.tenant_id == caller.tenant_id).order_by(Quota.job_type, Quota.quota_id)
+            )
+        ).scalars()
+    )
+    observed = await observed_by_job_type(session, caller.tenant_id, [q.job_type for q in quotas], now)
+    items: list[QuotaUsage] = []
+    for quota in quotas:
+        limits = rules.Limits(quota.max_active, quota.max_per_hour, quota.burst, quota.paused)
+        seen = observed.get(quota.job_type, rules.Observed(0, 0, 0, 0))
+        items.append(
+            QuotaUsage(
+                quota_id=quota.quota_id,
+                job_type=quota.job_type,
+                max_active=quota.max_active,
+                max_per_hour=quota.max_per_hour,
+                burst=quota.burst,
+                paused=quota.paused,
+                active=seen.active,
+                queued=seen.queued,
+                throttled=rules.throttled(limits, seen),
+                dispatched_last_hour=seen.dispatched_last_hour,
+                utilisation=rules.utilisation(limits, seen),
+                backpressure=rules.backpressure(limits, seen),  # type: ignore[arg-type]
+            )
+        )
+    totals = QuotaTotals(
+        quotas=len(items),
+        paused=sum(i.paused for i in items),
+        active=sum(i.active for i in items),
+        queued=sum(i.queued for i in items),
+        throttled=sum(i.throttled for i in items),
+        dispatched_last_hour=sum(i.dispatched_last_hour for i in items),
+    )
+    return QuotaSummary(items=items, totals=totals)
