@@ -160,8 +160,19 @@ def seed(demo: bool) -> None:
         click.echo("jobgate: nothing to seed; pass --demo", err=True)
         sys.exit(2)
     from app.seed import seed_demo
+    from app.storage.db import create_engine
+    from app.storage.migrate import upgrade
 
-    summary = _run(lambda s: _with_sessions(s, seed_demo))
+    async def work(settings: Settings) -> dict[str, int]:
+        if settings.is_sqlite:  # the embedded default migrates itself, as on serve
+            engine = create_engine(settings)
+            try:
+                await upgrade(engine)
+            finally:
+                await engine.dispose()
+        return await _with_sessions(settings, seed_demo)
+
+    summary = _run(work)
     click.echo(json.dumps(summary, sort_keys=True))
 
 

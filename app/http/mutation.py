@@ -18,6 +18,7 @@ from app.domain.audit.service import record
 from app.http.caching import encode, etag_of_body
 from app.http.idempotency import complete_in
 from app.http.problems import Problem
+from app.security import header_rules as rules
 from app.security.caller import Caller, caller_of
 from app.security.envelope import AUDITED_KEY
 
@@ -25,9 +26,9 @@ log = logging.getLogger("jobgate.mutation")
 
 
 class Mutation:
-    def __init__(self, session: AsyncSession, request: Request[Any, Any, Any]) -> None:
+    def __init__(self, session: AsyncSession, request: Request[Any, Any, Any], caller: Caller) -> None:
         self.session = session
-        self.caller: Caller = caller_of(request.scope)
+        self.caller = caller
         self._request = request
 
     async def commit(
@@ -81,17 +82,70 @@ async def provide_session(request: Request[Any, Any, Any]) -> AsyncIterator[Asyn
 # here documents them in the OpenAPI contract of every route that depends on a caller or mutation.
 
 
+
+TenantHeader = Annotated[
+    str,
+    Parameter(
+        header="X-Stella-Tenant",
+        pattern=rules.TENANT_PATTERN,
+        description="Tenant key; must be granted by the token's tenant claim (byte-exact)",
+    ),
+]
+ProjectHeader = Annotated[
+    str | None,
+    Parameter(
+        header="X-Stella-Project",
+        required=False,
+        pattern=rules.PROJECT_PATTERN,
+        description="Narrows every read and write to this project",
+    ),
+]
+TraceHeader = Annotated[
+    str | None,
+    Parameter(
+        header="X-Stella-Trace-Id",
+        required=False,
+        description="Echoed on the response; a new one is generated when absent or not 8-128 of [A-Za-z0-9._:-]",
+    ),
+]
+ReasonHeader = Annotated[
+    str,
+    Parameter(
+        header="X-Stella-Operator-Reason",
+        pattern=rules.REASON_PATTERN,
+        min_length=1,
+        max_length=rules.REASON_MAX,
+        description="Why the operator acts: 1-512 printable characters, no control characters",
+    ),
+]
+TicketHeader = Annotated[
+    str | None,
+    Parameter(
+        header="X-Stella-Operator-Ticket",
+        required=False,
+        pattern=rules.TICKET_PATTERN,
+        min_length=1,
+        max_length=rules.TICKET_MAX,
+        description="Ticket id: 1-128 printable characters",
+    ),
+]
+IdempotencyHeader = Annotated[
+    str | None,
+    Parameter(
+        header="Idempotency-Key",
+        required=False,
+        pattern=rules.IDEMPOTENCY_KEY_PATTERN,
+        description="Same key and request replays the first response; another request with the key is 422; "
+        "while the first is in flight 409",
+    ),
+]
+
+
 async def provide_caller(
     request: Request[Any, Any, Any],
-    x_stella_tenant: Annotated[
-        str, Parameter(header="X-Stella-Tenant", description="Tenant key granted by the token's tenant claim")
-    ],
-    x_stella_project: Annotated[
-        str | None, Parameter(header="X-Stella-Project", description="Narrows reads and writes to one project")
-    ] = None,
-    x_stella_trace_id: Annotated[
-        str | None, Parameter(header="X-Stella-Trace-Id", description="Echoed on the response; generated when absent")
-    ] = None,
+    x_stella_tenant: TenantHeader,
+    x_stella_project: ProjectHeader = None,
+    x_stella_trace_id: TraceHeader = None,
 ) -> Caller:
     return caller_of(request.scope)
 
@@ -100,25 +154,15 @@ async def provide_mutation(
     request: Request[Any, Any, Any],
     session: AsyncSession,
     caller: Caller,
-    x_stella_operator_reason: Annotated[
-        str, Parameter(header="X-Stella-Operator-Reason", description="Why: 1-512 printable characters")
-    ],
-    x_stella_operator_ticket: Annotated[
-        str | None, Parameter(header="X-Stella-Operator-Ticket", description="Ticket id, up to 128 characters")
-    ] = None,
-    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", description=IDEMPOTENCY_HELP)] = None,
+    x_stella_operator_reason: ReasonHeader,
+    x_stella_operator_ticket: TicketHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> Mutation:
-    return Mutation(session, request)
+    return Mutation(session, request, caller)
 
 
 async def provide_submission(
-    request: Request[Any, Any, Any],
-    session: AsyncSession,
-    caller: Caller,
-    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", description=IDEMPOTENCY_HELP)] = None,
+    request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, idempotency_key: IdempotencyHeader = None
 ) -> Mutation:
     """Submissions of job sources and workers: audited, no operator reason required."""
-    return Mutation(session, request)
-
-
-IDEMPOTENCY_HELP = "Same key and request replays the first response; another request is 422; in flight 409"
+    return Mutation(session, request, caller)

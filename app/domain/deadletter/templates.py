@@ -1,8 +1,8 @@
 """Error templates: a failure message with its variable parts masked, the unit of clustering.
 
-Pure and idempotent: ``template(template(m)) == template(m)``, and two messages that differ only
-in masked parts share one template. Secrets are masked first (``sanitize``), so a template never
-carries a token, password or address.
+Pure and idempotent: ``error_template(error_template(m)) == error_template(m)``, and two messages
+that differ only in masked parts share one template. Secrets are masked first (``sanitize``), so
+a template never carries a token, password or address.
 """
 
 from __future__ import annotations
@@ -12,28 +12,43 @@ import re
 
 from app.security.sanitize import sanitize
 
-_MASKS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"), "<ts>"),
-    (re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+"), "<url>"),
-    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "<email>"),
-    (re.compile(r"\*\*\*@\*\*\*"), "<email>"),
-    (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "<uuid>"),
-    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"), "<ip>"),
-    (re.compile(r"'[^'\n]*'|\"[^\"\n]*\""), "<str>"),
-    (re.compile(r"(?<![\w<])(?:[A-Za-z]:)?(?:[/\\][\w.-]+){2,}[/\\]?"), "<path>"),
-    (re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b"), "<hex>"),
-    (re.compile(r"(?<![\w<])[-+]?\d+(?:\.\d+)?(?:[A-Za-z%]{1,3})?(?![\w>])"), "<num>"),
-)
 MAX_TEMPLATE = 1000
+
+# Order matters: whole tokens first (timestamps, URLs, e-mails, paths), then the pieces that
+# also occur inside them (UUIDs, IPs, quoted values, hex ids, numbers).
+_TEMPLATE_MASKS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"),
+        "<timestamp>",
+    ),
+    (re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s'\"<>`]*[^\s'\"<>`.,;:!?)\]]"), "<url>"),
+    (
+        re.compile(r"(?:[A-Za-z0-9._%+-]+|\*\*\*)@(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}|\*\*\*)"),
+        "<email>",
+    ),
+    (re.compile(r"(?<![\w.:/<>-])(?:~|\.{1,2})?/[\w.@%+-]+(?:/[\w.@%+-]+)*/?"), "<path>"),
+    (re.compile(r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"), "<uuid>"),
+    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b"), "<ip>"),
+    (re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|`[^`\n]*`"), "<value>"),
+    (re.compile(r"(?i)\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b"), "<hex>"),
+    (re.compile(r"(?<![A-Za-z0-9_])\d+(?:\.\d+)*"), "<n>"),
+    (re.compile(r"\s+"), " "),
+)
 
 
 def error_template(message: str) -> str:
-    text = sanitize(message)
-    for pattern, placeholder in _MASKS:
-        text = pattern.sub(placeholder, text)
-    return " ".join(text.split())[:MAX_TEMPLATE]
+    """The message with its variable parts masked: the unit of error clustering.
+
+    Timestamps, URLs, e-mail addresses, paths, UUIDs, IP addresses, quoted values, hex ids and
+    numbers become ``<timestamp>``, ``<url>``, ``<email>``, ``<path>``, ``<uuid>``, ``<ip>``,
+    ``<value>``, ``<hex>`` and ``<n>``; runs of white space become one space.
+    """
+    message = sanitize(message)
+    for pattern, placeholder in _TEMPLATE_MASKS:
+        message = pattern.sub(placeholder, message)
+    return message.strip()[:MAX_TEMPLATE]
 
 
 def template_hash(error_code: str, template: str) -> str:
-    """Stable key of a cluster: the error code and its template."""
-    return hashlib.sha256(f"{error_code}\x00{template}".encode()).hexdigest()[:32]
+    """A short stable key of one error cluster (``error_code`` and template)."""
+    return hashlib.sha256(f"{error_code}\x1f{template}".encode()).hexdigest()[:16]
