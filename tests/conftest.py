@@ -237,13 +237,14 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    def __init__(self, env: dict[str, str], port: int) -> None:
+    def __init__(self, env: dict[str, str], port: int, *, public_url: str | None = None) -> None:
+        """``public_url`` (default: the process's own URL) is the base of the DPoP ``htu``."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            env={**os.environ, **env, "JOBGATE_PUBLIC_URL": self.url},
+            env={**os.environ, **env, "JOBGATE_PUBLIC_URL": public_url or self.url},
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+import string
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import jwt
@@ -20,15 +23,44 @@ MAX_AGE_SECONDS = 300  # how old a proof's iat may be
 MAX_SKEW_SECONDS = 60  # how far in the future
 _PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
 class ReplayStoreUnavailable(Exception):
     """The jti store could not be reached: DPoP fails closed."""
 
 
+def _decode_unreserved(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else "%" + match.group(1).upper()
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 for an absolute path."""
+    segments = path.split("/")
+    output: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if len(output) > 1:
+                output.pop()
+        elif segment != ".":
+            output.append(segment)
+    if segments[-1] in {".", ".."}:
+        output.append("")
+    return "/".join(output)
+
+
 def normalise_htu(url: str) -> str:
-    """Scheme and host lower-cased, default port dropped, query and fragment removed."""
+    """The RFC 3986 §6.2.2-6.2.3 normal form of an ``htu``, without query and fragment.
+
+    Scheme and host lower-cased, default (or empty) port dropped, percent-encoding normalised,
+    dot segments removed, an empty path made ``/``. A URL with userinfo is refused (RFC 9110
+    §4.2.4), as is one with an invalid port.
+    """
     parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise AuthError("invalid htu", "dpop")
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
@@ -38,7 +70,8 @@ def normalise_htu(url: str) -> str:
     except ValueError:
         raise AuthError("invalid htu", "dpop") from None
     netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
-    return urlunsplit((scheme, netloc, parts.path or "/", "", ""))
+    path = _remove_dot_segments(_PERCENT.sub(_decode_unreserved, parts.path)) or "/"
+    return urlunsplit((scheme, netloc, path, "", ""))
 
 
 def access_token_hash(token: str) -> str:
@@ -71,7 +104,11 @@ class ProofVerifier:
             key = jwt.PyJWK(jwk, algorithm=alg)
             thumbprint = jwk_thumbprint(jwk)
             claims: dict[str, Any] = jwt.decode(
-                proof, key.key, algorithms=[alg], options={"verify_aud": False, "require": ["iat", "jti"]}
+                proof,
+                key.key,
+                algorithms=[alg],
+                # iat is checked below against this verifier's window (PyJWT allows no future iat).
+                options={"verify_aud": False, "verify_iat": False, "require": ["iat", "jti"]},
             )
         except Exception:  # noqa: BLE001
             raise AuthError("invalid DPoP proof", "dpop") from None
@@ -82,7 +119,8 @@ class ProofVerifier:
             raise AuthError("DPoP htu does not match", "dpop")
         iat = claims.get("iat")
         now = self._clock()
-        if not isinstance(iat, (int, float)) or iat < now - MAX_AGE_SECONDS or iat > now + MAX_SKEW_SECONDS:
+        numeric = isinstance(iat, (int, float)) and not isinstance(iat, bool)
+        if not numeric or iat < now - MAX_AGE_SECONDS or iat > now + MAX_SKEW_SECONDS:
             raise AuthError("DPoP proof iat outside the accepted window", "dpop")
         if claims.get("ath") != access_token_hash(access_token):
             raise AuthError("DPoP ath does not match the access token", "dpop")

@@ -1,8 +1,9 @@
 """Verification keys: a JWKS from a file or a URL, keys selected by ``kid``.
 
 An unknown ``kid`` triggers at most one refetch per :data:`REFETCH_INTERVAL` (and only one at a
-time); when a refetch fails the last good key set stays in use. Keys whose algorithm is outside
-the allow-list are never loaded.
+time); when a refetch fails the last good key set stays in use. A document that is not a JWKS or
+holds no usable key counts as a failed fetch. Keys whose algorithm is outside the allow-list are
+never loaded.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import jwt
@@ -47,8 +49,12 @@ class KeySet:
 
     def _parse(self, raw: bytes) -> dict[str, jwt.PyJWK]:
         document = json.loads(raw)
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise ValueError("not a JWKS document")
         keys: dict[str, jwt.PyJWK] = {}
-        for entry in document.get("keys", []):
+        for entry in document["keys"]:
+            if not isinstance(entry, dict):
+                continue
             kid = entry.get("kid")
             if not isinstance(kid, str) or "d" in entry or entry.get("use", "sig") != "sig":
                 continue  # keys without kid, private keys and encryption keys are never used
@@ -59,6 +65,9 @@ class KeySet:
                 continue
             if key.algorithm_name in self.algorithms:
                 keys[kid] = key
+        if not keys:
+            # An error page served as JSON must not wipe the keys in use (as a failed fetch).
+            raise ValueError("the JWKS holds no usable key")
         return keys
 
     async def _read(self) -> bytes:

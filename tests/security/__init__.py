@@ -1,0 +1,1 @@
+"""The security envelope: access tokens, key sets and DPoP proofs."""
