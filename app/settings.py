@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
@@ -90,6 +90,13 @@ def _parse_algorithms(value: str) -> tuple[str, ...]:
     return algs
 
 
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"
+_ORIGIN = re.compile(rf"^https?://{_HOST}(?::\d{{1,5}})?$")
+_HTTP_URL = re.compile(rf"^https?://{_HOST}(?::\d{{1,5}})?(?:/[^?#\s]*)?$")
+_HTTP_URL_WITH_QUERY = re.compile(rf"^https?://{_HOST}(?::\d{{1,5}})?(?:[/?][^#\s]*)?$")
+
+
 def _parse_cursor_secrets(value: str) -> tuple[tuple[str, bytes], ...]:
     """``kid:secret,kid2:secret2`` (the first signs, all verify) or one bare secret."""
     secrets: list[tuple[str, bytes]] = []
@@ -101,6 +108,8 @@ def _parse_cursor_secrets(value: str) -> tuple[tuple[str, bytes], ...]:
             raise SettingsError(
                 "JOBGATE_CURSOR_SECRET must be 'kid:secret[,kid:secret]' with secrets of 16+ characters"
             )
+        if kid in {k for k, _ in secrets}:
+            raise SettingsError(f"JOBGATE_CURSOR_SECRET names the key id {kid!r} twice")
         secrets.append((kid, secret.encode()))
     if not secrets:
         raise SettingsError("JOBGATE_CURSOR_SECRET is empty")
@@ -116,10 +125,29 @@ def _dev_cursor_secret(data_dir: Path) -> bytes:
     return path.read_text().strip().encode()
 
 
+def _refuse_dev_values_in_prod(settings: Settings) -> None:
+    if settings.uses_dev_keys:
+        raise SettingsError(
+            "JOBGATE_AUTH_JWKS_FILE or JOBGATE_AUTH_JWKS_URL is required when JOBGATE_ENV=prod"
+        )
+    if settings.uses_dev_cursor_secret:
+        raise SettingsError("JOBGATE_CURSOR_SECRET is required when JOBGATE_ENV=prod")
+    if settings.issuer == DEV_ISSUER:
+        raise SettingsError("JOBGATE_AUTH_ISSUER must be set (not the dev issuer) when JOBGATE_ENV=prod")
+    if settings.audience == DEV_AUDIENCE:
+        raise SettingsError("JOBGATE_AUTH_AUDIENCE must be set (not the dev audience) when JOBGATE_ENV=prod")
+    if settings.is_sqlite:
+        raise SettingsError("JOBGATE_DATABASE_URL must name PostgreSQL when JOBGATE_ENV=prod")
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate the settings; raise :class:`SettingsError` on the first bad variable."""
+    """Read and validate the settings; raise :class:`SettingsError` on the first bad variable.
+
+    Nothing is written until every variable is valid: only then is the development cursor
+    secret created (dev mode without ``JOBGATE_CURSOR_SECRET``).
+    """
     env = dict(os.environ if environ is None else environ)
-    get = lambda name, default=None: (env.get(f"JOBGATE_{name}") or default)  # noqa: E731
+    get = lambda name, default=None: env.get(f"JOBGATE_{name}") or default
 
     mode = get("ENV", "dev")
     if mode not in {"dev", "prod"}:
@@ -144,8 +172,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("JOBGATE_AUTH_JWKS_FILE and JOBGATE_AUTH_JWKS_URL are exclusive; set one")
     if jwks_file and not Path(jwks_file).is_file():
         raise SettingsError(f"JOBGATE_AUTH_JWKS_FILE does not name a readable file: {jwks_file}")
-    if jwks_url and not jwks_url.startswith(("https://", "http://")):
-        raise SettingsError("JOBGATE_AUTH_JWKS_URL must be an http(s) URL")
+    if jwks_url and not _HTTP_URL_WITH_QUERY.match(jwks_url):
+        raise SettingsError("JOBGATE_AUTH_JWKS_URL must be an absolute http(s) URL")
     uses_dev_keys = not (jwks_file or jwks_url)
 
     dpop = get("AUTH_DPOP", "optional")
@@ -154,21 +182,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     public_url = get("PUBLIC_URL")
     if public_url is not None:
-        if not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", public_url):
-            raise SettingsError("JOBGATE_PUBLIC_URL must be an absolute http(s) URL without query")
+        if not _HTTP_URL.match(public_url):
+            raise SettingsError(
+                "JOBGATE_PUBLIC_URL must be an absolute http(s) URL (host, optional port and path; "
+                "no credentials, query or fragment)"
+            )
         public_url = public_url.rstrip("/")
 
     cursor_raw = get("CURSOR_SECRET")
-    uses_dev_cursor = cursor_raw is None
-    cursor_secrets = (
-        (("dev", _dev_cursor_secret(data_dir)),) if cursor_raw is None else _parse_cursor_secrets(cursor_raw)
-    )
+    cursor_secrets = () if cursor_raw is None else _parse_cursor_secrets(cursor_raw)
 
     cors = tuple(o.strip() for o in (get("CORS_ORIGINS", "") or "").split(",") if o.strip())
     for origin in cors:
         if origin == "*" and mode == "prod":
             raise SettingsError("JOBGATE_CORS_ORIGINS must list exact origins in prod, not '*'")
-        if origin != "*" and not re.match(r"^https?://[^/]+$", origin):
+        if origin != "*" and not _ORIGIN.match(origin):
             raise SettingsError(f"JOBGATE_CORS_ORIGINS has an invalid origin: {origin!r}")
 
     try:
@@ -200,15 +228,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         rate_limit=_parse_rate(get("RATE_LIMIT", "600/minute")),
         max_body_bytes=max_body,
         uses_dev_keys=uses_dev_keys,
-        uses_dev_cursor_secret=uses_dev_cursor,
+        uses_dev_cursor_secret=cursor_raw is None,
     )
     if mode == "prod":
-        if uses_dev_keys:
-            raise SettingsError("JOBGATE_AUTH_JWKS_FILE or JOBGATE_AUTH_JWKS_URL is required when JOBGATE_ENV=prod")
-        if uses_dev_cursor:
-            raise SettingsError("JOBGATE_CURSOR_SECRET is required when JOBGATE_ENV=prod")
-        if settings.issuer == DEV_ISSUER or settings.audience == DEV_AUDIENCE:
-            raise SettingsError("JOBGATE_AUTH_ISSUER and JOBGATE_AUTH_AUDIENCE must be set when JOBGATE_ENV=prod")
-        if settings.is_sqlite:
-            raise SettingsError("JOBGATE_DATABASE_URL must name PostgreSQL when JOBGATE_ENV=prod")
+        _refuse_dev_values_in_prod(settings)
+    if settings.uses_dev_cursor_secret:
+        settings = replace(settings, cursor_secrets=(("dev", _dev_cursor_secret(data_dir)),))
     return settings

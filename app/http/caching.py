@@ -34,13 +34,20 @@ def etag_of(content: Any) -> str:
     return etag_of_body(encode(content))
 
 
-def matches(header: str | None, etag: str) -> bool:
-    """``If-None-Match``/``If-Match`` comparison (RFC 9110): ``*`` or any listed tag, W/ ignored."""
+def matches(header: str | None, etag: str, *, strong: bool = False) -> bool:
+    """``*`` or any listed tag (RFC 9110 §13.1).
+
+    ``If-None-Match`` uses the weak comparison (``W/`` ignored); ``If-Match`` needs ``strong=True``,
+    under which a weak tag never matches.
+    """
     if not header:
         return False
     if header.strip() == "*":
         return True
-    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+    tags = (tag.strip() for tag in header.split(","))
+    if strong:
+        return any(tag == etag for tag in tags)
+    return any(tag.removeprefix("W/") == etag for tag in tags)
 
 
 class GatewayResponse(Response[Any]):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any
 
 import msgspec
 from litestar.params import Parameter
@@ -26,11 +28,15 @@ from app.storage.models import UTCDateTime
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 TOKEN_MAX_AGE = 24 * 3600
+CLOCK_SKEW = 300  # another process may sign with a clock slightly ahead of ours
 _VERSION = 1
+_B64 = re.compile(r"^[A-Za-z0-9_-]*$")
 
 
 def invalid_token() -> Problem:
-    return Problem(400, "invalid_continuation_token", "The continuation token is invalid, foreign or expired.")
+    return Problem(
+        400, "invalid_continuation_token", "The continuation token is invalid, foreign or expired."
+    )
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,13 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict: only the canonical unpadded form of some bytes decodes (no ignored characters or bits)."""
+    if not _B64.match(text):
+        raise ValueError("not base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 class CursorCodec:
@@ -61,6 +73,8 @@ class CursorCodec:
     def __init__(self, secrets: Sequence[tuple[str, bytes]], clock: Any = time.time) -> None:
         if not secrets:
             raise ValueError("at least one cursor secret is required")
+        if len({kid for kid, _ in secrets}) != len(secrets):
+            raise ValueError("cursor secret ids must be unique")
         self._secrets = dict(secrets)
         self._signing_kid = secrets[0][0]
         self._clock = clock
@@ -87,7 +101,10 @@ class CursorCodec:
             version, issued, last_key = msgspec.json.decode(body)
         except (msgspec.DecodeError, ValueError, TypeError):
             raise invalid_token() from None
-        if version != _VERSION or not isinstance(last_key, list) or self._clock() - issued > TOKEN_MAX_AGE:
+        if version != _VERSION or not isinstance(last_key, list) or type(issued) is not int:
+            raise invalid_token()
+        age = self._clock() - issued
+        if not -CLOCK_SKEW <= age <= TOKEN_MAX_AGE:
             raise invalid_token()
         return last_key
 

@@ -8,11 +8,13 @@ trace, SQL, a DSN or a token.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import (
+    ClientException,
     HTTPException,
     MethodNotAllowedException,
     NotFoundException,
@@ -113,6 +115,9 @@ def problem_response(problem: Problem, trace_id: str) -> Response[bytes]:
     )
 
 
+# msgspec names the field in the message when the error is about the object that holds it.
+_NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(.{1,200}?)`")
+_BODY = "body"
 
 
 def _validation_errors(exc: ValidationException) -> list[FieldError]:
@@ -120,10 +125,18 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
     extra = exc.extra if isinstance(exc.extra, list) else []
     for item in extra:
         if isinstance(item, dict):
-            key = str(item.get("key") or item.get("source") or "body")
             message = str(item.get("message", "invalid value"))
-            errors.append(FieldError(field=key, message=sanitize(message)[:300]))
+            key = str(item.get("key") or item.get("source") or _BODY)
+            if key == "data" and item.get("source") == _BODY:  # the body as a whole
+                key = _BODY
+            named = _NAMED_FIELD.match(message)
+            if named:
+                key = named.group(1) if key == _BODY else f"{key}.{named.group(1)}"
+            errors.append(FieldError(field=sanitize(key)[:200], message=sanitize(message)[:300]))
     return errors
+
+
+_JSON_ERRORS = ("JSON is malformed", "Input data was truncated")
 
 
 def to_problem(exc: Exception) -> Problem:
@@ -133,11 +146,25 @@ def to_problem(exc: Exception) -> Problem:
     if isinstance(exc, ValidationException):
         errors = _validation_errors(exc)
         detail = "The request is invalid: " + "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
-        return Problem(400, "validation_failed", detail if errors else "The request is invalid.", errors=errors)
+        return Problem(
+            400, "validation_failed", detail if errors else "The request is invalid.", errors=errors
+        )
     if isinstance(exc, NotFoundException):
         return Problem(404, "not_found", "No such resource.")
     if isinstance(exc, MethodNotAllowedException):
         return Problem(405, "method_not_allowed", "Method not allowed on this resource.", headers=exc.headers)
+    if (
+        isinstance(exc, ClientException)
+        and exc.status_code == 400
+        and str(exc.detail).startswith(_JSON_ERRORS)
+    ):
+        message = sanitize(str(exc.detail))[:300]
+        return Problem(
+            400,
+            "validation_failed",
+            f"The request body is not valid JSON: {message}",
+            errors=[FieldError(field=_BODY, message=message)],
+        )
     if isinstance(exc, HTTPException):
         status = exc.status_code
         if status == 413:
@@ -150,7 +177,10 @@ def to_problem(exc: Exception) -> Problem:
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
         return Problem(
-            503, "service_unavailable", "A backing service is unavailable; retry shortly.", headers={"Retry-After": "2"}
+            503,
+            "service_unavailable",
+            "A backing service is unavailable; retry shortly.",
+            headers={"Retry-After": "2"},
         )
     return Problem(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "An unexpected error occurred.")
 

@@ -1,0 +1,1 @@
+"""HTTP conventions: paging, continuation tokens, caching, problem details, settings."""
