@@ -122,5 +122,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             ),
             use_handler_docstrings=False,
         ),
+        logging_config=None,  # app/logs.py owns logging: every handler masks secrets
         debug=False,
     )

@@ -100,8 +100,11 @@ class IdempotencyStore:
 
     @staticmethod
     def fingerprint(scope: Scope, body: bytes) -> str:
+        """The request as far as its meaning goes: method, path, query, the project it is narrowed
+        to (the same body under another ``X-Stella-Project`` is another request) and the body."""
+        project = b"\x00".join(value for name, value in scope["headers"] if name.lower() == b"x-stella-project")
         digest = hashlib.sha256()
-        for part in (scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b""), body):
+        for part in (scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b""), project, body):
             digest.update(len(part).to_bytes(8, "big") + part)
         return digest.hexdigest()
 

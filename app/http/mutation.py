@@ -59,7 +59,10 @@ class Mutation:
             await self.session.commit()
         except IntegrityError:
             await self.session.rollback()
-            raise
+            log.warning("commit refused by a constraint, nothing applied")
+            raise Problem(
+                409, "conflict", "The change conflicts with the current state (a concurrent change?); nothing was applied."
+            ) from None
         except Exception as exc:
             await self.session.rollback()
             log.error("commit failed, nothing applied (%s)", type(exc).__name__)
@@ -108,14 +111,14 @@ TraceHeader = Annotated[
         description="Echoed on the response; a new one is generated when absent or not 8-128 of [A-Za-z0-9._:-]",
     ),
 ]
+# Reason and ticket are UTF-8; the envelope checks them on the decoded text, so their shape is
+# stated in the contract only (Litestar would check it on the latin-1 reading of the bytes).
 ReasonHeader = Annotated[
     str,
     Parameter(
         header="X-Stella-Operator-Reason",
-        pattern=rules.REASON_PATTERN,
-        min_length=1,
-        max_length=rules.REASON_MAX,
-        description="Why the operator acts: 1-512 printable characters, no control characters",
+        schema_extra={"pattern": rules.REASON_PATTERN, "minLength": 1, "maxLength": rules.REASON_MAX},
+        description="Why the operator acts: 1-512 printable characters (UTF-8), no control characters",
     ),
 ]
 TicketHeader = Annotated[
@@ -123,10 +126,8 @@ TicketHeader = Annotated[
     Parameter(
         header="X-Stella-Operator-Ticket",
         required=False,
-        pattern=rules.TICKET_PATTERN,
-        min_length=1,
-        max_length=rules.TICKET_MAX,
-        description="Ticket id: 1-128 printable characters",
+        schema_extra={"pattern": rules.TICKET_PATTERN, "minLength": 1, "maxLength": rules.TICKET_MAX},
+        description="Ticket id: 1-128 printable characters (UTF-8)",
     ),
 ]
 IdempotencyHeader = Annotated[

@@ -169,8 +169,12 @@ async def fetch_page(
     token: str | None,
     scope: PageScope,
     codec: CursorCodec,
+    scalars: bool = True,
 ) -> tuple[list[Any], str | None]:
-    """One page of ``stmt`` in ``keyset`` order and the token of the next page (None at the end)."""
+    """One page of ``stmt`` in ``keyset`` order and the token of the next page (None at the end).
+
+    ``stmt`` selects one entity (``scalars``) or rows with a column named after each sort column
+    (a grouped query keyed by its group columns)."""
     if token is not None:
         last = codec.decode(token, scope)
         if len(last) != len(keyset.columns):
@@ -179,7 +183,8 @@ async def fetch_page(
         row_key, last_key = tuple_(*keyset.columns), tuple_(*values)
         stmt = stmt.where(row_key < last_key if keyset.descending else row_key > last_key)
     order = [c.desc() if keyset.descending else c.asc() for c in keyset.columns]
-    rows = list((await session.execute(stmt.order_by(*order).limit(limit + 1))).scalars())
+    result = await session.execute(stmt.order_by(*order).limit(limit + 1))
+    rows = list(result.scalars() if scalars else result.all())
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 
 from app.http.problems import ProblemDetails
@@ -67,3 +68,10 @@ def protected(
 
 
 PUBLIC = {"opt": {"public": True, "cache": "none"}}
+
+
+def location(request: Request[Any, Any, Any], path: str) -> str:
+    """An absolute URL on ``JOBGATE_PUBLIC_URL``, or on the request's own base when none is set."""
+    public = request.app.state.runtime.settings.public_url
+    base = public if public else str(request.base_url).rstrip("/")
+    return base + path

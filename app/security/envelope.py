@@ -72,6 +72,37 @@ def operator_ticket(values: list[bytes]) -> str | None:
     return ticket
 
 
+def idempotency_key(values: list[bytes]) -> str | None:
+    if not values:
+        return None
+    key = values[0].decode("latin-1")
+    if len(values) > 1 or not _IDEMPOTENCY_KEY.match(key):
+        raise Problem(400, "idempotency_key_invalid", "Idempotency-Key must be 1-128 visible characters.")
+    return key
+
+
+def _valid_or_none(parse: Any, values: list[bytes]) -> str | None:
+    try:
+        return parse(values) if values else None
+    except Problem:
+        return None
+
+
+def as_declared(caller: Caller, scope: Scope) -> Caller:
+    """The caller with the reason, ticket and Idempotency-Key the request sent, where each is valid.
+
+    A request refused before these headers were checked (scope, rate limit) or because of one of
+    them is still audited with what it validly declared; an invalid value is never recorded.
+    """
+    return replace(
+        caller,
+        reason=caller.reason or _valid_or_none(operator_reason, header_values(scope, b"x-stella-operator-reason")),
+        ticket=caller.ticket or _valid_or_none(operator_ticket, header_values(scope, b"x-stella-operator-ticket")),
+        idempotency_key=caller.idempotency_key
+        or _valid_or_none(idempotency_key, header_values(scope, b"idempotency-key")),
+    )
+
+
 class Envelope:
     """Per-process envelope logic; :class:`EnvelopeMiddleware` applies it to each request."""
 
@@ -237,7 +268,7 @@ class Envelope:
     async def audit_outcome(self, caller: Caller, scope: Scope, status: int, code: str | None) -> None:
         handler = scope["route_handler"]
         row = audit_row(
-            caller,
+            as_declared(caller, scope),
             action=handler.opt.get("action", "unknown"),
             method=scope["method"],
             route=scope.get("path_template") or handler.paths.copy().pop(),
@@ -260,6 +291,18 @@ def _target(scope: Scope, param: str | None) -> str | None:
     return None if value is None else str(value)
 
 
+def _is_openapi_document(scope: Scope, opt: dict[str, Any]) -> bool:
+    """The OpenAPI documents are public (they are the published contract); their routes are the
+    framework's and cannot carry ``opt``, so they are recognised by path. A route there that
+    declares a scope stays protected."""
+    config = scope["app"].openapi_config
+    if config is None or opt.get("scope") is not None:
+        return False
+    base = "/" + (config.path or "/schema").strip("/")
+    path = scope["path"]
+    return path == base or path.startswith(base + "/")
+
+
 class EnvelopeMiddleware:
     def __init__(self, app: ASGIApp, envelope: Envelope) -> None:
         self.app = app
@@ -271,7 +314,7 @@ class EnvelopeMiddleware:
             return
         trace_id = ensure_trace_id(scope)
         opt = scope["route_handler"].opt
-        if opt.get("public"):
+        if opt.get("public") or _is_openapi_document(scope, opt):
             await self.app(scope, receive, send)
             return
 
@@ -286,14 +329,11 @@ class EnvelopeMiddleware:
             envelope.authorise(caller, opt.get("scope"))
             if mutating:
                 caller = envelope.operator(caller, scope, reason_required=not opt.get("submission", False))
-            keys = header_values(scope, b"idempotency-key") if mutating else []
-            if keys:
-                key = keys[0].decode("latin-1")
-                if len(keys) > 1 or not _IDEMPOTENCY_KEY.match(key):
-                    raise Problem(400, "idempotency_key_invalid", "Idempotency-Key must be 1-128 visible characters.")
+            key = idempotency_key(header_values(scope, b"idempotency-key")) if mutating else None
+            if key is not None:
                 caller = replace(caller, idempotency_key=key)
             state[CALLER_KEY] = caller
-            if keys:
+            if key is not None:
                 status = await self._idempotent(scope, receive, send, caller)
             else:
                 status = await self._forward(scope, receive, send)

@@ -6,15 +6,28 @@ import logging
 import re
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # scheme://user:password@host -> scheme://user:***@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*):[^\s@/]*@"), r"\1:***@"),
+    # SQL and its bound parameters as database errors quote them ("[SQL: …]", "[parameters: …]")
+    (re.compile(r"\[SQL: .*", re.DOTALL), "(SQL omitted)"),
+    (re.compile(r"\[parameters: .*", re.DOTALL), "(parameters omitted)"),
+    # PEM private keys
+    (
+        re.compile(
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.DOTALL
+        ),
+        "***private key***",
+    ),
+    # scheme://user:password@host -> scheme://user:***@host (a password may itself hold '@' or '/')
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@\"'<>]*):[^\s\"'<>,;]*@"), r"\1:***@"),
     # Authorization headers and bearer/DPoP credentials
     (re.compile(r"(?i)\b(bearer|dpop|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
     # compact JWS/JWT (three base64url segments)
     (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "***jwt***"),
-    # password=..., secret: ..., api_key=..., token=...
+    # password=..., secret: ..., api_key=..., token=..., and their quoted JSON forms ("password": "...")
     (
-        re.compile(r"(?i)\b(password|passwd|pwd|secret|api[_-]?key|access[_-]?token|token)\s*([=:])\s*[^\s,;&]+"),
+        re.compile(
+            r"(?i)\b(password|passwd|pwd|secret|api[_-]?key|access[_-]?token|refresh[_-]?token|token)"
+            r"([\"']?\s*[=:]\s*[\"']?)[^\s,;&\"']+"
+        ),
         r"\1\2***",
     ),
     # e-mail addresses
@@ -23,7 +36,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 def sanitize(text: str) -> str:
-    """Mask bearer tokens, JWTs, URL passwords, key=value secrets and e-mail addresses."""
+    """Mask SQL, private keys, URL passwords, bearer tokens, JWTs, key=value secrets and e-mail addresses."""
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -39,7 +52,8 @@ class SanitizingFilter(logging.Filter):
             # Tracebacks may quote SQL parameters or DSNs; log the type and a sanitised message only.
             exc = record.exc_info[1]
             clean = f"{clean} [{type(exc).__name__}: {sanitize(str(exc))[:500]}]"
-            record.exc_info = None
-            record.exc_text = None
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
         record.msg, record.args = clean, None
         return True

@@ -113,11 +113,6 @@ async def test_put_with_if_match_star_replaces_an_existing_source(client, factor
     assert response.json()["name"] == "starred"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/domain/sources/routes.py replace_source compares If-Match weakly (matches(...) without "
-    "strong=True): RFC 9110 §13.1.1 requires the strong comparison, so W/<etag> must be 412",
-)
 async def test_put_with_a_weak_form_of_the_current_etag_is_412(client, factory):
     tenant = await factory.tenant()
     source = await factory.source(client, tenant)
@@ -236,11 +231,6 @@ async def test_server_assigns_distinct_source_ids(client, factory):
     assert len(ids) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/domain/sources/routes.py create_source sends a relative Location; spec §2 names "
-    "JOBGATE_PUBLIC_URL as the base of Location headers",
-)
 async def test_location_is_built_on_the_public_url(client, factory, runtime):
     tenant = await factory.tenant()
     created = await client.post(

@@ -31,8 +31,9 @@ def audit_row(
         method=method,
         route=route[:256],
         target=sanitize(target)[:256] if target else None,
-        reason=caller.reason,
-        ticket=caller.ticket,
+        # Rows can never be deleted: a secret or address pasted into a reason must not be kept forever.
+        reason=sanitize(caller.reason)[:512] if caller.reason else caller.reason,
+        ticket=sanitize(caller.ticket)[:128] if caller.ticket else caller.ticket,
         trace_id=caller.trace_id,
         idempotency_key=caller.idempotency_key,
         result_status=status,

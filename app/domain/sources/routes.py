@@ -14,7 +14,7 @@ from app.http.caching import etag_of, matches
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
 from app.http.problems import Problem
-from app.http.routes import protected
+from app.http.routes import location, protected
 from app.security.caller import Caller
 
 SourceId = Annotated[str, Parameter(max_length=64, description="The source's id")]
@@ -65,13 +65,15 @@ async def get_source(session: AsyncSession, caller: Caller, sourceId: SourceId) 
     description="`sourceId` is assigned by the server unless given. Answers 201 with `Location` and `ETag`.",
     tags=["sources"],
 )
-async def create_source(data: SourceCreate, mutation: Mutation) -> Response[SourceView]:
+async def create_source(
+    request: Request[Any, Any, Any], data: SourceCreate, mutation: Mutation
+) -> Response[SourceView]:
     source = await service.create_source(mutation.session, mutation.caller, data)
     return await mutation.commit(
         target=source.source_id,
         status=201,
         content=service.view(source),
-        headers={"Location": f"/jobengine/sources/{source.source_id}"},
+        headers={"Location": location(request, f"/jobengine/sources/{source.source_id}")},
     )
 
 
@@ -87,7 +89,7 @@ async def replace_source(
 ) -> Response[SourceView]:
     source = await service.load(mutation.session, mutation.caller, sourceId, for_update=True)
     if_match = request.headers.get("if-match")
-    if if_match is not None and not matches(if_match, etag_of(service.view(source))):
+    if if_match is not None and not matches(if_match, etag_of(service.view(source)), strong=True):
         raise Problem(412, "precondition_failed", "The source changed since the given ETag; fetch it again.")
     source = await service.replace_source(mutation.session, source, mutation.caller, data)
     return await mutation.commit(target=source.source_id, status=200, content=service.view(source))
