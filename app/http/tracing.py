@@ -7,8 +7,10 @@ import uuid
 
 from litestar.types import Scope
 
+from app.security.header_rules import TRACE_ID_PATTERN
+
 TRACE_KEY = "jobgate_trace_id"
-_TRACE = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+_TRACE = re.compile(TRACE_ID_PATTERN)
 
 
 def header_values(scope: Scope, name: bytes) -> list[bytes]:

@@ -21,6 +21,7 @@ from app.domain.audit.service import audit_row
 from app.http.idempotency import IdempotencyStore, read_body
 from app.http.problems import PROBLEM_CODE_KEY, Problem
 from app.http.tracing import ensure_trace_id, header_values
+from app.security import header_rules as rules
 from app.security.caller import CALLER_KEY, Caller
 from app.security.dpop import PROOF_ALGORITHMS, ReplayStoreUnavailable
 from app.security.tokens import AuthError, Claims
@@ -34,9 +35,9 @@ AUDITED_KEY = "jobgate_audited"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 REALM = "stella-jobengine"
 
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+_TENANT = re.compile(rules.TENANT_PATTERN)
+_PROJECT = re.compile(rules.PROJECT_PATTERN)
+_IDEMPOTENCY_KEY = re.compile(rules.IDEMPOTENCY_KEY_PATTERN)
 
 
 def _text(value: bytes) -> str:
@@ -173,9 +174,9 @@ class Envelope:
             claims = await self.runtime.tokens.verify(token)
             if scheme == "bearer":
                 if self.dpop_mode == "required":
-                    raise AuthError("DPoP-bound tokens are required", "dpop_required")
+                    raise AuthError("DPoP-bound tokens are required", "bearer_refused")
                 if claims.jkt is not None and self.dpop_mode != "off":
-                    raise AuthError("a DPoP-bound token must be sent with the DPoP scheme", "dpop_bound")
+                    raise AuthError("a DPoP-bound token must be sent with the DPoP scheme", "bound_as_bearer")
                 return claims
             if self.dpop_mode == "off":
                 raise AuthError("DPoP is not enabled", "malformed")
@@ -303,6 +304,11 @@ def _is_openapi_document(scope: Scope, opt: dict[str, Any]) -> bool:
     return path == base or path.startswith(base + "/")
 
 
+def _is_automatic_options(scope: Scope, opt: dict[str, Any]) -> bool:
+    """The framework's OPTIONS answer (``Allow``) reveals nothing; a declared OPTIONS route is guarded."""
+    return scope["method"] == "OPTIONS" and opt.get("scope") is None
+
+
 class EnvelopeMiddleware:
     def __init__(self, app: ASGIApp, envelope: Envelope) -> None:
         self.app = app
@@ -314,7 +320,7 @@ class EnvelopeMiddleware:
             return
         trace_id = ensure_trace_id(scope)
         opt = scope["route_handler"].opt
-        if opt.get("public") or _is_openapi_document(scope, opt):
+        if opt.get("public") or _is_openapi_document(scope, opt) or _is_automatic_options(scope, opt):
             await self.app(scope, receive, send)
             return
 

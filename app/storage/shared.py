@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
@@ -54,9 +54,19 @@ class SharedStore(Protocol):
     async def close(self) -> None: ...
 
 
+class StoreUnavailable(ConnectionError):
+    """Redis failed recently; calls fail at once until the pause is over."""
+
+
 class RedisStore:
-    def __init__(self, url: str, prefix: str, *, timeout: float = 0.5) -> None:
+    """After a failure, calls fail immediately for :attr:`pause` seconds instead of each waiting for
+    the timeout again, so a Redis outage costs requests at most one timeout per pause."""
+
+    def __init__(self, url: str, prefix: str, *, timeout: float = 0.5, pause: float = 2.0, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
         self.prefix = prefix
+        self.pause = pause
+        self._clock = clock
+        self._open_until = 0.0
         self.redis = Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -66,15 +76,26 @@ class RedisStore:
         )
         self._gcra = self.redis.register_script(_GCRA)
 
+    async def _call(self, awaitable: Any) -> Any:
+        if self._clock() < self._open_until:
+            awaitable.close()
+            raise StoreUnavailable("redis paused after a recent failure")
+        try:
+            return await awaitable
+        except Exception:
+            self._open_until = self._clock() + self.pause
+            raise
+
     async def take(self, key: str, limit: int, period_seconds: int) -> Verdict:
         period_ms = period_seconds * 1000
-        allowed, retry = await self._gcra(keys=[self.prefix + key], args=[period_ms / limit, period_ms])
+        allowed, retry = await self._call(self._gcra(keys=[self.prefix + key], args=[period_ms / limit, period_ms]))
         return Verdict(bool(allowed), int(retry))
 
     async def add_once(self, key: str, ttl_seconds: int) -> bool:
-        return bool(await self.redis.set(self.prefix + key, b"1", nx=True, ex=ttl_seconds))
+        return bool(await self._call(self.redis.set(self.prefix + key, b"1", nx=True, ex=ttl_seconds)))
 
     async def ping(self) -> None:
+        # Readiness always asks Redis itself, so it notices recovery at once.
         await self.redis.ping()
 
     async def close(self) -> None:
