@@ -230,8 +230,10 @@ def openapi_document() -> dict[str, Any]:
     from app.server import create_app
 
     os.environ.setdefault("JOBGATE_DATA_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "jobgate-openapi"))
+    from litestar.serialization import encode_json
+
     app = create_app(_settings())
-    return app.openapi_schema.to_schema()
+    return json.loads(encode_json(app.openapi_schema.to_schema()))
 
 
 def render_openapi(document: dict[str, Any]) -> str:

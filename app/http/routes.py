@@ -23,7 +23,12 @@ _PROBLEMS = {
 
 
 def _problem(description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=ProblemDetails, description=description, media_type="application/problem+json")
+    return ResponseSpec(
+        data_container=ProblemDetails,
+        description=description,
+        media_type="application/problem+json",
+        generate_examples=False,
+    )
 
 
 def problem_responses(*statuses: int, **described: str) -> dict[int, ResponseSpec]:
