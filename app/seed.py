@@ -38,6 +38,7 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.domain.deadletter.templates import error_template, template_hash
+from app.domain.operations.ledger import PACK_RUN_TO_OPERATION, identity_hash
 from app.domain.tenants.service import add_tenant
 from app.security.sanitize import sanitize
 from app.storage.models import (
@@ -54,12 +55,6 @@ from app.storage.models import (
 DEMO_NAMESPACE = uuid.UUID("5d1e7c3a-2b9f-5c41-8e6d-0f4a9b2c7e13")
 
 # --- pure rules -------------------------------------------------------------------------------
-
-
-def run_identity_hash(run_type: str, identity: dict[str, Any]) -> str:
-    """sha256 over an operation run's type and identifying context (canonical JSON)."""
-    canonical = json.dumps({"type": run_type, **identity}, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def demo_id(*parts: str) -> str:
@@ -212,18 +207,6 @@ CLUSTERS = (
 # A failed pack-run step is a dead-lettered job: (pack run slug, step index) -> (cluster, entry).
 FAILED_STEPS = {("sbom-refresh-failed", 1): ("timeout", 0), ("license-audit", 3): ("missing", 0)}
 
-# Pack-run status -> operation run (status, outcome), spec §7.
-PACK_RUN_TO_OPERATION = {
-    "queued": ("queued", "pending"),
-    "running": ("running", "pending"),
-    "cancel_requested": ("running", "pending"),
-    "succeeded": ("completed", "succeeded"),
-    "partially_succeeded": ("completed", "partially_succeeded"),
-    "failed": ("completed", "failed"),
-    "timed_out": ("completed", "failed"),
-    "canceled": ("completed", "failed"),
-    "blocked": ("completed", "blocked"),
-}
 
 RECONCILE_THRESHOLD_SECONDS = 900
 STEP_SECONDS = 90
@@ -320,7 +303,7 @@ class _TenantDemo:
             type=run_type,
             status=status,
             outcome=outcome,
-            run_identity_hash=run_identity_hash(run_type, identity),
+            run_identity_hash=identity_hash(run_type, identity),
             summary_counts=fields.pop("summary_counts", {}),
             failure_summary=fields.pop("failure_summary", []),
             context=fields.pop("context", {}),
@@ -508,7 +491,7 @@ class _TenantDemo:
                 finished_at=finished,
             )
         )
-        run_status, outcome = PACK_RUN_TO_OPERATION[status]
+        run_status, outcome, _ = PACK_RUN_TO_OPERATION[status]
         run_type = "pack_run.retry" if retry_of else "pack_run.execute"
         context: dict[str, Any] = {"pack_run_id": pack_run_id, "pack_name": name, "pack_version": version,
                                    "source_id": self.id("source", source)}
@@ -730,7 +713,7 @@ def _housekeeping_run(workspace_id: int, workspace: str, tenants: int, now: date
         type=run_type,
         status="completed",
         outcome="succeeded",
-        run_identity_hash=run_identity_hash(run_type, {"workspace": workspace, "trigger": "demo-seed"}),
+        run_identity_hash=identity_hash(run_type, {"workspace": workspace, "trigger": "demo-seed"}),
         summary_counts={"total": tenants, "succeeded": tenants, "failed": 0, "reconciled": tenants},
         failure_summary=[],
         context={"workspace": workspace, "trigger": "schedule",
