@@ -1,0 +1,29 @@
+"""Background steps that every worker process runs periodically, beside claiming jobs.
+
+Each step does a bounded amount of work per call and is safe to run in several processes at
+once (it claims its work with guarded single statements or ``FOR UPDATE SKIP LOCKED``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    interval_seconds: float
+    run: Callable[[Runtime], Awaitable[None]]
+
+
+def background_steps() -> list[Step]:
+    """The steps of a worker process, imported here so the worker does not depend on each module."""
+    steps: list[Step] = []
+    # Steps register here as their modules land, e.g.:
+    #   from app.engine.replays import advance_replays
+    #   steps.append(Step("replay_pending", 0.5, advance_replays))
+    return steps
