@@ -226,6 +226,63 @@ def token(tenant: tuple[str, ...], scope: str, subject: str, ttl: str, jkt: str 
     click.echo(mint_token(settings, tenants=list(tenant), scope=scope, subject=subject, ttl_seconds=_parse_ttl(ttl), jkt=jkt))
 
 
+@main.command()
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1000), help="Jobs run at once.")
+@click.option("--worker-id", default=None, help="Lease owner name (default: host-pid).")
+@click.option("--tenant", "tenants", multiple=True, help="Only claim this tenant's jobs (repeat for several).")
+def worker(concurrency: int, worker_id: str | None, tenants: tuple[str, ...]) -> None:
+    """Run a job worker (JOBGATE_WORKER_* settings); SIGTERM stops it gracefully."""
+    import signal
+
+    from app.engine.config import load_worker_config
+    from app.engine.handlers import load_handlers
+    from app.engine.worker import Worker
+    from app.logs import configure_logging
+    from app.runtime import Runtime
+    from app.storage.migrate import upgrade
+
+    settings = _settings()
+    try:
+        config = load_worker_config()
+    except SettingsError as exc:
+        click.echo(f"jobgate: invalid setting: {exc}", err=True)
+        sys.exit(2)
+    configure_logging()
+
+    async def work() -> None:
+        runtime = Runtime.create(settings)
+        if settings.is_sqlite:
+            await upgrade(runtime.engine)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        handlers = load_handlers(config.handler_modules)
+        try:
+            await Worker(runtime, config, handlers, worker_id=worker_id, concurrency=concurrency, tenants=tenants).run(stop)
+        finally:
+            await runtime.stop()
+
+    asyncio.run(work())
+
+
+@main.command()
+def reconcile() -> None:
+    """One reconciler pass: fail long-stale operation runs, end overdue cancels (prints a summary)."""
+    from app.engine.reconciler import reconcile_once
+    from app.runtime import Runtime
+
+    async def work(settings: Settings) -> dict[str, Any]:
+        runtime = Runtime.create(settings)
+        try:
+            await runtime.start()
+            return await reconcile_once(runtime)
+        finally:
+            await runtime.stop()
+
+    click.echo(json.dumps(_run(work), sort_keys=True))
+
+
 def openapi_document() -> dict[str, Any]:
     from app.server import create_app
 

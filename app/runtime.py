@@ -25,6 +25,7 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    read_sessions: async_sessionmaker[AsyncSession]
     store: SharedStore
     keys: KeySet
     tokens: TokenVerifier
@@ -48,6 +49,7 @@ class Runtime:
             settings=settings,
             engine=engine,
             sessions=sessions,
+            read_sessions=session_factory(engine.execution_options(isolation_level="AUTOCOMMIT")),
             store=store,
             keys=keys,
             tokens=TokenVerifier(keys, issuer=settings.issuer, audience=settings.audience),

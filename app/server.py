@@ -25,11 +25,13 @@ from app.domain.audit import routes as audit
 from app.domain.deadletter import routes as deadletter
 from app.domain.health import routes as health
 from app.domain.jobs import routes as jobs
+from app.domain.operations import routes as operations
 from app.domain.packruns import routes as packruns
 from app.domain.quotas import routes as quotas
 from app.domain.sources import routes as sources
 from app.http.caching import GatewayResponse
 from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
+from app.http.openapi import close_strict_objects
 from app.http.problems import problem_exception_handler
 from app.http.routes import BEARER
 from app.logs import configure_logging
@@ -39,7 +41,7 @@ from app.security.envelope import Envelope, EnvelopeMiddleware
 from app.settings import Settings, load_settings
 
 VERSION = "0.1.0"
-PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES]
+PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES, *operations.ROUTES]
 PUBLIC_ROUTES = [*health.ROUTES]
 
 CORS_ALLOW_HEADERS = [
@@ -78,7 +80,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         finally:
             await runtime.stop()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[*PUBLIC_ROUTES, *PROTECTED_ROUTES],
         middleware=[DefineMiddleware(EnvelopeMiddleware, envelope=Envelope(runtime))],
         dependencies={
@@ -125,3 +127,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         logging_config=None,  # app/logs.py owns logging: every handler masks secrets
         debug=False,
     )
+    close_strict_objects(app)
+    return app

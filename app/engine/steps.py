@@ -22,8 +22,14 @@ class Step:
 
 def background_steps() -> list[Step]:
     """The steps of a worker process, imported here so the worker does not depend on each module."""
-    steps: list[Step] = []
-    # Steps register here as their modules land, e.g.:
-    #   from app.engine.replays import advance_replays
-    #   steps.append(Step("replay_pending", 0.5, advance_replays))
+    from app.engine.outcomes import expire_leases
+
+    steps: list[Step] = [Step("expire_leases", 1.0, expire_leases)]
+    from app.engine.replays import advance_replays
+
+    steps.append(Step("replay_pending", 0.5, advance_replays))
+    from app.engine.reconciler import reconcile_step
+
+    steps.append(Step("reconcile", 30.0, reconcile_step))
+    # Steps register here as their modules land.
     return steps

@@ -76,8 +76,13 @@ class Mutation:
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
 
 
-async def provide_session(request: Request[Any, Any, Any]) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.runtime.sessions() as session:
+async def provide_session(request: Request[Any, Any, Any], caller: Caller) -> AsyncIterator[AsyncSession]:
+    """A session per request. Reads run in autocommit (no BEGIN/ROLLBACK round trips); writes in
+    one transaction that :meth:`Mutation.commit` commits. Depending on ``caller`` orders the
+    dependencies, so the framework resolves them one after the other without a task group."""
+    runtime = request.app.state.runtime
+    sessions = runtime.read_sessions if request.method == "GET" else runtime.sessions
+    async with sessions() as session:
         yield session
 
 

@@ -28,6 +28,7 @@ from app.storage.models import UTCDateTime
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 TOKEN_MAX_AGE = 24 * 3600
+ISSUE_TIME_STEP = 3600
 CLOCK_SKEW = 300  # another process may sign with a clock slightly ahead of ours
 _VERSION = 1
 _B64 = re.compile(r"^[A-Za-z0-9_-]*$")
@@ -83,7 +84,10 @@ class CursorCodec:
         return hmac.new(self._secrets[kid], body + b"\x00" + scope.binding(), hashlib.sha256).digest()[:16]
 
     def encode(self, last_key: Sequence[Any], scope: PageScope) -> str:
-        body = msgspec.json.encode([_VERSION, int(self._clock()), list(last_key)])
+        # The issue time is rounded down to the hour: a token (and so the page that carries it and
+        # that page's ETag) stays byte-identical for the same position within the hour.
+        issued = int(self._clock()) // ISSUE_TIME_STEP * ISSUE_TIME_STEP
+        body = msgspec.json.encode([_VERSION, issued, list(last_key)])
         kid = self._signing_kid
         return f"{kid}.{_b64(body)}.{_b64(self._mac(kid, body, scope))}"
 

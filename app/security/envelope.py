@@ -305,8 +305,20 @@ def _is_openapi_document(scope: Scope, opt: dict[str, Any]) -> bool:
 
 
 def _is_automatic_options(scope: Scope, opt: dict[str, Any]) -> bool:
-    """The framework's OPTIONS answer (``Allow``) reveals nothing; a declared OPTIONS route is guarded."""
+    """The automatic OPTIONS answer (``Allow``) reveals nothing; a declared OPTIONS route is guarded."""
     return scope["method"] == "OPTIONS" and opt.get("scope") is None
+
+
+async def _answer_options(scope: Scope, send: Send) -> None:
+    """204 with every method of the path in ``Allow`` (the framework's own answer lists only the
+    methods of the first handler registered for a path)."""
+    paths = scope["route_handler"].paths
+    methods = {"OPTIONS"}
+    for route in scope["app"].routes:
+        if route.path in paths:
+            methods.update(getattr(route, "methods", ()))
+    await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", ", ".join(sorted(methods)).encode())]})
+    await send({"type": "http.response.body", "body": b""})
 
 
 class EnvelopeMiddleware:
@@ -320,7 +332,10 @@ class EnvelopeMiddleware:
             return
         trace_id = ensure_trace_id(scope)
         opt = scope["route_handler"].opt
-        if opt.get("public") or _is_openapi_document(scope, opt) or _is_automatic_options(scope, opt):
+        if _is_automatic_options(scope, opt):
+            await _answer_options(scope, send)
+            return
+        if opt.get("public") or _is_openapi_document(scope, opt):
             await self.app(scope, receive, send)
             return
 

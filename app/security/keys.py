@@ -92,6 +92,10 @@ class KeySet:
             return
         self._keys = keys
 
+    def loaded(self, kid: str) -> jwt.PyJWK | None:
+        """The key currently loaded for ``kid``, without fetching."""
+        return self._keys.get(kid)
+
     async def get(self, kid: str) -> jwt.PyJWK | None:
         key = self._keys.get(kid)
         if key is not None:

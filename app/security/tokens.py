@@ -12,6 +12,7 @@ from app.security.keys import KeySet
 
 LEEWAY_SECONDS = 60
 MAX_TOKEN_BYTES = 8 * 1024
+VERIFIED_CACHE_SIZE = 10_000
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub"]
 
 
@@ -62,8 +63,24 @@ class TokenVerifier:
         self.issuer = issuer
         self.audience = audience
         self._clock = clock
+        self._verified: dict[str, tuple[Claims, float, str, Any]] = {}
 
     async def verify(self, token: str) -> Claims:
+        """Verify ``token``; a token verified before is answered from the cache while it is
+        unexpired and its key is still the loaded key of its ``kid`` (a rotated-out key ends it)."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            claims, expires, kid, key = cached
+            if self._clock() <= expires + LEEWAY_SECONDS and self.keys.loaded(kid) is key:
+                return claims
+            del self._verified[token]
+        claims, expires, kid = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))  # oldest first (insertion order)
+        self._verified[token] = (claims, expires, kid, self.keys.loaded(kid))
+        return claims
+
+    async def _verify(self, token: str) -> tuple[Claims, float, str]:
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError("token too large", "malformed")
         if token.count(".") != 2:
@@ -94,13 +111,15 @@ class TokenVerifier:
                 algorithms=[alg],
                 audience=self.audience,
                 issuer=self.issuer,
-                leeway=LEEWAY_SECONDS,
-                options={"require": _REQUIRED, "strict_aud": False},
+                # Times are checked below against this verifier's clock (one clock for the cache too).
+                options={
+                    "require": _REQUIRED,
+                    "strict_aud": False,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token expired", "expired") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthError("token not yet valid", "immature") from None
         except jwt.InvalidAudienceError:
             raise AuthError("audience not accepted", "audience") from None
         except jwt.InvalidIssuerError:
@@ -110,7 +129,14 @@ class TokenVerifier:
         except Exception:  # noqa: BLE001
             raise AuthError("invalid token", "signature") from None
         now = self._clock()
-        if not isinstance(claims.get("iat"), (int, float)) or claims["iat"] > now + LEEWAY_SECONDS:
+        times = {name: claims.get(name) for name in ("exp", "iat", "nbf")}
+        if any(v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)) for v in times.values()):
+            raise AuthError("invalid time claims", "claims")
+        if times["exp"] is None or now > times["exp"] + LEEWAY_SECONDS:
+            raise AuthError("token expired", "expired")
+        if times["nbf"] is not None and times["nbf"] > now + LEEWAY_SECONDS:
+            raise AuthError("token not yet valid", "immature")
+        if times["iat"] is None or times["iat"] > now + LEEWAY_SECONDS:
             raise AuthError("token issued in the future", "immature")
         subject = claims.get("sub")
         if not isinstance(subject, str) or not 0 < len(subject) <= 256:
@@ -118,10 +144,11 @@ class TokenVerifier:
         cnf = claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) and isinstance(cnf.get("jkt"), str) else None
         client = claims.get("client_id", claims.get("azp"))
-        return Claims(
+        verified = Claims(
             subject=subject,
             client_id=client[:256] if isinstance(client, str) else None,
             tenants=_tenants(claims),
             scopes=_scopes(claims),
             jkt=jkt,
         )
+        return verified, float(claims["exp"]), kid

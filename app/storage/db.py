@@ -26,8 +26,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         return engine
     return create_async_engine(
         settings.database_url,
-        pool_size=10,
-        max_overflow=10,
+        # A fixed pool: overflow connections would be opened and closed again under every burst.
+        pool_size=20,
+        max_overflow=0,
         pool_timeout=5,
         pool_pre_ping=False,
         pool_recycle=1800,

@@ -175,3 +175,21 @@ def test_if_match_comparison_is_strong_when_asked():
     assert not matches('W/"a"', '"a"', strong=True)
     assert matches('W/"a"', '"a"')
     assert not matches(None, '"a"')
+
+
+async def test_a_multi_page_list_keeps_its_etag_as_time_passes_and_revalidates(client, factory, runtime, monkeypatch):
+    tenant = await factory.tenant()
+    for name in ("a", "b", "c"):
+        await factory.source(client, tenant, name=name)
+    hour = 1_800_000_000 // 3600 * 3600
+    now = [hour + 10.0]
+    monkeypatch.setattr(runtime.cursors, "_clock", lambda: now[0])
+    first = await client.get("/jobengine/sources?limit=2", headers=factory.headers(tenant))
+    assert first.json()["continuationToken"]
+    now[0] += 1800  # half an hour later, same content
+    later = await client.get("/jobengine/sources?limit=2", headers=factory.headers(tenant))
+    assert later.headers["etag"] == first.headers["etag"]
+    revalidated = await client.get(
+        "/jobengine/sources?limit=2", headers={**factory.headers(tenant), "If-None-Match": first.headers["etag"]}
+    )
+    assert revalidated.status_code == 304

@@ -500,3 +500,37 @@ async def test_key_set_never_loads_private_encryption_or_disallowed_keys(tmp_pat
     await keyset.refresh()
     for kid in ("es-1", "hs", "enc", "rsa-1"):
         assert await keyset.get(kid) is None, kid
+
+
+# --- the cache of verified tokens -------------------------------------------------------------------
+
+
+async def test_a_cached_token_is_refused_once_it_expires(keys):
+    from app.security.tokens import AuthError, TokenVerifier
+
+    now = [time.time()]
+    key_set = KeySet(("ES256",), file=keys.jwks_path)
+    await key_set.refresh()
+    verifier = TokenVerifier(key_set, issuer=keys.issuer, audience=keys.audience, clock=lambda: now[0])
+    token = keys.token(exp=int(now[0]) + 120)
+    assert (await verifier.verify(token)).subject == "tester"
+    assert (await verifier.verify(token)).subject == "tester"  # answered from the cache
+    now[0] += 120 + 61  # past exp and the 60 s leeway
+    with pytest.raises(AuthError):
+        await verifier.verify(token)
+
+
+async def test_a_cached_token_is_refused_once_its_key_is_rotated_out(keys, tmp_path):
+    from app.security.tokens import AuthError, TokenVerifier
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [public_jwk(keys.jwks["es-1"]), public_jwk(keys.jwks["es-2"])]}))
+    key_set = KeySet(("ES256",), file=jwks)
+    await key_set.refresh()
+    verifier = TokenVerifier(key_set, issuer=keys.issuer, audience=keys.audience)
+    token = keys.token(kid="es-1")
+    assert (await verifier.verify(token)).subject == "tester"
+    jwks.write_text(json.dumps({"keys": [public_jwk(keys.jwks["es-2"])]}))
+    await key_set.refresh()
+    with pytest.raises(AuthError):
+        await verifier.verify(token)

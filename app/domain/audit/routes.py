@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Request, get
@@ -12,8 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.domain.audit import queries
 from app.domain.audit.schemas import AuditPage
 from app.http.paging import ContinuationToken, Limit
+from app.http.params import instant_query, parse_instant
 from app.http.routes import protected
 from app.security.caller import Caller
+
+OccurredFrom = instant_query("occurredFrom", "Only rows that occurred at or after this instant")
+OccurredTo = instant_query("occurredTo", "Only rows that occurred before this instant")
 
 
 @get(
@@ -33,8 +36,8 @@ async def list_audit(
     action: Annotated[str | None, Parameter(max_length=64)] = None,
     subject: Annotated[str | None, Parameter(max_length=256)] = None,
     target: Annotated[str | None, Parameter(max_length=256)] = None,
-    occurred_from: Annotated[datetime | None, Parameter(query="occurredFrom")] = None,
-    occurred_to: Annotated[datetime | None, Parameter(query="occurredTo")] = None,
+    occurred_from: OccurredFrom = None,
+    occurred_to: OccurredTo = None,
 ) -> AuditPage:
     return await queries.list_audit(
         session,
@@ -43,8 +46,8 @@ async def list_audit(
         action=action,
         subject=subject,
         target=target,
-        occurred_from=occurred_from,
-        occurred_to=occurred_to,
+        occurred_from=parse_instant("occurredFrom", occurred_from),
+        occurred_to=parse_instant("occurredTo", occurred_to),
         limit=limit,
         token=continuation_token,
     )

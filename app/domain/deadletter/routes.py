@@ -1,18 +1,38 @@
-"""Routes of dead-letter entries (reads)."""
+"""Routes of dead-letter entries: reads, and the replay actions (single, batch, by filter)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from litestar import Request, get
+from litestar import Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.domain.deadletter import service
-from app.domain.deadletter.schemas import DeadLetterStats, EntryPage, EntryStatus, EntryView, SummaryPage
+from app.domain.deadletter import replay, service
+from app.domain.deadletter.schemas import (
+    BATCH_MAX,
+    MAX_ENTRIES_DEFAULT,
+    MAX_ENTRIES_MAX,
+    RATE_DEFAULT,
+    RATE_MAX,
+    SAMPLE_SIZE,
+    BatchReplayRequest,
+    BatchReplayResult,
+    DeadLetterStats,
+    EntryPage,
+    EntryStatus,
+    EntryView,
+    ReplayAccepted,
+    ReplayPendingAccepted,
+    ReplayPendingPreview,
+    ReplayPendingRequest,
+    SummaryPage,
+)
+from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
-from app.http.routes import protected
+from app.http.routes import location, protected
 from app.security.caller import Caller
 
 EntryId = Annotated[str, Parameter(max_length=64, description="The dead-letter entry's id")]
@@ -96,4 +116,111 @@ async def get_entry(session: AsyncSession, caller: Caller, entryId: EntryId) -> 
     return service.view(await service.load(session, caller, entryId))
 
 
-ROUTES = [deadletter_stats, deadletter_summary, list_entries, get_entry]
+@post(
+    "/jobengine/deadletter/{entryId:str}/replay",
+    **protected(
+        "orch:backfill",
+        action="deadletter.replay",
+        target="entryId",
+        problems=(404,),
+        s409="`replay_in_progress` (the entry is replaying), `already_replayed` (replayed), `entry_discarded` "
+        "(discarded), or the Idempotency-Key is in flight",
+    ),
+    status_code=202,
+    summary="Replay one dead-letter entry",
+    description="A pending entry becomes `replaying` and a new job (same jobType, source, payload and project; "
+    "attempt 0; the original job's maxAttempts) is queued; `Location` is that job. The transition is one guarded "
+    "statement, so concurrent replays of one entry, in any number of gateway processes, create exactly one job. "
+    "No request body.",
+    tags=["deadletter"],
+)
+async def replay_entry(
+    request: Request[Any, Any, Any], entryId: EntryId, mutation: Mutation
+) -> Response[ReplayAccepted]:
+    done = await replay.replay_one(mutation.session, mutation.caller, entryId)
+    return await mutation.commit(
+        target=entryId,
+        status=202,
+        content=ReplayAccepted(
+            entry_id=done.entry_id,
+            job_id=done.job_id,
+            status="replaying",
+            replay_count=done.replay_count,
+            last_replayed_at=done.replayed_at,
+        ),
+        headers={"Location": location(request, f"/jobengine/jobs/{done.job_id}")},
+    )
+
+
+@post(
+    "/jobengine/deadletter/replay/batch",
+    **protected("orch:backfill", action="deadletter.replay_batch"),
+    status_code=200,
+    summary="Replay a set of dead-letter entries",
+    description=f"1-{BATCH_MAX} `entryIds` (more is 400). Duplicate ids are replayed once and reported once, in "
+    "first-occurrence order. Each id's outcome: `replayed` (with `jobId`), `skipped` with `reason` "
+    "(`replay_in_progress`, `already_replayed`, `entry_discarded`), or `not_found` (also another tenant's or "
+    "project's id, which is left untouched). Synchronous: the batch is done when the answer comes. An operation "
+    "run of type `deadletter.replay_batch` is created first and completed in the same transaction, with "
+    "`summary_counts` total, replayed, skipped, not_found (outcome `succeeded`; `partially_succeeded` when some "
+    "ids were not found; `failed` when none was). `dryRun: true` changes nothing and creates no run: it reports "
+    "what would happen (`replayed` without `jobId` for each pending entry).",
+    tags=["deadletter"],
+)
+async def replay_batch(data: BatchReplayRequest, mutation: Mutation) -> Response[BatchReplayResult]:
+    result = await replay.replay_batch(mutation.session, mutation.caller, data)
+    target = str(result.operation_run_id) if result.operation_run_id is not None else None
+    return await mutation.commit(target=target, status=200, content=result)
+
+
+PENDING_ENVELOPE = protected("orch:backfill", action="deadletter.replay_pending")
+PENDING_ENVELOPE["responses"][200] = ResponseSpec(
+    data_container=ReplayPendingPreview,
+    description="Dry run: what would be replayed; nothing changed",
+    generate_examples=False,
+)
+
+
+@post(
+    "/jobengine/deadletter/replay/pending",
+    **PENDING_ENVELOPE,
+    status_code=202,
+    summary="Replay pending dead-letter entries by filter",
+    description="`filter` must name at least one of jobType, category, errorCode, sourceId, deadLetteredFrom "
+    "(inclusive), deadLetteredTo (exclusive; an empty or reversed range matches nothing); an empty filter is "
+    "400. Only `pending` entries dead-lettered before this request are taken, oldest first, at most `maxEntries` "
+    f"(1-{MAX_ENTRIES_MAX}, default {MAX_ENTRIES_DEFAULT}) and at most `ratePerSecond` per second "
+    f"(1-{RATE_MAX}, default {RATE_DEFAULT}; the maximum is effectively unlimited). "
+    "`dryRun: true` answers 200 with the number of matching entries and the first "
+    f"{SAMPLE_SIZE} of them, and changes nothing. Otherwise an operation run of type `deadletter.replay_pending` "
+    "is created before any work and the answer is 202 with its id and `Location` "
+    "(`/api/admin/operations/{id}`); workers replay the entries in bounded chunks and report progress in its "
+    "`summary_counts` (matched, replayed, skipped, failed); it ends `succeeded`, `partially_succeeded` or "
+    "`failed`. The same filter (in the same tenant and project) while its run is active answers 202 with that "
+    "run (`deduplicated: true`); different filters run side by side.",
+    tags=["deadletter"],
+)
+async def replay_pending(
+    request: Request[Any, Any, Any], data: ReplayPendingRequest, mutation: Mutation
+) -> Response[ReplayPendingAccepted]:
+    if data.dry_run:
+        preview = await replay.preview_pending(mutation.session, mutation.caller, data)
+        return await mutation.commit(target=None, status=200, content=preview)
+    accepted = await replay.start_pending(mutation.session, mutation.caller, data)
+    return await mutation.commit(
+        target=str(accepted.operation_run_id),
+        status=202,
+        content=accepted,
+        headers={"Location": location(request, f"/api/admin/operations/{accepted.operation_run_id}")},
+    )
+
+
+ROUTES = [
+    deadletter_stats,
+    deadletter_summary,
+    list_entries,
+    replay_batch,
+    replay_pending,
+    get_entry,
+    replay_entry,
+]

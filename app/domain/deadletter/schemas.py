@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -81,3 +81,82 @@ class SummaryGroup(msgspec.Struct, rename="camel"):
 class SummaryPage(msgspec.Struct, rename="camel"):
     items: list[SummaryGroup]
     continuation_token: str | None
+
+
+# -- replays ------------------------------------------------------------------------------------
+
+FilterText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+BATCH_MAX = 200
+MAX_ENTRIES_DEFAULT = 10_000
+MAX_ENTRIES_MAX = 100_000
+RATE_DEFAULT = 100
+RATE_MAX = 100_000
+SAMPLE_SIZE = 10
+
+
+class ReplayAccepted(msgspec.Struct, rename="camel"):
+    """A single replay: the entry is `replaying` and its new job is queued."""
+
+    entry_id: str
+    job_id: str
+    status: EntryStatus
+    replay_count: int
+    last_replayed_at: datetime
+
+
+class BatchReplayRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    # Any string: an id that names no entry of the tenant is reported `not_found`.
+    entry_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=BATCH_MAX)]
+    dry_run: bool = False
+
+
+ReplayOutcome = Literal["replayed", "skipped", "not_found"]
+SkipReason = Literal["replay_in_progress", "already_replayed", "entry_discarded"]
+
+
+class EntryOutcome(msgspec.Struct, rename="camel", omit_defaults=True):
+    entry_id: str
+    outcome: ReplayOutcome
+    reason: SkipReason | None = None
+    job_id: str | None = None
+
+
+class BatchReplayResult(msgspec.Struct, rename="camel"):
+    dry_run: bool
+    operation_run_id: int | None
+    total: int
+    replayed: int
+    skipped: int
+    not_found: int
+    results: list[EntryOutcome]
+
+
+class ReplayFilter(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    job_type: FilterText | None = None
+    category: FilterText | None = None
+    error_code: FilterText | None = None
+    source_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    dead_lettered_from: datetime | None = None
+    dead_lettered_to: datetime | None = None
+
+
+class ReplayPendingRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    filter: ReplayFilter
+    max_entries: Annotated[int, msgspec.Meta(ge=1, le=MAX_ENTRIES_MAX)] = MAX_ENTRIES_DEFAULT
+    rate_per_second: Annotated[int, msgspec.Meta(ge=1, le=RATE_MAX)] = RATE_DEFAULT
+    dry_run: bool = False
+
+
+class ReplayPendingPreview(msgspec.Struct, rename="camel"):
+    """A dry run: what a replay with this filter would take now; nothing changes."""
+
+    dry_run: bool
+    matched: int
+    would_replay: int
+    sample: list[EntryView]
+
+
+class ReplayPendingAccepted(msgspec.Struct, rename="camel"):
+    operation_run_id: int
+    status: str
+    deduplicated: bool

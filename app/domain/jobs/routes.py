@@ -1,17 +1,19 @@
-"""Routes of jobs (reads; submission is in the submission routes)."""
+"""Routes of jobs: reads and submission."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, get
+from litestar import Request, Response, get, post
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.jobs import service
+from app.domain.jobs import submission as submissions
 from app.domain.jobs.schemas import JobPage, JobStatus, JobSummary, JobView
+from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
-from app.http.routes import protected
+from app.http.routes import location, protected
 from app.security.caller import Caller
 
 JobId = Annotated[str, Parameter(max_length=64, description="The job's id")]
@@ -70,4 +72,32 @@ async def get_job(session: AsyncSession, caller: Caller, jobId: JobId) -> JobVie
     return service.view(await service.load(session, caller, jobId))
 
 
-ROUTES = [job_summary, list_jobs, get_job]
+@post(
+    "/jobengine/jobs",
+    **protected(
+        "orch:submit",
+        action="job.submit",
+        submission=True,
+        problems=(404,),
+        s409="The source is disabled (`source_disabled`), or the Idempotency-Key is in flight",
+    ),
+    status_code=201,
+    summary="Submit a job",
+    description="Queues one job of a visible, enabled source (unknown or other tenants' sources are 404). "
+    "`runAfter` in the future makes it `scheduled`. Answers 201 with `Location` and `ETag`; with an "
+    "`Idempotency-Key` a resubmission answers the first job.",
+    tags=["jobs"],
+)
+async def submit_job(
+    request: Request[Any, Any, Any], data: submissions.JobSubmit, submission: Mutation
+) -> Response[JobView]:
+    job = await submissions.submit_job(submission.session, submission.caller, data)
+    return await submission.commit(
+        target=job.job_id,
+        status=201,
+        content=service.view(job),
+        headers={"Location": location(request, f"/jobengine/jobs/{job.job_id}")},
+    )
+
+
+ROUTES = [job_summary, list_jobs, get_job, submit_job]

@@ -37,7 +37,19 @@ DETERMINISTIC_TYPES = frozenset({"deadletter.replay_pending", "ops.reconcile"})
 
 # The catalogue of summary_counts keys; anything else is dropped when counts are stored.
 SUMMARY_KEYS = frozenset(
-    {"total", "matched", "replayed", "skipped", "failed", "succeeded", "canceled", "not_found", "reconciled", "checked"}
+    {
+        "total",
+        "matched",
+        "processed",
+        "replayed",
+        "skipped",
+        "failed",
+        "succeeded",
+        "canceled",
+        "not_found",
+        "reconciled",
+        "checked",
+    }
 )
 
 # Pack-run status -> (operation-run status, outcome, failure code) (spec §7).
@@ -95,10 +107,14 @@ async def open_run(
     operator_message: str | None = None,
     status: str = "queued",
     now: datetime | None = None,
+    retry_on_race: bool = True,
 ) -> Opened:
     """Create the run row (flushed, not committed), or return the active run of the same identity.
 
     Deterministic types hash ``identity``; other types add a nonce, so they never deduplicate.
+    When the conflicting run completes between the refused insert and the lookup, the insert is
+    tried again (``retry_on_race``), or the ``IntegrityError`` is raised (``retry_on_race=False``:
+    the caller wants to know that another run of the identity was active a moment ago).
     """
     if run_type not in RUN_TYPES:
         raise ValueError(f"unknown operation type {run_type!r}")
@@ -126,16 +142,27 @@ async def open_run(
         created_at=now,
         updated_at=now,
     )
-    try:
-        async with session.begin_nested():
-            session.add(run)
-            await session.flush()
-    except IntegrityError:
-        existing = await active_run(session, workspace_id=workspace_id, tenant_id=tenant_id, digest=digest)
-        if existing is None:
-            raise
-        return Opened(existing, False)
+    for attempt in range(3):
+        try:
+            async with session.begin_nested():
+                session.add(run)
+                await session.flush()
+        except IntegrityError:
+            existing = await active_run(session, workspace_id=workspace_id, tenant_id=tenant_id, digest=digest)
+            if existing is not None:
+                return Opened(existing, False)
+            if not retry_on_race or attempt == 2:
+                raise
+            run = _copy(run)
+            continue
+        break
     return Opened(run, True)
+
+
+def _copy(run: OperationRun) -> OperationRun:
+    """A fresh, unsaved row with the same values (a refused one cannot be added again)."""
+    columns = [c.key for c in OperationRun.__table__.columns if c.key != "id"]
+    return OperationRun(**{key: getattr(run, key) for key in columns})
 
 
 async def active_run(
@@ -205,3 +232,57 @@ def follow_pack_run(run: OperationRun, pack_status: str, *, message: str | None 
         complete(run, outcome, failures=failures, message=message, now=now)
     elif status == "running":
         start(run, now)
+
+
+LATE_REPORTS_KEPT = 10
+
+
+def record_late_report(
+    session: AsyncSession | None, run: OperationRun, report: Mapping[str, Any], now: datetime | None = None
+) -> None:
+    """Keep a worker's report that arrived after the run was completed (e.g. reconciled) as
+    evidence, without changing the run's status or outcome (no flip-flop).
+
+    A reconciled run keeps it in ``reconciliation.evidence.late_reports``, any other completed run
+    in ``context.late_reports`` (the last :data:`LATE_REPORTS_KEPT`). ``report`` may carry
+    ``outcome``, ``counts``, ``message`` and ``worker``; messages are sanitised."""
+    now = now or datetime.now(UTC)
+    entry: dict[str, Any] = {"received_at": now.isoformat().replace("+00:00", "Z")}
+    if isinstance(report.get("outcome"), str):
+        entry["outcome"] = report["outcome"][:24]
+    if isinstance(report.get("counts"), Mapping):
+        entry["counts"] = normalise_counts(report["counts"])
+    if isinstance(report.get("message"), str):
+        entry["message"] = sanitize(report["message"])[:500]
+    if isinstance(report.get("worker"), str):
+        entry["worker"] = sanitize(report["worker"])[:128]
+    # JSON columns are replaced, not mutated, so the change is flushed.
+    if run.reconciled_at is not None:
+        record = dict(run.reconciliation or {})
+        evidence = dict(record.get("evidence") or {})
+        evidence["late_reports"] = [*evidence.get("late_reports", []), entry][-LATE_REPORTS_KEPT:]
+        record["evidence"] = evidence
+        run.reconciliation = record
+    else:
+        context = dict(run.context or {})
+        context["late_reports"] = [*context.get("late_reports", []), entry][-LATE_REPORTS_KEPT:]
+        run.context = context
+    run.updated_at = now
+
+
+def report(
+    session: AsyncSession | None,
+    run: OperationRun,
+    outcome: str,
+    *,
+    counts: Mapping[str, Any] | None = None,
+    failures: list[dict[str, str]] | None = None,
+    message: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """A worker's final report: :func:`complete`, or, when the run was already completed,
+    :func:`record_late_report`. Returns whether the report completed the run."""
+    if complete(run, outcome, counts=counts, failures=failures, message=message, now=now):
+        return True
+    record_late_report(session, run, {"outcome": outcome, "counts": counts or {}, "message": message}, now)
+    return False

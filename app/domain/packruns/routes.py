@@ -1,17 +1,19 @@
-"""Routes of pack runs (reads)."""
+"""Routes of pack runs: reads, submission, cancel and retry."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, get
+from litestar import Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.domain.packruns import service
-from app.domain.packruns.schemas import PackRunPage, PackRunStatus, PackRunView
+from app.domain.packruns import actions, service
+from app.domain.packruns.schemas import PackRunPage, PackRunStatus, PackRunSubmit, PackRunView
+from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
-from app.http.routes import protected
+from app.http.routes import location, protected
 from app.security.caller import Caller
 
 PackRunId = Annotated[str, Parameter(max_length=64, description="The pack run's id")]
@@ -54,4 +56,97 @@ async def get_pack_run(session: AsyncSession, caller: Caller, packRunId: PackRun
     return service.view(await service.load(session, caller, packRunId))
 
 
-ROUTES = [list_pack_runs, get_pack_run]
+def also_answers(successes: dict[int, str], scope: str, **declared: Any) -> dict[str, Any]:
+    """``protected(...)`` with further success answers (a pack-run view each) in the contract."""
+    route = protected(scope, **declared)
+    route["responses"] = {
+        **route["responses"],
+        **{status: ResponseSpec(data_container=PackRunView, description=text) for status, text in successes.items()},
+    }
+    return route
+
+
+def _location(request: Request[Any, Any, Any], run_id: str) -> dict[str, str]:
+    return {"Location": location(request, f"/jobengine/pack-runs/{run_id}")}
+
+
+@post(
+    "/jobengine/pack-runs",
+    **protected(
+        "orch:submit",
+        action="packrun.submit",
+        submission=True,
+        problems=(404,),
+        s409="The source is disabled (`source_disabled`), or the Idempotency-Key is in flight",
+    ),
+    status_code=201,
+    summary="Submit a pack run",
+    description="Creates the pack run's operation run (`pack_run.execute`) first, then the run and one job "
+    "per step; steps run in order, each after the previous one succeeded. A step whose job type has no "
+    "handler makes the run `blocked` at once. Answers 201 with `Location` and `ETag`.",
+    tags=["pack-runs"],
+)
+async def submit_pack_run(
+    request: Request[Any, Any, Any], data: PackRunSubmit, submission: Mutation
+) -> Response[PackRunView]:
+    run = await actions.submit(submission.session, submission.caller, data)
+    return await submission.commit(
+        target=run.pack_run_id, status=201, content=service.view(run), headers=_location(request, run.pack_run_id)
+    )
+
+
+@post(
+    "/jobengine/pack-runs/{packRunId:str}/cancel",
+    **also_answers(
+        {202: "Cancel requested: running steps stop at their next heartbeat; the run ends `canceled` when no "
+         "step is active any more"},
+        "orch:operate",
+        action="packrun.cancel",
+        target="packRunId",
+        problems=(404,),
+        s409="The run is not active (`run_not_active`), or the Idempotency-Key is in flight",
+    ),
+    status_code=200,
+    summary="Cancel a pack run",
+    description="A queued run (or one with no active step) is `canceled` at once (200): its waiting jobs are "
+    "canceled and none runs. A running run becomes `cancel_requested` (202): waiting steps are canceled, "
+    "running steps stop at their next heartbeat and free their quota slot, and the run ends `canceled`. "
+    "Canceling a `cancel_requested` run answers 202 again; a terminal run is 409 `run_not_active`.",
+    tags=["pack-runs"],
+)
+async def cancel_pack_run(packRunId: PackRunId, mutation: Mutation) -> Response[PackRunView]:
+    run = await actions.cancel(mutation.session, mutation.caller, packRunId)
+    status = 200 if run.status == "canceled" else 202
+    return await mutation.commit(target=run.pack_run_id, status=status, content=service.view(run))
+
+
+@post(
+    "/jobengine/pack-runs/{packRunId:str}/retry",
+    **also_answers(
+        {201: "A new pack run (`retryOf` = this run) with its own operation run (`pack_run.retry`)"},
+        "orch:backfill",
+        action="packrun.retry",
+        target="packRunId",
+        problems=(404,),
+        s409="The run is not failed, canceled or blocked (`run_not_retryable`), or the Idempotency-Key is in flight",
+    ),
+    status_code=200,
+    summary="Retry a pack run",
+    description="Only failed, canceled or blocked runs. Creates a new pack run of the same steps with "
+    "`retryOf` set and its own operation run (201 with `Location`). While an earlier retry of this run is "
+    "still active, answers that retry (200) instead of creating another.",
+    tags=["pack-runs"],
+)
+async def retry_pack_run(
+    request: Request[Any, Any, Any], packRunId: PackRunId, mutation: Mutation
+) -> Response[PackRunView]:
+    run, created = await actions.retry(mutation.session, mutation.caller, packRunId)
+    return await mutation.commit(
+        target=packRunId,
+        status=201 if created else 200,
+        content=service.view(run),
+        headers=_location(request, run.pack_run_id),
+    )
+
+
+ROUTES = [list_pack_runs, get_pack_run, submit_pack_run, cancel_pack_run, retry_pack_run]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -39,3 +39,16 @@ class PackRunView(msgspec.Struct, rename="camel"):
 class PackRunPage(msgspec.Struct, rename="camel"):
     items: list[PackRunView]
     continuation_token: str | None
+
+
+class StepSubmit(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    job_type: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9._-]{0,127}$", max_length=128)]
+    payload: dict[str, Any] = {}
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+
+
+class PackRunSubmit(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    pack_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+    pack_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
+    source_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", max_length=64)]
+    steps: Annotated[list[StepSubmit], msgspec.Meta(min_length=1, max_length=100, description="Run in this order")]

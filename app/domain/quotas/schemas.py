@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -58,3 +58,27 @@ class QuotaTotals(msgspec.Struct, rename="camel"):
 class QuotaSummary(msgspec.Struct, rename="camel"):
     items: list[QuotaUsage]
     totals: QuotaTotals
+
+
+JobTypeText = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", max_length=128)]
+MaxActive = Annotated[int, msgspec.Meta(ge=1, le=100_000, description="Jobs leased or running at once")]
+MaxPerHour = Annotated[int, msgspec.Meta(ge=1, le=10_000_000, description="Starts in any rolling hour")]
+Burst = Annotated[
+    int, msgspec.Meta(ge=1, le=10_000_000, description="Starts in any rolling minute; at most `maxPerHour`")
+]
+
+
+class QuotaCreate(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    job_type: JobTypeText
+    max_active: MaxActive
+    max_per_hour: MaxPerHour
+    burst: Burst
+
+
+class QuotaReplace(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """Full replace of the limits; ``jobType`` may be repeated but never changed."""
+
+    max_active: MaxActive
+    max_per_hour: MaxPerHour
+    burst: Burst
+    job_type: JobTypeText | None = None

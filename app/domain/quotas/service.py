@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.quotas import rules
-from app.domain.quotas.schemas import QuotaPage, QuotaSummary, QuotaTotals, QuotaUsage, QuotaView
+from app.domain.quotas.schemas import (
+    QuotaCreate,
+    QuotaPage,
+    QuotaReplace,
+    QuotaSummary,
+    QuotaTotals,
+    QuotaUsage,
+    QuotaView,
+)
 from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
-from app.http.problems import not_found
+from app.http.problems import FieldError, Problem, not_found
 from app.security.caller import Caller
+from app.security.sanitize import sanitize
 from app.storage.models import Job, Quota
 
 ORDER = Keyset((Quota.job_type, Quota.quota_id))
@@ -130,3 +141,93 @@ async def summary(session: AsyncSession, caller: Caller, now: datetime | None = 
         dispatched_last_hour=sum(i.dispatched_last_hour for i in items),
     )
     return QuotaSummary(items=items, totals=totals)
+
+
+# -- changes ------------------------------------------------------------------------------------
+
+
+def _check_burst(max_per_hour: int, burst: int) -> None:
+    """The one cross-field rule the payload types cannot state: ``burst <= maxPerHour``."""
+    if burst > max_per_hour:
+        raise Problem(
+            400,
+            "validation_failed",
+            f"The request is invalid: burst: must be at most maxPerHour ({max_per_hour}).",
+            errors=[FieldError(field="burst", message=f"must be at most maxPerHour ({max_per_hour})")],
+        )
+
+
+def _quota_exists(job_type: str) -> Problem:
+    return Problem(409, "quota_exists", f"The tenant already has a quota for jobType {job_type!r}.")
+
+
+async def create_quota(session: AsyncSession, caller: Caller, data: QuotaCreate) -> Quota:
+    _check_burst(data.max_per_hour, data.burst)
+    now = datetime.now(UTC)
+    quota = Quota(
+        tenant_id=caller.tenant_id,
+        quota_id=str(uuid.uuid4()),
+        job_type=data.job_type,
+        max_active=data.max_active,
+        max_per_hour=data.max_per_hour,
+        burst=data.burst,
+        paused=False,
+        created_at=now,
+        updated_at=now,
+    )
+    # A concurrent create of the same jobType waits on the unique constraint
+    # (uq_quotas_tenant_job_type) and fails here once the first commits: a 409, never a second row.
+    try:
+        async with session.begin_nested():
+            session.add(quota)
+            await session.flush()
+    except IntegrityError:
+        raise _quota_exists(data.job_type) from None
+    return quota
+
+
+async def replace_quota(session: AsyncSession, quota: Quota, data: QuotaReplace) -> Quota:
+    if data.job_type is not None and data.job_type != quota.job_type:
+        raise Problem(
+            409,
+            "job_type_immutable",
+            "A quota's jobType cannot change; delete the quota and create one for the other jobType.",
+        )
+    _check_burst(data.max_per_hour, data.burst)
+    quota.max_active = data.max_active
+    quota.max_per_hour = data.max_per_hour
+    quota.burst = data.burst
+    quota.updated_at = datetime.now(UTC)
+    await session.flush()
+    return quota
+
+
+async def delete_quota(session: AsyncSession, quota: Quota) -> None:
+    await session.execute(
+        delete(Quota).where(Quota.tenant_id == quota.tenant_id, Quota.quota_id == quota.quota_id)
+    )
+
+
+def pause(quota: Quota, caller: Caller) -> bool:
+    """Pause; pausing a paused quota changes nothing (it keeps who paused it, why and when)."""
+    if quota.paused:
+        return False
+    now = datetime.now(UTC)
+    quota.paused = True
+    quota.paused_by = caller.subject[:256]
+    quota.paused_reason = sanitize(caller.reason)[:512] if caller.reason else None
+    quota.paused_at = now
+    quota.updated_at = now
+    return True
+
+
+def resume(quota: Quota) -> bool:
+    """Resume and clear who/why/when; resuming a running quota changes nothing."""
+    if not quota.paused:
+        return False
+    quota.paused = False
+    quota.paused_by = None
+    quota.paused_reason = None
+    quota.paused_at = None
+    quota.updated_at = datetime.now(UTC)
+    return True

@@ -1,0 +1,108 @@
+"""Submitting jobs (scope ``orch:submit``): the source must be visible and enabled; its
+counters move in the same transaction as the new job rows."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.sources.schemas import SourceIdText
+from app.http.problems import Problem, not_found
+from app.security.caller import Caller
+from app.storage.models import Job, Source
+
+JobTypeText = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9._-]{0,127}$", max_length=128)]
+Priority = Annotated[int, msgspec.Meta(ge=-100, le=100, description="Higher runs first")]
+MaxAttempts = Annotated[int, msgspec.Meta(ge=1, le=20)]
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class JobSubmit(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    job_type: JobTypeText
+    source_id: SourceIdText
+    payload: dict[str, Any] = {}
+    priority: Priority = 0
+    max_attempts: MaxAttempts = DEFAULT_MAX_ATTEMPTS
+    run_after: datetime | None = None
+
+
+async def take_source(session: AsyncSession, caller: Caller, source_id: str, jobs: int, now: datetime) -> Source:
+    """Count ``jobs`` new jobs on the source (one guarded statement) and return it.
+
+    Unknown, other tenants' and other projects' sources are 404; a disabled source is 409
+    ``source_disabled`` (the caller's transaction is then rolled back, counters included)."""
+    stmt = (
+        update(Source)
+        .where(Source.tenant_id == caller.tenant_id, Source.source_id == source_id)
+        .values(jobs_submitted=Source.jobs_submitted + jobs, last_job_at=now)
+        .returning(Source)
+        .execution_options(synchronize_session=False)
+    )
+    if caller.project is not None:
+        stmt = stmt.where(Source.project_id == caller.project)
+    source = (await session.execute(stmt)).scalar_one_or_none()
+    if source is None:
+        raise not_found("Source")
+    if not source.enabled:
+        raise Problem(409, "source_disabled", f"Source {source_id!r} is disabled; it accepts no jobs.")
+    return source
+
+
+def new_job(
+    source: Source,
+    *,
+    job_type: str,
+    payload: dict[str, Any],
+    now: datetime,
+    priority: int = 0,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    run_after: datetime | None = None,
+    status: str = "pending",
+    pack_run_id: str | None = None,
+    step_index: int | None = None,
+) -> Job:
+    return Job(
+        tenant_id=source.tenant_id,
+        job_id=str(uuid.uuid4()),
+        project_id=source.project_id,
+        source_id=source.source_id,
+        job_type=job_type,
+        payload=payload,
+        priority=priority,
+        status=status,
+        attempt=0,
+        max_attempts=max_attempts,
+        run_after=max(run_after, now) if run_after is not None else now,
+        pack_run_id=pack_run_id,
+        step_index=step_index,
+        cancel_requested=status == "canceled",
+        created_at=now,
+        updated_at=now,
+        finished_at=now if status == "canceled" else None,
+    )
+
+
+async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> Job:
+    now = datetime.now(UTC)
+    source = await take_source(session, caller, data.source_id, 1, now)
+    run_after = data.run_after
+    if run_after is not None and run_after.tzinfo is None:
+        run_after = run_after.replace(tzinfo=UTC)
+    job = new_job(
+        source,
+        job_type=data.job_type,
+        payload=data.payload,
+        now=now,
+        priority=data.priority,
+        max_attempts=data.max_attempts,
+        run_after=run_after,
+        status="scheduled" if run_after is not None and run_after > now else "pending",
+    )
+    session.add(job)
+    await session.flush()
+    return job

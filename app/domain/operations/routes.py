@@ -1,0 +1,236 @@
+"""The six lifecycle routes (spec §7, seeds 000 and 001): reads under ``orch:read``, revalidated
+with ETags (``Cache-Control: private, no-cache``) because consoles poll them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.operations import queries, service
+from app.domain.operations.schemas import (
+    ListedFreshness,
+    OperationRunCollectionContract,
+    OperationRunDetail,
+    OperationRunDetailContract,
+    OperationRunPage,
+    ProblemClass,
+    RunOutcome,
+    RunStatus,
+    TenantActivityOperationsSummary,
+    TenantOperationProgressOverlay,
+)
+from app.domain.operations.thresholds import configured
+from app.http.paging import ContinuationToken, Keyset, Limit, PageScope, fetch_page
+from app.http.problems import not_found
+from app.http.routes import location, protected
+from app.security.caller import Caller
+from app.storage.models import OperationRun
+
+ORDER = Keyset((OperationRun.created_at, OperationRun.id), descending=True)
+MAX_ID = 2**63 - 1
+DASHBOARD_ACTIVE = 50
+DASHBOARD_RECENT = 20
+OVERLAY_ITEMS = 50
+CANONICAL_ITEMS = 100
+POLL_INTERVAL = "10s"
+ACTIVE_TABS = {"active": ("queued", "running"), "completed": ("completed",)}
+TAGS = ["operations"]
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Any:
+    return request.app.state.runtime
+
+
+def _detail_url(request: Request[Any, Any, Any], run_id: int) -> str:
+    return location(request, f"/admin/operations/{run_id}")
+
+
+async def _load(request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, run_id: int) -> tuple[Any, Any]:
+    if not 1 <= run_id <= MAX_ID:
+        raise not_found("Operation run")
+    seen = await service.visibility(caller, _runtime(request))
+    return await service.load(session, seen, run_id), seen
+
+
+@get(
+    "/api/admin/operations",
+    **protected("orch:read", cache="poll", problems=(304, 404)),
+    summary="List operation runs with their lifecycle freshness",
+    description="Runs visible to the caller (spec §7), ordered by `created_at desc, id desc`. "
+    "`freshness_state` is derived at request time from the per-type thresholds; a `tenant_id` "
+    "outside the visible tenants matches nothing.",
+    tags=TAGS,
+)
+async def list_operations(
+    request: Request[Any, Any, Any],
+    session: AsyncSession,
+    caller: Caller,
+    limit: Limit = 50,
+    continuation_token: ContinuationToken = None,
+    status: RunStatus | None = None,
+    outcome: RunOutcome | None = None,
+    run_type: Annotated[str | None, Parameter(query="type")] = None,
+    tenant_id: Annotated[int | None, Parameter(query="tenant_id")] = None,
+    freshness_state: Annotated[ListedFreshness | None, Parameter(query="freshness_state")] = None,
+    reconciled: bool | None = None,
+) -> OperationRunPage:
+    runtime = _runtime(request)
+    seen = await service.visibility(caller, runtime)
+    if tenant_id is not None and tenant_id not in seen.tenants:
+        return OperationRunPage(data=[], continuation_token=None)
+    now, thresholds = service.now_utc(), configured()
+    stmt = seen.select()
+    if status is not None:
+        stmt = stmt.where(OperationRun.status == status)
+    if outcome is not None:
+        stmt = stmt.where(OperationRun.outcome == outcome)
+    if run_type is not None:
+        stmt = stmt.where(OperationRun.type == run_type)
+    if tenant_id is not None:
+        stmt = stmt.where(OperationRun.tenant_id == tenant_id)
+    if freshness_state is not None:
+        stmt = stmt.where(queries.listed_freshness(freshness_state, now, thresholds))
+    if reconciled is not None:
+        stmt = stmt.where(queries.reconciled(reconciled))
+    filters = (
+        ("status", status),
+        ("outcome", outcome),
+        ("type", run_type),
+        ("tenant_id", tenant_id),
+        ("freshness_state", freshness_state),
+        ("reconciled", reconciled),
+        ("tenants", sorted(seen.tenants)),
+    )
+    scope = PageScope(caller.tenant.key, caller.project, "operations", filters, ORDER.name)
+    rows, token = await fetch_page(
+        session, stmt, ORDER, limit=limit, token=continuation_token, scope=scope, codec=runtime.cursors
+    )
+    items = [service.list_item(run, service.projection(run, now, thresholds)) for run in rows]
+    return OperationRunPage(data=items, continuation_token=token)
+
+
+@get(
+    "/api/admin/operations/{operationRun:int}",
+    **protected("orch:read", cache="poll", problems=(304, 404)),
+    summary="One operation run with its reconciliation and diagnostics",
+    tags=TAGS,
+)
+async def get_operation(
+    request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, operationRun: int
+) -> OperationRunDetail:
+    run, _ = await _load(request, session, caller, operationRun)
+    return service.detail(run, service.projection(run, service.now_utc(), configured(), "detail"))
+
+
+TenantPath = Annotated[int, Parameter(description="The tenant's integer id (a visible tenant, else 404)")]
+
+
+@get(
+    "/admin/t/{tenant:int}/dashboard",
+    **protected("orch:read", cache="poll", problems=(304, 404)),
+    summary="Tenant activity summary: active runs, then the most recent completed ones",
+    description=f"Up to {DASHBOARD_ACTIVE} active runs, then the {DASHBOARD_RECENT} most recent completed runs "
+    "of the tenant, each ordered by `created_at desc, id desc`.",
+    tags=TAGS,
+)
+async def tenant_dashboard(
+    request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, tenant: TenantPath
+) -> TenantActivityOperationsSummary:
+    seen = await service.visibility(caller, _runtime(request))
+    seen.tenant(tenant)
+    base = seen.select().where(OperationRun.tenant_id == tenant)
+    order = (OperationRun.created_at.desc(), OperationRun.id.desc())
+    active = base.where(OperationRun.status.in_(("queued", "running"))).order_by(*order).limit(DASHBOARD_ACTIVE)
+    recent = base.where(OperationRun.status == "completed").order_by(*order).limit(DASHBOARD_RECENT)
+    runs = [*(await session.execute(active)).scalars(), *(await session.execute(recent)).scalars()]
+    now, thresholds = service.now_utc(), configured()
+    items = [
+        service.surface_item(r, service.projection(r, now, thresholds), seen, _detail_url(request, r.id)) for r in runs
+    ]
+    return TenantActivityOperationsSummary(tenant_id=tenant, items=items)
+
+
+@get(
+    "/admin/t/{tenant:int}/operations/progress",
+    **protected("orch:read", cache="poll", problems=(304, 404)),
+    summary="Tenant progress overlay: the visible active runs, fresh and stale",
+    description=f"`poll_interval` is `{POLL_INTERVAL}` while any visible run is active, else null.",
+    tags=TAGS,
+)
+async def tenant_progress(
+    request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, tenant: TenantPath
+) -> TenantOperationProgressOverlay:
+    seen = await service.visibility(caller, _runtime(request))
+    seen.tenant(tenant)
+    stmt = (
+        seen.select()
+        .where(OperationRun.tenant_id == tenant, OperationRun.status.in_(("queued", "running")))
+        .order_by(OperationRun.created_at.desc(), OperationRun.id.desc())
+        .limit(OVERLAY_ITEMS)
+    )
+    now, thresholds = service.now_utc(), configured()
+    projected = [(r, service.projection(r, now, thresholds)) for r in (await session.execute(stmt)).scalars()]
+    items = [service.surface_item(r, p, seen, _detail_url(request, r.id)) for r, p in projected if p.show_in_active_progress]
+    polling = any(p.keep_active_polling for _, p in projected)
+    return TenantOperationProgressOverlay(
+        tenant_id=tenant,
+        has_visible_active_runs=bool(items),
+        poll_interval=POLL_INTERVAL if polling else None,
+        items=items,
+    )
+
+
+@get(
+    "/admin/operations",
+    **protected("orch:read", cache="poll", problems=(304, 404)),
+    summary="Canonical operations list of the workspace",
+    description=f"The {CANONICAL_ITEMS} most recent visible runs (`created_at desc, id desc`). `activeTab` "
+    "`active` or `completed` narrows by status (any other tab shows all); `problemClass` filters on "
+    "the derived problem class; a `tenant` outside the visible tenants is 404.",
+    tags=TAGS,
+)
+async def canonical_list(
+    request: Request[Any, Any, Any],
+    session: AsyncSession,
+    caller: Caller,
+    tenant: Annotated[int | None, Parameter(query="tenant", description="Tenant prefilter (integer id)")] = None,
+    active_tab: Annotated[str | None, Parameter(query="activeTab")] = None,
+    problem_class: Annotated[ProblemClass | None, Parameter(query="problemClass")] = None,
+) -> OperationRunCollectionContract:
+    seen = await service.visibility(caller, _runtime(request))
+    stmt = seen.select()
+    if tenant is not None:
+        seen.tenant(tenant)
+        stmt = stmt.where(OperationRun.tenant_id == tenant)
+    if active_tab in ACTIVE_TABS:
+        stmt = stmt.where(OperationRun.status.in_(ACTIVE_TABS[active_tab]))
+    now, thresholds = service.now_utc(), configured()
+    if problem_class is not None:
+        stmt = stmt.where(queries.problem_class(problem_class, now, thresholds))
+    stmt = stmt.order_by(OperationRun.created_at.desc(), OperationRun.id.desc()).limit(CANONICAL_ITEMS)
+    items = [
+        service.surface_item(r, service.projection(r, now, thresholds), seen, _detail_url(request, r.id))
+        for r in (await session.execute(stmt)).scalars()
+    ]
+    return OperationRunCollectionContract(
+        tenant_filter=tenant, active_tab=active_tab, problem_class=problem_class, items=items
+    )
+
+
+@get(
+    "/admin/operations/{run:int}",
+    **protected("orch:read", cache="poll", problems=(304, 404)),
+    summary="Canonical run detail: the summary first, diagnostics after it",
+    tags=TAGS,
+)
+async def canonical_detail(
+    request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, run: int
+) -> OperationRunDetailContract:
+    row, _ = await _load(request, session, caller, run)
+    return service.detail_contract(row, service.projection(row, service.now_utc(), configured(), "detail"))
+
+
+ROUTES = [list_operations, get_operation, tenant_dashboard, tenant_progress, canonical_list, canonical_detail]

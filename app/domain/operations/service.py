@@ -1,0 +1,187 @@
+"""Operation runs as the lifecycle surfaces show them: who sees which runs, and the views.
+
+Visibility (spec §7): the runs of the ``X-Stella-Tenant`` tenant and of the other tenants of
+its workspace that the token also grants, plus that workspace's workspace-scoped runs
+(``tenant_id`` null). ``X-Stella-Project`` narrows to runs of that project, which leaves out
+workspace-scoped runs (they belong to no project). Every view goes through
+``lifecycle.project``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Mapping
+
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.operations import queries
+from app.domain.operations.lifecycle import (
+    OUTCOME_LABELS,
+    STATUS_LABELS,
+    Projection,
+    RunFacts,
+    Surface,
+    project,
+    type_label,
+)
+from app.domain.operations.schemas import (
+    Diagnostics,
+    FailureSummaryItem,
+    OperationRunDetail,
+    OperationRunDetailContract,
+    OperationRunListItem,
+    OperationRunSurfaceItem,
+    ReconciliationRecord,
+)
+from app.domain.operations.thresholds import Thresholds
+from app.domain.tenants.service import TenantInfo
+from app.http.problems import not_found
+from app.security.caller import Caller
+from app.storage.models import OperationRun
+
+RECONCILIATION_SOURCES = ("failed_callback", "scheduled_reconciler", "adapter_reconciler")
+
+
+@dataclass(frozen=True)
+class Visibility:
+    workspace_id: int
+    tenants: Mapping[int, TenantInfo]
+    project: str | None
+
+    def condition(self) -> Any:
+        scope = or_(
+            OperationRun.tenant_id.in_(list(self.tenants)),
+            and_(OperationRun.tenant_id.is_(None), OperationRun.workspace_id == self.workspace_id),
+        )
+        conditions = [OperationRun.status.in_(queries.LIFECYCLE_STATUSES), scope]
+        if self.project is not None:
+            conditions.append(OperationRun.project_id == self.project)
+        return and_(*conditions)
+
+    def select(self) -> Select[Any]:
+        return select(OperationRun).where(self.condition())
+
+    def tenant(self, tenant_id: int) -> TenantInfo:
+        """A visible tenant, or 404."""
+        info = self.tenants.get(tenant_id)
+        if info is None:
+            raise not_found("Tenant")
+        return info
+
+    def label(self, tenant_id: int | None) -> str | None:
+        info = self.tenants.get(tenant_id) if tenant_id is not None else None
+        return info.key if info else None
+
+
+async def visibility(caller: Caller, runtime: Any) -> Visibility:
+    workspace_id = caller.tenant.workspace_id
+    granted = await runtime.tenants.in_workspace(workspace_id, caller.granted_tenants)
+    tenants = {t.id: t for t in granted}
+    tenants[caller.tenant.id] = caller.tenant
+    return Visibility(workspace_id, tenants, caller.project)
+
+
+async def load(session: AsyncSession, seen: Visibility, run_id: int) -> OperationRun:
+    run = (await session.execute(seen.select().where(OperationRun.id == run_id))).scalar_one_or_none()
+    if run is None:
+        raise not_found("Operation run")
+    return run
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def projection(run: OperationRun, now: datetime, thresholds: Thresholds, surface: Surface = "compact") -> Projection:
+    return project(RunFacts.of(run), now, thresholds, surface=surface)
+
+
+# --- seed 000 ------------------------------------------------------------------------------------
+
+
+def list_item(run: OperationRun, p: Projection) -> OperationRunListItem:
+    return OperationRunListItem(**_list_fields(run, p))
+
+
+def _list_fields(run: OperationRun, p: Projection) -> dict[str, Any]:
+    fields: dict[str, Any] = dict(
+        id=run.id,
+        type=run.type,
+        type_label=type_label(run.type),
+        status=run.status,
+        outcome=run.outcome,
+        freshness_state=p.listed_freshness,
+        reconciled=p.is_reconciled,
+        tenant_id=run.tenant_id,
+        initiator_name=run.initiator_name,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        completed_at=run.completed_at,
+    )
+    if run.operator_message is not None:
+        fields["operator_message"] = run.operator_message
+    return fields
+
+
+def reconciliation_record(run: OperationRun) -> ReconciliationRecord | None:
+    if run.status != "completed" or run.reconciled_at is None:
+        return None
+    record = dict(run.reconciliation or {})
+    source = record.get("source")
+    return ReconciliationRecord(
+        reconciled_at=run.reconciled_at,
+        source=source if source in RECONCILIATION_SOURCES else "scheduled_reconciler",
+        reason_code=str(record.get("reason_code") or "run.reconciled"),
+        reason_message=str(record.get("reason_message") or ""),
+        evidence=dict(record.get("evidence") or {}),
+    )
+
+
+def detail(run: OperationRun, p: Projection) -> OperationRunDetail:
+    counts = {
+        k: v for k, v in (run.summary_counts or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    failures = [
+        FailureSummaryItem(code=str(f.get("code", "")), message=str(f.get("message", "")))
+        for f in (run.failure_summary or [])
+        if isinstance(f, dict)
+    ]
+    return OperationRunDetail(
+        **_list_fields(run, p),
+        summary_counts=counts,
+        failure_summary=failures,
+        reconciliation=reconciliation_record(run),
+        diagnostics=Diagnostics(threshold_seconds=p.threshold_seconds, evidence=dict(p.evidence)),
+    )
+
+
+# --- seed 001 ------------------------------------------------------------------------------------
+
+
+def surface_item(run: OperationRun, p: Projection, seen: Visibility, detail_url: str) -> OperationRunSurfaceItem:
+    return OperationRunSurfaceItem(
+        run_id=run.id,
+        tenant_id=run.tenant_id,
+        tenant_label=seen.label(run.tenant_id),
+        operation_label=type_label(run.type),
+        status_label=STATUS_LABELS.get(run.status),
+        outcome_label=OUTCOME_LABELS.get(run.outcome),
+        active_state=p.active_state(),
+        detail_url=detail_url,
+    )
+
+
+def detail_contract(run: OperationRun, p: Projection) -> OperationRunDetailContract:
+    label = type_label(run.type)
+    summary = f"{label}: {p.compact_label}"
+    if run.operator_message:
+        summary += f". {run.operator_message}"
+    return OperationRunDetailContract(
+        run_id=run.id,
+        operation_label=label,
+        active_state=p.active_state(),
+        top_summary=summary,
+        diagnostics_visible_after_summary=True,
+    )

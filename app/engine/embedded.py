@@ -1,0 +1,47 @@
+"""The worker inside the gateway process, for the embedded default (SQLite, no separate worker).
+
+``stop = await start(runtime)`` in the application's lifespan, ``await stop()`` at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from app.engine.config import load_worker_config
+from app.engine.handlers import load_handlers
+from app.engine.worker import Worker
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+log = logging.getLogger("jobgate.worker")
+
+
+def wanted(runtime: Runtime) -> bool:
+    """The embedded default (SQLite) runs its worker in the gateway, as does JOBGATE_EMBEDDED_WORKER."""
+    return runtime.settings.is_sqlite or runtime.settings.embedded_worker
+
+
+async def start(runtime: Runtime, *, concurrency: int = 4) -> Callable[[], Awaitable[None]]:
+    """Start a worker task on the running loop when :func:`wanted`; returns its stop function."""
+    if not wanted(runtime):
+        async def nothing() -> None:
+            return None
+
+        return nothing
+    config = load_worker_config()
+    worker = Worker(runtime, config, load_handlers(config.handler_modules), concurrency=concurrency)
+    stop_event = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop_event), name="jobgate-embedded-worker")
+
+    async def stop() -> None:
+        stop_event.set()
+        try:
+            await asyncio.wait_for(task, timeout=config.shutdown_grace_seconds + 10)
+        except Exception:
+            log.exception("embedded worker did not stop cleanly")
+
+    return stop

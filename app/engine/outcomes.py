@@ -1,0 +1,364 @@
+"""The end of an attempt: each transition is one guarded statement on the job row
+(``WHERE lease_owner = :worker AND status IN (…)``), so a worker that lost its lease changes
+nothing, plus the follow-ups in the same transaction (dead-letter entry, source counter, the
+replayed entry, the pack run).
+
+- success → ``succeeded``; a replay job sets its entry ``replayed``;
+- a retryable failure with attempts left → ``scheduled`` after an exponential backoff with jitter;
+- otherwise → ``failed`` and a dead-letter entry (a replay job returns its original entry to
+  ``pending`` instead), and the source's ``jobs_failed`` + 1;
+- cancel → ``canceled``; release (shutdown) → ``pending`` without consuming the attempt;
+- an expired lease → back to ``pending`` (or dead-lettered as ``lease.expired`` when no attempt
+  is left; ``canceled`` when a cancel was requested).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain.deadletter.templates import error_template, template_hash
+from app.domain.packruns import progress
+from app.engine.dispatcher import Claimed
+from app.engine.handlers import JobFailure
+from app.security.sanitize import sanitize
+from app.storage.models import DeadLetterEntry, Job, Source
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+ACTIVE = ("leased", "running")
+MAX_MESSAGE = 2000
+EXPIRY_BATCH = 100
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential in the attempt number, capped, with jitter in [50 %, 100 %] of the step."""
+    step = min(cap, base * (2 ** max(0, attempt - 1)))
+    return step * (0.5 + 0.5 * (rng or random).random())
+
+
+def _lease_cleared(now: datetime) -> dict[str, Any]:
+    return {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
+
+
+def _guarded(job: Claimed, owner: str | None, statuses: tuple[str, ...] = ACTIVE):  # type: ignore[no-untyped-def]
+    stmt = update(Job).where(Job.tenant_id == job.tenant_id, Job.job_id == job.job_id, Job.status.in_(statuses))
+    if owner is not None:
+        stmt = stmt.where(Job.lease_owner == owner)
+    return stmt.execution_options(synchronize_session=False)
+
+
+async def _follow(session: AsyncSession, job: Claimed, now: datetime, *, blocked: str | None = None) -> None:
+    if job.pack_run_id is not None:
+        await progress.settle(session, job.tenant_id, job.pack_run_id, now=now, blocked=blocked)
+
+
+async def start(session: AsyncSession, worker_id: str, jobs: list[Claimed], now: datetime) -> list[Claimed]:
+    """Leased → running for the claimed jobs that may start; the others end here (canceled, or
+    a pack step whose source was disabled meanwhile: its run is ``blocked``). Commits."""
+    if not jobs:
+        return []
+    started = {
+        (t, j)
+        for t, j in await session.execute(
+            update(Job)
+            .where(
+                tuple_(Job.tenant_id, Job.job_id).in_([(c.tenant_id, c.job_id) for c in jobs]),
+                Job.status == "leased",
+                Job.lease_owner == worker_id,
+                Job.cancel_requested.is_(False),
+            )
+            .values(status="running", updated_at=now)
+            .returning(Job.tenant_id, Job.job_id)
+            .execution_options(synchronize_session=False)
+        )
+    }
+    runnable: list[Claimed] = []
+    for job in jobs:
+        if (job.tenant_id, job.job_id) not in started:
+            await _end(session, job, worker_id, "canceled", now)
+            await _follow(session, job, now)
+            continue
+        if job.pack_run_id is not None:
+            enabled = (
+                await session.execute(
+                    select(Source.enabled).where(Source.tenant_id == job.tenant_id, Source.source_id == job.source_id)
+                )
+            ).scalar_one_or_none()
+            if not enabled:
+                await _end(session, job, worker_id, "canceled", now)
+                await _follow(session, job, now, blocked=f"Not started: source {job.source_id} is disabled.")
+                continue
+            await _follow(session, job, now)
+        runnable.append(job)
+    await session.commit()
+    return runnable
+
+
+async def _end(session: AsyncSession, job: Claimed, owner: str | None, status: str, now: datetime, **values: Any) -> bool:
+    result = await session.execute(
+        _guarded(job, owner).values(status=status, finished_at=now, **_lease_cleared(now), **values)
+    )
+    return bool(result.rowcount)
+
+
+async def succeed(session: AsyncSession, worker_id: str, job: Claimed, now: datetime | None = None) -> bool:
+    now = now or datetime.now(UTC)
+    if not await _end(session, job, worker_id, "succeeded", now):
+        await session.rollback()
+        return False
+    if job.replay_of_entry_id is not None:
+        await session.execute(
+            update(DeadLetterEntry)
+            .where(
+                DeadLetterEntry.tenant_id == job.tenant_id,
+                DeadLetterEntry.entry_id == job.replay_of_entry_id,
+                DeadLetterEntry.status == "replaying",
+            )
+            .values(status="replayed", updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    await _follow(session, job, now)
+    await session.commit()
+    return True
+
+
+async def succeed_many(session: AsyncSession, worker_id: str, jobs: list[Claimed], now: datetime | None = None) -> int:
+    """Success of many plain jobs (no pack run, no replayed entry) in one statement. Commits."""
+    now = now or datetime.now(UTC)
+    assert all(j.pack_run_id is None and j.replay_of_entry_id is None for j in jobs)
+    result = await session.execute(
+        update(Job)
+        .where(
+            tuple_(Job.tenant_id, Job.job_id).in_([(j.tenant_id, j.job_id) for j in jobs]),
+            Job.lease_owner == worker_id,
+            Job.status.in_(ACTIVE),
+        )
+        .values(status="succeeded", finished_at=now, **_lease_cleared(now))
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+    return result.rowcount or 0
+
+
+async def cancel(session: AsyncSession, owner: str | None, job: Claimed, now: datetime | None = None) -> bool:
+    now = now or datetime.now(UTC)
+    if not await _end(session, job, owner, "canceled", now):
+        await session.rollback()
+        return False
+    await _follow(session, job, now)
+    await session.commit()
+    return True
+
+
+async def release(session: AsyncSession, worker_id: str, jobs: list[Claimed], now: datetime | None = None) -> int:
+    """Give leases back (shutdown): pending again, the attempt not consumed, no start counted."""
+    now = now or datetime.now(UTC)
+    released = 0
+    for job in jobs:
+        result = await session.execute(
+            _guarded(job, worker_id).values(
+                status="pending", attempt=Job.attempt - 1, started_at=None, run_after=now, **_lease_cleared(now)
+            )
+        )
+        released += result.rowcount or 0
+    await session.commit()
+    return released
+
+
+async def fail(
+    session: AsyncSession,
+    owner: str | None,
+    job: Claimed,
+    failure: JobFailure,
+    *,
+    backoff_base: float,
+    backoff_max: float,
+    now: datetime | None = None,
+) -> str | None:
+    """Retry later or dead-letter; returns the job's new status (None: the lease was lost)."""
+    now = now or datetime.now(UTC)
+    message = sanitize(failure.message)[:MAX_MESSAGE]
+    error = {
+        "last_error_code": failure.error_code[:128],
+        "last_error_category": failure.category[:64],
+        "last_error_message": message,
+    }
+    if failure.retryable and job.attempt < job.max_attempts:
+        delay = backoff_seconds(job.attempt, backoff_base, backoff_max)
+        result = await session.execute(
+            _guarded(job, owner).values(
+                status="scheduled", run_after=now + timedelta(seconds=delay), **_lease_cleared(now), **error
+            )
+        )
+        if not result.rowcount:
+            await session.rollback()
+            return None
+        await session.commit()
+        return "scheduled"
+    row = (
+        await session.execute(
+            _guarded(job, owner)
+            .values(status="failed", finished_at=now, **_lease_cleared(now), **error)
+            .returning(Job.project_id, Job.payload, Job.attempt)
+        )
+    ).first()
+    if row is None:
+        await session.rollback()
+        return None
+    await dead_letter(session, job, failure.error_code[:128], failure.category[:64], message, row, now)
+    await _follow(session, job, now)
+    await session.commit()
+    return "failed"
+
+
+async def dead_letter(
+    session: AsyncSession, job: Claimed, code: str, category: str, message: str, row: Any, now: datetime
+) -> None:
+    project_id, payload, attempts = row
+    template = error_template(message)
+    fields = {
+        "category": category,
+        "error_code": code,
+        "message": message,
+        "error_template": template,
+        "template_hash": template_hash(code, template),
+        "attempts": attempts,
+        "dead_lettered_at": now,
+        "updated_at": now,
+    }
+    returned = 0
+    if job.replay_of_entry_id is not None:
+        # A replay that fails again returns its original entry to pending (its replay_count
+        # was counted by the replay); first_dead_lettered_at stays.
+        result = await session.execute(
+            update(DeadLetterEntry)
+            .where(
+                DeadLetterEntry.tenant_id == job.tenant_id,
+                DeadLetterEntry.entry_id == job.replay_of_entry_id,
+                DeadLetterEntry.status == "replaying",
+            )
+            .values(status="pending", **fields)
+            .execution_options(synchronize_session=False)
+        )
+        returned = result.rowcount or 0
+    if not returned:
+        session.add(
+            DeadLetterEntry(
+                tenant_id=job.tenant_id,
+                entry_id=str(uuid.uuid4()),
+                project_id=project_id,
+                job_id=job.job_id,
+                job_type=job.job_type,
+                source_id=job.source_id,
+                payload=payload,
+                status="pending",
+                replay_count=0,
+                first_dead_lettered_at=now,
+                **fields,
+            )
+        )
+    await session.execute(
+        update(Source)
+        .where(Source.tenant_id == job.tenant_id, Source.source_id == job.source_id)
+        .values(jobs_failed=Source.jobs_failed + 1)
+        .execution_options(synchronize_session=False)
+    )
+    await session.flush()
+
+
+async def heartbeat(
+    session: AsyncSession, worker_id: str, jobs: list[Claimed], lease_seconds: float, now: datetime | None = None
+) -> dict[tuple[int, str], bool]:
+    """Extend the leases of the running jobs; returns {job: cancel_requested} for the jobs this
+    worker still holds (a job missing from the answer lost its lease). Commits."""
+    if not jobs:
+        return {}
+    now = now or datetime.now(UTC)
+    rows = await session.execute(
+        update(Job)
+        .where(
+            tuple_(Job.tenant_id, Job.job_id).in_([(j.tenant_id, j.job_id) for j in jobs]),
+            Job.lease_owner == worker_id,
+            Job.status == "running",
+        )
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .returning(Job.tenant_id, Job.job_id, Job.cancel_requested)
+        .execution_options(synchronize_session=False)
+    )
+    held = {(t, j): bool(c) for t, j, c in rows}
+    await session.commit()
+    return held
+
+
+def _claimed(job: Job) -> Claimed:
+    return Claimed(
+        job.tenant_id,
+        job.job_id,
+        job.job_type,
+        job.source_id,
+        job.payload,
+        job.attempt,
+        job.max_attempts,
+        job.pack_run_id,
+        job.step_index,
+        job.replay_of_entry_id,
+    )
+
+
+async def expire_leases(runtime: Runtime, now: datetime | None = None) -> int:
+    """Jobs whose lease ran out (their worker died or stalled) go back to the queue."""
+    now = now or datetime.now(UTC)
+    async with runtime.sessions() as session:
+        stmt = (
+            select(Job)
+            .where(Job.status.in_(ACTIVE), Job.lease_expires_at < now)
+            .order_by(Job.lease_expires_at)
+            .limit(EXPIRY_BATCH)
+        )
+        if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            stmt = stmt.with_for_update(skip_locked=True)
+        expired = list((await session.execute(stmt)).scalars())
+        for row in expired:
+            job, owner = _claimed(row), row.lease_owner
+            if row.cancel_requested:
+                await _end(session, job, owner, "canceled", now)
+                await _follow(session, job, now)
+            elif row.attempt < row.max_attempts:
+                await session.execute(
+                    _guarded(job, owner).values(
+                        status="pending",
+                        run_after=now,
+                        last_error_code="lease.expired",
+                        last_error_category="timeout",
+                        last_error_message=f"The lease of worker {owner} expired.",
+                        **_lease_cleared(now),
+                    )
+                )
+            else:
+                message = f"The lease of worker {owner} expired on the last attempt."
+                result = (
+                    await session.execute(
+                        _guarded(job, owner)
+                        .values(
+                            status="failed",
+                            finished_at=now,
+                            last_error_code="lease.expired",
+                            last_error_category="timeout",
+                            last_error_message=message,
+                            **_lease_cleared(now),
+                        )
+                        .returning(Job.project_id, Job.payload, Job.attempt)
+                    )
+                ).first()
+                if result is not None:
+                    await dead_letter(session, job, "lease.expired", "timeout", message, result, now)
+                    await _follow(session, job, now)
+        await session.commit()
+        return len(expired)

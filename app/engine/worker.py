@@ -1,0 +1,292 @@
+"""The worker: claims due jobs, runs their handlers, heartbeats, and runs the background steps.
+
+One asyncio loop per process: a claim loop (``dispatcher.claim`` then ``outcomes.start``), one
+task per running job, a heartbeat loop that extends every lease this worker holds in one
+statement (and stops the jobs whose cancel was requested, or whose lease was lost), and one loop
+per background step (``app/engine/steps.py``).
+
+Shutdown (SIGTERM/SIGINT, or the embedded gateway stopping): claiming stops at once; running
+jobs get ``shutdown_grace_seconds`` to finish; the rest are stopped and their leases released
+(back to ``pending``, the attempt not consumed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from app.engine import dispatcher, outcomes
+from app.engine.config import WorkerConfig
+from app.engine.dispatcher import Claimed
+from app.engine.handlers import Handler, JobContext, JobFailure
+from app.engine.steps import Step, background_steps
+from app.storage.models import Tenant
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+log = logging.getLogger("jobgate.worker")
+
+Key = tuple[int, str]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class _Running:
+    def __init__(self, job: Claimed, task: asyncio.Task[None]) -> None:
+        self.job = job
+        self.task = task
+        self.stop_reason: str | None = None  # "cancel" | "lost" | "shutdown"
+
+
+class Worker:
+    def __init__(
+        self,
+        runtime: Runtime,
+        config: WorkerConfig,
+        handlers: dict[str, Handler],
+        *,
+        worker_id: str | None = None,
+        concurrency: int = 8,
+        tenants: tuple[str, ...] = (),
+        steps: list[Step] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.handlers = handlers
+        self.worker_id = worker_id or default_worker_id()
+        self.concurrency = max(1, concurrency)
+        self.tenant_keys = tenants
+        self.steps = background_steps() if steps is None else steps
+        self.running: dict[Key, _Running] = {}
+        self.executions: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self.completed = 0
+        # Outcome writes share the process's connection pool with the claim, heartbeat and
+        # background loops: bound them so no write waits past the pool timeout.
+        self._writes = asyncio.Semaphore(8)
+        self._successes: list[tuple[Claimed, asyncio.Future[None]]] = []
+        self._success_ready = asyncio.Event()
+
+    # -- the loops
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        tenant_ids = await self._tenant_ids()
+        loops = [
+            asyncio.create_task(self._claim_loop(tenant_ids)),
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._success_loop()),
+        ]
+        loops += [asyncio.create_task(self._step_loop(step)) for step in self.steps]
+        log.info("worker %s started (concurrency %d, %d job types)", self.worker_id, self.concurrency, len(self.handlers))
+        try:
+            if stop is not None:
+                await stop.wait()
+            else:
+                await asyncio.Event().wait()
+        finally:
+            self.stopping.set()
+            self._slot_freed.set()
+            await self._drain()
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            log.info("worker %s stopped", self.worker_id)
+
+    async def _tenant_ids(self) -> tuple[int, ...] | None:
+        if not self.tenant_keys:
+            return None
+        async with self.runtime.sessions() as session:
+            rows = await session.execute(select(Tenant.id).where(Tenant.key.in_(self.tenant_keys)))
+            return tuple(rows.scalars())
+
+    async def _pause(self, seconds: float, event: asyncio.Event | None = None) -> None:
+        waiters = [asyncio.ensure_future(self.stopping.wait())]
+        if event is not None:
+            waiters.append(asyncio.ensure_future(event.wait()))
+        _, pending = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+
+    async def _claim_loop(self, tenant_ids: tuple[int, ...] | None) -> None:
+        # Claim in batches: wait until half the slots (or the batch) are free, not one by one.
+        threshold = max(1, min(self.config.batch, self.concurrency) // 2)
+        while not self.stopping.is_set():
+            free = self.concurrency - len(self.running)
+            claimed: list[Claimed] = []
+            if free >= threshold or (free > 0 and not self.running):
+                try:
+                    claimed = await self.claim_once(min(free, self.config.batch), tenant_ids)
+                except Exception:
+                    log.exception("claim failed")
+            if claimed and not self.stopping.is_set():
+                continue
+            self._slot_freed.clear()
+            await self._pause(self.config.poll_seconds, self._slot_freed if free < threshold else None)
+
+    async def claim_once(self, limit: int, tenant_ids: tuple[int, ...] | None = None) -> list[Claimed]:
+        now = datetime.now(UTC)
+        async with self.runtime.sessions() as session:
+            claimed = await dispatcher.claim(
+                session,
+                worker_id=self.worker_id,
+                job_types=self.handlers,
+                limit=limit,
+                lease_seconds=self.config.lease_seconds,
+                now=now,
+                tenants=tenant_ids,
+            )
+            if not claimed:
+                return []
+            runnable = await outcomes.start(session, self.worker_id, claimed, now)
+        if self.stopping.is_set():
+            async with self.runtime.sessions() as session:
+                await outcomes.release(session, self.worker_id, runnable)
+            return claimed
+        for job in runnable:
+            self._launch(job)
+        return claimed
+
+    def _launch(self, job: Claimed) -> None:
+        context = JobContext(
+            tenant_id=job.tenant_id,
+            job_id=job.job_id,
+            job_type=job.job_type,
+            source_id=job.source_id,
+            payload=dict(job.payload or {}),
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            pack_run_id=job.pack_run_id,
+            step_index=job.step_index,
+            replay_of_entry_id=job.replay_of_entry_id,
+            worker_id=self.worker_id,
+            claimed_at=datetime.now(UTC),
+        )
+        handler_task = asyncio.create_task(self.handlers[job.job_type](context))
+        entry = _Running(job, handler_task)
+        self.running[(job.tenant_id, job.job_id)] = entry
+        execution = asyncio.create_task(self._finish(entry))
+        self.executions.add(execution)
+        execution.add_done_callback(self.executions.discard)
+
+    async def _finish(self, entry: _Running) -> None:
+        job = entry.job
+        failure: JobFailure | None = None
+        outcome = "succeeded"
+        try:
+            await entry.task
+        except asyncio.CancelledError:
+            outcome = entry.stop_reason or "shutdown"
+        except JobFailure as exc:
+            outcome, failure = "failed", exc
+        except Exception as exc:  # noqa: BLE001 - a handler bug fails the attempt, not the worker
+            outcome = "failed"
+            failure = JobFailure("handler.error", "internal", f"{type(exc).__name__}: {exc}", retryable=True)
+        try:
+            if outcome == "succeeded" and job.pack_run_id is None and job.replay_of_entry_id is None:
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._successes.append((job, done))
+                self._success_ready.set()
+                await done
+            else:
+                async with self._writes:
+                    await self._record(job, outcome, failure)
+        except Exception:  # the lease expires and the job runs again
+            log.exception("could not record the outcome of job %s", job.job_id)
+        finally:
+            self.running.pop((job.tenant_id, job.job_id), None)
+            self.completed += 1
+            self._slot_freed.set()
+
+    async def _record(self, job: Claimed, outcome: str, failure: JobFailure | None) -> None:
+        async with self.runtime.sessions() as session:
+            if outcome == "succeeded":
+                await outcomes.succeed(session, self.worker_id, job)
+            elif outcome == "failed" and failure is not None:
+                await outcomes.fail(
+                    session,
+                    self.worker_id,
+                    job,
+                    failure,
+                    backoff_base=self.config.backoff_base_seconds,
+                    backoff_max=self.config.backoff_max_seconds,
+                )
+            elif outcome == "cancel":
+                await outcomes.cancel(session, self.worker_id, job)
+            elif outcome == "shutdown":
+                await outcomes.release(session, self.worker_id, [job])
+            # "lost": another worker owns the job now; nothing to write
+
+    async def _success_loop(self) -> None:
+        """Records plain successes in batches (one statement each); runs until cancelled after the drain."""
+        while True:
+            await self._success_ready.wait()
+            self._success_ready.clear()
+            batch, self._successes = self._successes, []
+            if not batch:
+                continue
+            try:
+                async with self._writes, self.runtime.sessions() as session:
+                    await outcomes.succeed_many(session, self.worker_id, [job for job, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to every job of the batch
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _heartbeat_loop(self) -> None:
+        # Runs until cancelled after the drain, so leases stay alive while running jobs finish.
+        while True:
+            await asyncio.sleep(self.config.heartbeat_seconds)
+            entries = [e for e in self.running.values() if e.stop_reason is None]
+            if not entries:
+                continue
+            try:
+                async with self.runtime.sessions() as session:
+                    held = await outcomes.heartbeat(
+                        session, self.worker_id, [e.job for e in entries], self.config.lease_seconds
+                    )
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            for entry in entries:
+                key = (entry.job.tenant_id, entry.job.job_id)
+                if entry.task.done():
+                    continue
+                if key not in held:
+                    entry.stop_reason = "lost"
+                    entry.task.cancel()
+                elif held[key]:
+                    entry.stop_reason = "cancel"
+                    entry.task.cancel()
+
+    async def _step_loop(self, step: Step) -> None:
+        while not self.stopping.is_set():
+            try:
+                await step.run(self.runtime)
+            except Exception:
+                log.exception("background step %s failed", step.name)
+            await self._pause(step.interval_seconds)
+
+    async def _drain(self) -> None:
+        """Let running jobs finish within the grace period, then stop them and release their leases."""
+        if self.executions:
+            await asyncio.wait(set(self.executions), timeout=self.config.shutdown_grace_seconds)
+        for entry in list(self.running.values()):
+            if not entry.task.done():
+                entry.stop_reason = entry.stop_reason or "shutdown"
+                entry.task.cancel()
+        if self.executions:
+            await asyncio.wait(set(self.executions), timeout=self.config.shutdown_grace_seconds + 5)

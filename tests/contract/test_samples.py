@@ -1,0 +1,64 @@
+"""The samples in samples/ are real gateway responses and validate against the contract."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema_rs
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+CONTRACT = yaml.safe_load((ROOT / "contracts" / "jobengine-gateway.openapi.yaml").read_text())
+SAMPLES = ROOT / "samples"
+
+# sample -> (method, path template, status) of the operation it was captured from
+OPERATIONS = {
+    "orchestrator-sources.json": ("get", "/jobengine/sources", "200"),
+    "orchestrator-quotas.json": ("get", "/jobengine/quotas", "200"),
+    "orchestrator-quota-summary.json": ("get", "/jobengine/quotas/summary", "200"),
+    "orchestrator-deadletter-stats.json": ("get", "/jobengine/deadletter/stats", "200"),
+    "orchestrator-deadletter-summary.json": ("get", "/jobengine/deadletter/summary", "200"),
+    "orchestrator-deadletter-replay.json": ("post", "/jobengine/deadletter/{entryId}/replay", "202"),
+    "orchestrator-packrun-cancel.json": ("post", "/jobengine/pack-runs/{packRunId}/cancel", None),
+    "orchestrator-packrun-retry.json": ("post", "/jobengine/pack-runs/{packRunId}/retry", None),
+}
+READ_SAMPLES = [name for name, (method, _, _) in OPERATIONS.items() if method == "get"]
+
+
+def response_schema(method: str, path: str, status: str | None) -> dict:
+    responses = CONTRACT["paths"][path][method]["responses"]
+    if status is None:
+        status = next(code for code in sorted(responses) if re.fullmatch(r"2\d\d", code) and "content" in responses[code])
+    schema = responses[status]["content"]["application/json"]["schema"]
+    return {**schema, "components": CONTRACT["components"]}
+
+
+@pytest.mark.parametrize("name", READ_SAMPLES)
+def test_read_sample_exists_and_validates_against_the_contract(name):
+    sample = json.loads((SAMPLES / name).read_text())
+    method, path, status = OPERATIONS[name]
+    jsonschema_rs.validate(response_schema(method, path, status), sample)
+
+
+def test_every_present_sample_validates_against_the_contract():
+    present = sorted(p.name for p in SAMPLES.glob("orchestrator-*.json"))
+    assert set(READ_SAMPLES) <= set(present)
+    for name in present:
+        method, path, status = OPERATIONS[name]
+        if path not in CONTRACT["paths"]:
+            pytest.fail(f"{name} was captured from {path}, which is not in the contract")
+        jsonschema_rs.validate(response_schema(method, path, status), json.loads((SAMPLES / name).read_text()))
+
+
+def test_samples_are_not_empty_demo_answers():
+    sources = json.loads((SAMPLES / "orchestrator-sources.json").read_text())
+    assert sources["items"] and sources["continuationToken"]
+    stats = json.loads((SAMPLES / "orchestrator-deadletter-stats.json").read_text())
+    assert stats["topClusters"] and all(len(c["sampleEntryIds"]) <= 3 for c in stats["topClusters"])
+    summary = json.loads((SAMPLES / "orchestrator-deadletter-summary.json").read_text())
+    keys = [(g["category"], g["errorCode"]) for g in summary["items"]]
+    assert keys == sorted(keys)
