@@ -272,6 +272,14 @@ def reconcile() -> None:
     from app.engine.reconciler import reconcile_once
     from app.runtime import Runtime
 
+    from app.domain.operations.thresholds import ThresholdsError, configured
+
+    try:
+        configured()
+    except ThresholdsError as exc:
+        click.echo(f"jobgate: invalid setting: {exc}", err=True)
+        sys.exit(2)
+
     async def work(settings: Settings) -> dict[str, Any]:
         runtime = Runtime.create(settings)
         try:

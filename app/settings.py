@@ -53,6 +53,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     rate_limit: RateLimit = RateLimit(600, 60)
     max_body_bytes: int = 1024 * 1024
+    database_pool_size: int = 20
     embedded_worker: bool = False
     uses_dev_keys: bool = False
     uses_dev_cursor_secret: bool = False
@@ -206,6 +207,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if max_body < 1024:
         raise SettingsError("JOBGATE_MAX_BODY_BYTES must be at least 1024")
 
+    try:
+        pool_size = int(get("DATABASE_POOL_SIZE", "20"))
+    except ValueError:
+        raise SettingsError("JOBGATE_DATABASE_POOL_SIZE must be an integer") from None
+    if not 1 <= pool_size <= 500:
+        raise SettingsError("JOBGATE_DATABASE_POOL_SIZE must be between 1 and 500")
+
     prefix = get("REDIS_PREFIX", "jobgate:")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
         raise SettingsError("JOBGATE_REDIS_PREFIX must be 1-64 characters of [A-Za-z0-9_.:-]")
@@ -227,6 +235,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cors_origins=cors,
         rate_limit=_parse_rate(get("RATE_LIMIT", "600/minute")),
         max_body_bytes=max_body,
+        database_pool_size=pool_size,
         uses_dev_keys=uses_dev_keys,
         uses_dev_cursor_secret=cursor_raw is None,
     )

@@ -43,24 +43,34 @@ async def prepare(admin: str, database: str, entries: int, env: dict[str, str]) 
     conn = await asyncpg.connect(admin)
     await conn.execute(f'CREATE DATABASE "{database}"')
     await conn.close()
-    subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], env=env, cwd=ROOT, check=True,
-                   capture_output=True)
-    subprocess.run([sys.executable, "-m", "app.cli", "tenants", "add", "bench", "--workspace", "bench"], env=env,
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True
+    )
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "tenants", "add", "bench", "--workspace", "bench"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     conn = await asyncpg.connect(f"{admin.rpartition('/')[0]}/{database}")
     try:
         tenant_id = await conn.fetchval("SELECT id FROM tenants WHERE key = 'bench'")
         await conn.execute(
             "INSERT INTO sources (tenant_id, source_id, name, source_type, enabled, created_at, updated_at, "
             "jobs_submitted, jobs_active, jobs_failed) VALUES ($1, 'bench', 'bench', 'bench', true, now(), now(), "
-            "$2, 0, $2)", tenant_id, entries,
+            "$2, 0, $2)",
+            tenant_id,
+            entries,
         )
         await conn.execute(
             "INSERT INTO jobs (tenant_id, job_id, source_id, job_type, payload, priority, status, attempt, "
             "max_attempts, run_after, cancel_requested, created_at, updated_at, finished_at) "
             "SELECT $1, 'job-' || n, 'bench', 'bench.replay', jsonb_build_object('n', n), 0, 'failed', 3, 3, "
             "now() - interval '1 hour', false, now() - interval '1 hour', now(), now() "
-            "FROM generate_series(1, $2) AS n", tenant_id, entries,
+            "FROM generate_series(1, $2) AS n",
+            tenant_id,
+            entries,
         )
         await conn.execute(
             "INSERT INTO dead_letter_entries (tenant_id, entry_id, job_id, job_type, source_id, category, error_code, "
@@ -70,7 +80,9 @@ async def prepare(admin: str, database: str, entries: int, env: dict[str, str]) 
             "'upstream.timeout', 'upstream timed out after ' || n || ' ms', 'upstream timed out after <n> ms', "
             "'0123456789abcdef', jsonb_build_object('n', n), 3, 'pending', 0, "
             "now() - interval '1 minute' * (n % 600), now() - interval '1 minute' * (n % 600), now() "
-            "FROM generate_series(1, $2) AS n", tenant_id, entries,
+            "FROM generate_series(1, $2) AS n",
+            tenant_id,
+            entries,
         )
         await conn.execute("ANALYZE")
     finally:
@@ -79,15 +91,20 @@ async def prepare(admin: str, database: str, entries: int, env: dict[str, str]) 
 
 async def measure(env: dict[str, str], entries: int) -> dict[str, object]:
     os.environ.update(env)
+    from sqlalchemy import func, select
+
     from app.engine.replays import advance_replays
     from app.server import create_app
     from app.settings import load_settings
     from app.storage.models import Job, OperationRun
-    from sqlalchemy import func, select
 
     token = subprocess.run(
         [sys.executable, "-m", "app.cli", "token", "--tenant", "bench", "--scope", "orch:backfill"],
-        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     app = create_app(load_settings(env))
     runtime = app.state.runtime
@@ -100,8 +117,11 @@ async def measure(env: dict[str, str], entries: int) -> dict[str, object]:
             response = await client.post(
                 "/jobengine/deadletter/replay/pending",
                 json={"filter": {"jobType": "bench.replay"}, "maxEntries": entries, "ratePerSecond": 100_000},
-                headers={"Authorization": f"Bearer {token}", "X-Stella-Tenant": "bench",
-                         "X-Stella-Operator-Reason": "benchmark"},
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "X-Stella-Tenant": "bench",
+                    "X-Stella-Operator-Reason": "benchmark",
+                },
             )
             accepted_after = time.perf_counter() - started
             assert response.status_code == 202, response.text
@@ -118,9 +138,11 @@ async def measure(env: dict[str, str], entries: int) -> dict[str, object]:
                     raise SystemExit("the run did not complete within 10 minutes")
             elapsed = time.perf_counter() - started
             async with runtime.sessions() as session:
-                jobs = (await session.execute(
-                    select(func.count()).select_from(Job).where(Job.replay_of_entry_id.is_not(None))
-                )).scalar_one()
+                jobs = (
+                    await session.execute(
+                        select(func.count()).select_from(Job).where(Job.replay_of_entry_id.is_not(None))
+                    )
+                ).scalar_one()
             return {
                 "entries": entries,
                 "accepted_seconds": round(accepted_after, 3),

@@ -4,7 +4,7 @@
 
 Creates a throwaway database on ``BENCH_PG_ADMIN`` (default
 postgresql://postgres@127.0.0.1:5432/postgres), migrates it, inserts the jobs of one tenant in
-one statement, starts the workers and samples the job statuses every 100 ms until every job
+one statement (distinct ``run_after`` values, as jobs submitted over time), starts the workers and samples the job statuses every 100 ms until every job
 succeeded. Reports jobs/s claimed (left the queue) and completed (succeeded), over the time from
 the first claim to the last completion, and drops the database.
 """
@@ -28,10 +28,14 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def _prepare(admin: str, database: str, jobs: int) -> str:
+async def _create(admin: str, database: str) -> None:
     conn = await asyncpg.connect(admin)
     await conn.execute(f'CREATE DATABASE "{database}"')
     await conn.close()
+
+
+def _prepare(admin: str, database: str, jobs: int) -> str:
+    asyncio.run(_create(admin, database))
     base = admin.rpartition("/")[0]
     url = f"{base}/{database}".replace("postgresql://", "postgresql+asyncpg://", 1)
     env = {**os.environ, "JOBGATE_DATABASE_URL": url, "JOBGATE_DATA_DIR": tempfile.mkdtemp()}
@@ -39,7 +43,12 @@ async def _prepare(admin: str, database: str, jobs: int) -> str:
                    capture_output=True)
     subprocess.run([sys.executable, "-m", "app.cli", "tenants", "add", "bench", "--workspace", "bench"], env=env,
                    cwd=ROOT, check=True, capture_output=True)
-    conn = await asyncpg.connect(f"{base}/{database}")
+    asyncio.run(_fill(f"{base}/{database}", jobs))
+    return url
+
+
+async def _fill(dsn: str, jobs: int) -> None:
+    conn = await asyncpg.connect(dsn)
     tenant_id = await conn.fetchval("SELECT id FROM tenants WHERE key = 'bench'")
     await conn.execute(
         "INSERT INTO sources (tenant_id, source_id, name, source_type, enabled, created_at, updated_at, "
@@ -49,13 +58,14 @@ async def _prepare(admin: str, database: str, jobs: int) -> str:
     await conn.execute(
         "INSERT INTO jobs (tenant_id, job_id, source_id, job_type, payload, priority, status, attempt, max_attempts, "
         "run_after, cancel_requested, created_at, updated_at) "
-        "SELECT $1, 'job-' || g, 'bench', 'demo.noop', '{}'::jsonb, 0, 'pending', 0, 3, now(), false, now(), now() "
+        "SELECT $1, 'job-' || g, 'bench', 'demo.noop', '{}'::jsonb, 0, 'pending', 0, 3, "
+        # submitted over the last minutes, as a real queue is (distinct run_after values)
+        "now() - interval '10 minutes' + g * interval '10 microseconds', false, now(), now() "
         "FROM generate_series(1, $2) AS g",
         tenant_id, jobs,
     )
     await conn.execute("ANALYZE jobs")
     await conn.close()
-    return url
 
 
 async def _sample(dsn: str, jobs: int, timeout: float) -> dict[str, float]:
@@ -99,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     admin = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
     database = f"jobgate_bench_{secrets.token_hex(4)}"
-    url = asyncio.run(_prepare(admin, database, args.jobs))
+    url = _prepare(admin, database, args.jobs)
     env = {**os.environ, "JOBGATE_DATABASE_URL": url, "JOBGATE_DATA_DIR": tempfile.mkdtemp(),
            "JOBGATE_WORKER_BATCH": str(args.batch), "JOBGATE_WORKER_POLL_SECONDS": "0.05"}
     workers = [

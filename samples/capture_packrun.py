@@ -16,9 +16,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from capture import capture  # noqa: E402
+from capture import capture
 
-from app.seed import demo_id  # noqa: E402
+from app.seed import demo_id
 
 SAMPLES = {
     "orchestrator-packrun-cancel.json": (

@@ -14,9 +14,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from capture import capture  # noqa: E402
+from capture import capture
 
-from app.seed import demo_id  # noqa: E402
+from app.seed import demo_id
 
 ENTRY = demo_id("acme", "dead-letter", "timeout-1")
 

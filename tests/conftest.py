@@ -64,7 +64,8 @@ class Services:
         except Exception as exc:  # noqa: BLE001
             pytest.exit(f"PostgreSQL unreachable at {self.admin_url} ({type(exc).__name__}: {exc}).{HOW_TO_PROVIDE}", 3)
         else:
-            await conn.execute(f'CREATE DATABASE "{self.database}"')
+            # Byte-order collation: the documented sort orders are then the same on every server.
+            await conn.execute(f'CREATE DATABASE "{self.database}" TEMPLATE template0 LC_COLLATE \'C\' LC_CTYPE \'C\'')
             await conn.close()
         client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=3)
         try:
@@ -137,6 +138,8 @@ def gateway_env(services: Services, keys: TestKeys, data_dir: Path) -> dict[str,
         "JOBGATE_AUTH_AUDIENCE": keys.audience,
         "JOBGATE_CURSOR_SECRET": "test:" + "c" * 32,
         "JOBGATE_RATE_LIMIT": "100000/minute",
+        # Several gateways and workers share one test server (max_connections 100 by default).
+        "JOBGATE_DATABASE_POOL_SIZE": "8",
         "JOBGATE_PUBLIC_URL": "http://gateway.test",
     }
 

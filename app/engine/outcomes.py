@@ -54,6 +54,13 @@ def _guarded(job: Claimed, owner: str | None, statuses: tuple[str, ...] = ACTIVE
     return stmt.execution_options(synchronize_session=False)
 
 
+async def _lock_pack(session: AsyncSession, job: Claimed) -> None:
+    """Lock order: the pack run before its step jobs, as the cancel action does, so a step's
+    outcome and a concurrent cancel never wait for each other in a cycle."""
+    if job.pack_run_id is not None:
+        await progress.lock(session, job.tenant_id, job.pack_run_id)
+
+
 async def _follow(session: AsyncSession, job: Claimed, now: datetime, *, blocked: str | None = None) -> None:
     if job.pack_run_id is not None:
         await progress.settle(session, job.tenant_id, job.pack_run_id, now=now, blocked=blocked)
@@ -64,6 +71,8 @@ async def start(session: AsyncSession, worker_id: str, jobs: list[Claimed], now:
     a pack step whose source was disabled meanwhile: its run is ``blocked``). Commits."""
     if not jobs:
         return []
+    for tenant_id, pack_run_id in sorted({(c.tenant_id, c.pack_run_id) for c in jobs if c.pack_run_id}):
+        await progress.lock(session, tenant_id, pack_run_id)
     started = {
         (t, j)
         for t, j in await session.execute(
@@ -110,6 +119,7 @@ async def _end(session: AsyncSession, job: Claimed, owner: str | None, status: s
 
 async def succeed(session: AsyncSession, worker_id: str, job: Claimed, now: datetime | None = None) -> bool:
     now = now or datetime.now(UTC)
+    await _lock_pack(session, job)
     if not await _end(session, job, worker_id, "succeeded", now):
         await session.rollback()
         return False
@@ -149,6 +159,7 @@ async def succeed_many(session: AsyncSession, worker_id: str, jobs: list[Claimed
 
 async def cancel(session: AsyncSession, owner: str | None, job: Claimed, now: datetime | None = None) -> bool:
     now = now or datetime.now(UTC)
+    await _lock_pack(session, job)
     if not await _end(session, job, owner, "canceled", now):
         await session.rollback()
         return False
@@ -184,6 +195,7 @@ async def fail(
 ) -> str | None:
     """Retry later or dead-letter; returns the job's new status (None: the lease was lost)."""
     now = now or datetime.now(UTC)
+    await _lock_pack(session, job)
     message = sanitize(failure.message)[:MAX_MESSAGE]
     error = {
         "last_error_code": failure.error_code[:128],
@@ -313,52 +325,64 @@ def _claimed(job: Job) -> Claimed:
 
 
 async def expire_leases(runtime: Runtime, now: datetime | None = None) -> int:
-    """Jobs whose lease ran out (their worker died or stalled) go back to the queue."""
+    """Jobs whose lease ran out (their worker died or stalled) go back to the queue.
+
+    One transaction per job, locking its pack run first (the lock order of every step change)."""
     now = now or datetime.now(UTC)
     async with runtime.sessions() as session:
-        stmt = (
-            select(Job)
-            .where(Job.status.in_(ACTIVE), Job.lease_expires_at < now)
-            .order_by(Job.lease_expires_at)
-            .limit(EXPIRY_BATCH)
+        candidates = list(
+            await session.execute(
+                select(Job.tenant_id, Job.job_id, Job.pack_run_id)
+                .where(Job.status.in_(ACTIVE), Job.lease_expires_at < now)
+                .order_by(Job.lease_expires_at)
+                .limit(EXPIRY_BATCH)
+            )
         )
-        if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
-            stmt = stmt.with_for_update(skip_locked=True)
-        expired = list((await session.execute(stmt)).scalars())
-        for row in expired:
-            job, owner = _claimed(row), row.lease_owner
-            if row.cancel_requested:
-                await _end(session, job, owner, "canceled", now)
-                await _follow(session, job, now)
-            elif row.attempt < row.max_attempts:
-                await session.execute(
-                    _guarded(job, owner).values(
-                        status="pending",
-                        run_after=now,
-                        last_error_code="lease.expired",
-                        last_error_category="timeout",
-                        last_error_message=f"The lease of worker {owner} expired.",
-                        **_lease_cleared(now),
-                    )
-                )
-            else:
-                message = f"The lease of worker {owner} expired on the last attempt."
-                result = (
-                    await session.execute(
-                        _guarded(job, owner)
-                        .values(
-                            status="failed",
-                            finished_at=now,
-                            last_error_code="lease.expired",
-                            last_error_category="timeout",
-                            last_error_message=message,
-                            **_lease_cleared(now),
-                        )
-                        .returning(Job.project_id, Job.payload, Job.attempt)
-                    )
-                ).first()
-                if result is not None:
-                    await dead_letter(session, job, "lease.expired", "timeout", message, result, now)
-                    await _follow(session, job, now)
-        await session.commit()
-        return len(expired)
+    expired = 0
+    for tenant_id, job_id, pack_run_id in candidates:
+        async with runtime.sessions() as session:
+            if pack_run_id is not None:
+                await progress.lock(session, tenant_id, pack_run_id)
+            stmt = select(Job).where(
+                Job.tenant_id == tenant_id, Job.job_id == job_id, Job.status.in_(ACTIVE), Job.lease_expires_at < now
+            )
+            if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+                stmt = stmt.with_for_update(skip_locked=True)
+            row = (await session.execute(stmt)).scalar_one_or_none()
+            if row is None:
+                continue
+            await _expire(session, row, now)
+            await session.commit()
+            expired += 1
+    return expired
+
+
+async def _expire(session: AsyncSession, row: Job, now: datetime) -> None:
+    job, owner = _claimed(row), row.lease_owner
+    if row.cancel_requested:
+        await _end(session, job, owner, "canceled", now)
+        await _follow(session, job, now)
+        return
+    error = {"last_error_code": "lease.expired", "last_error_category": "timeout"}
+    if row.attempt < row.max_attempts:
+        await session.execute(
+            _guarded(job, owner).values(
+                status="pending",
+                run_after=now,
+                last_error_message=f"The lease of worker {owner} expired.",
+                **error,
+                **_lease_cleared(now),
+            )
+        )
+        return
+    message = f"The lease of worker {owner} expired on the last attempt."
+    result = (
+        await session.execute(
+            _guarded(job, owner)
+            .values(status="failed", finished_at=now, last_error_message=message, **error, **_lease_cleared(now))
+            .returning(Job.project_id, Job.payload, Job.attempt)
+        )
+    ).first()
+    if result is not None:
+        await dead_letter(session, job, "lease.expired", "timeout", message, result, now)
+        await _follow(session, job, now)

@@ -22,7 +22,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -70,10 +70,14 @@ async def reconcile_once(
         "housekeeping_run_ids": [],
     }
     async with runtime.sessions() as session:
-        stmt = select(Workspace.id, Workspace.key).order_by(Workspace.id)
-        if workspace_ids is not None:
-            stmt = stmt.where(Workspace.id.in_(workspace_ids))
+        # two queries find the workspaces with anything due, however many workspaces there are
+        busy = await _workspaces_with_work(session, now, thresholds, cancel_grace_seconds, workspace_ids)
+        stmt = select(Workspace.id, Workspace.key).where(Workspace.id.in_(busy)).order_by(Workspace.id)
         workspaces = (await session.execute(stmt)).all()
+        total = select(func.count()).select_from(Workspace)
+        if workspace_ids is not None:
+            total = total.where(Workspace.id.in_(workspace_ids))
+        summary["idle_workspaces"] = (await session.execute(total)).scalar_one() - len(workspaces)
     for workspace_id, workspace_key in workspaces:
         done = await _workspace(runtime, workspace_id, workspace_key, now, thresholds, cancel_grace_seconds)
         if done is None:
@@ -97,17 +101,17 @@ async def reconcile_step(runtime: Runtime) -> None:
 async def _open_housekeeping(
     session: AsyncSession, workspace_id: int, workspace_key: str, now: datetime, thresholds: Thresholds
 ) -> OperationRun | None:
-    kwargs: dict[str, Any] = dict(
-        run_type=HOUSEKEEPING_TYPE,
-        workspace_id=workspace_id,
-        tenant_id=None,
-        identity={"workspace": workspace_key},
-        initiator=SOURCE,
-        context={"workspace": workspace_key, "trigger": "schedule"},
-        status="running",
-        now=now,
-        retry_on_race=False,
-    )
+    kwargs: dict[str, Any] = {
+        "run_type": HOUSEKEEPING_TYPE,
+        "workspace_id": workspace_id,
+        "tenant_id": None,
+        "identity": {"workspace": workspace_key},
+        "initiator": SOURCE,
+        "context": {"workspace": workspace_key, "trigger": "schedule"},
+        "status": "running",
+        "now": now,
+        "retry_on_race": False,
+    }
     try:
         opened = await ledger.open_run(session, **kwargs)
         if opened.created:
@@ -139,33 +143,44 @@ async def _workspace(
     counts = {"reconciled_runs": 0, "canceled_pack_runs": 0, "canceled_jobs": 0}
     try:
         async with runtime.sessions() as session:
-            stale = (
+            candidates = (
                 await session.execute(
-                    select(OperationRun)
+                    select(OperationRun.id, OperationRun.tenant_id, OperationRun.context)
                     .where(
                         OperationRun.workspace_id == workspace_id,
                         OperationRun.id != housekeeping_id,
-                        OperationRun.status.in_(("queued", "running")),
-                        queries.reconcile_due(now, thresholds),
+                        _due_runs(now, thresholds),
                     )
                     .order_by(OperationRun.id)
                     .limit(BATCH)
-                    .with_for_update(skip_locked=True)
                 )
-            ).scalars().all()
-            for run in stale:
-                if not reconcile_due(RunFacts.of(run), now, thresholds):
+            ).all()
+        for run_id, tenant_id, context in candidates:
+            # One transaction per run, locking in the engine's order (pack run, then operation
+            # run, then jobs), so the reconciler never deadlocks with a worker settling a step.
+            async with runtime.sessions() as session:
+                pack = await _pack_run_of(session, run_id, tenant_id, context)
+                run = (
+                    await session.execute(
+                        select(OperationRun)
+                        .where(OperationRun.id == run_id)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).scalar_one_or_none()
+                if run is None or not reconcile_due(RunFacts.of(run), now, thresholds):
+                    await session.rollback()  # taken, or it made progress meanwhile
                     continue
                 _fail(run, now, thresholds, housekeeping_id=housekeeping_id)
                 counts["reconciled_runs"] += 1
-                pack = await _pack_run_of(session, run)
                 if pack is not None and pack.status not in PACK_TERMINAL:
                     pack_status = "canceled" if pack.status == "cancel_requested" else "failed"
                     counts["canceled_jobs"] += await _end_pack_run(session, pack, pack_status, now)
+                await session.commit()
+        async with runtime.sessions() as session:
             for pack in await _overdue_cancels(session, workspace_id, now, grace):
+                run = await _operation_run_of(session, pack)
                 counts["canceled_jobs"] += await _end_pack_run(session, pack, "canceled", now)
                 counts["canceled_pack_runs"] += 1
-                run = await _operation_run_of(session, pack)
                 if run is not None and run.status in ("queued", "running"):
                     _fail(
                         run,
@@ -176,7 +191,10 @@ async def _workspace(
                         message=f"The cancel was requested over {grace}s ago and its running steps never "
                         "stopped; the reconciler canceled the run.",
                         failure_code="run.canceled",
-                        extra={"cancel_requested_at": _iso(pack.cancel_requested_at), "threshold_seconds": grace},
+                        extra={
+                            "cancel_requested_at": _iso(pack.cancel_requested_at),
+                            "threshold_seconds": grace,
+                        },
                     )
                     counts["reconciled_runs"] += 1
             await session.commit()
@@ -185,7 +203,9 @@ async def _workspace(
         async with runtime.sessions() as session:
             run = await session.get(OperationRun, housekeeping_id)
             if run is not None:
-                ledger.complete(run, "failed", failures=[ledger.failure_item("reconcile.error", str(exc))], now=now)
+                ledger.complete(
+                    run, "failed", failures=[ledger.failure_item("reconcile.error", str(exc))], now=now
+                )
                 await session.commit()
         raise
     async with runtime.sessions() as session:
@@ -203,20 +223,42 @@ async def _workspace(
     return {**counts, "housekeeping_run_id": housekeeping_id}
 
 
-async def _has_work(session: AsyncSession, workspace_id: int, now: datetime, thresholds: Thresholds, grace: int) -> bool:
-    due = select(OperationRun.id).where(
-        OperationRun.workspace_id == workspace_id,
-        OperationRun.status.in_(("queued", "running")),
-        queries.reconcile_due(now, thresholds),
+def _due_runs(now: datetime, thresholds: Thresholds) -> Any:
+    return OperationRun.status.in_(("queued", "running")) & queries.reconcile_due(now, thresholds)
+
+
+def _overdue_cancel(now: datetime, grace: int) -> Any:
+    return (PackRun.status == "cancel_requested") & (
+        PackRun.cancel_requested_at <= now - timedelta(seconds=grace)
     )
+
+
+async def _workspaces_with_work(
+    session: AsyncSession, now: datetime, thresholds: Thresholds, grace: int, only: list[int] | None
+) -> set[int]:
+    runs = select(OperationRun.workspace_id).where(_due_runs(now, thresholds)).distinct()
+    cancels = (
+        select(Tenant.workspace_id)
+        .join(PackRun, PackRun.tenant_id == Tenant.id)
+        .where(_overdue_cancel(now, grace))
+        .distinct()
+    )
+    if only is not None:
+        runs = runs.where(OperationRun.workspace_id.in_(only))
+        cancels = cancels.where(Tenant.workspace_id.in_(only))
+    return set((await session.execute(runs)).scalars()) | set((await session.execute(cancels)).scalars())
+
+
+async def _has_work(
+    session: AsyncSession, workspace_id: int, now: datetime, thresholds: Thresholds, grace: int
+) -> bool:
+    """The same question for one workspace, asked again just before the pass (another
+    reconciler may have finished it meanwhile)."""
+    due = select(OperationRun.id).where(OperationRun.workspace_id == workspace_id, _due_runs(now, thresholds))
     overdue = (
         select(PackRun.pack_run_id)
         .join(Tenant, Tenant.id == PackRun.tenant_id)
-        .where(
-            Tenant.workspace_id == workspace_id,
-            PackRun.status == "cancel_requested",
-            PackRun.cancel_requested_at <= now - timedelta(seconds=grace),
-        )
+        .where(Tenant.workspace_id == workspace_id, _overdue_cancel(now, grace))
     )
     for stmt in (due, overdue):
         if (await session.execute(stmt.limit(1))).first() is not None:
@@ -257,7 +299,13 @@ def _fail(
         "housekeeping_run_id": housekeeping_id,
         **(extra or {}),
     }
-    ledger.complete(run, "failed", failures=[ledger.failure_item(failure_code or reason_code, message)], message=message, now=now)
+    ledger.complete(
+        run,
+        "failed",
+        failures=[ledger.failure_item(failure_code or reason_code, message)],
+        message=message,
+        now=now,
+    )
     run.reconciled_at = now
     run.reconciliation = {
         "reconciled_at": _iso(now),
@@ -268,15 +316,18 @@ def _fail(
     }
 
 
-async def _pack_run_of(session: AsyncSession, run: OperationRun) -> PackRun | None:
-    if run.tenant_id is None:
+async def _pack_run_of(
+    session: AsyncSession, run_id: int, tenant_id: int | None, context: dict[str, Any] | None
+) -> PackRun | None:
+    """The run's pack run, locked (``context.pack_run_id``, else ``pack_runs.operation_run_id``)."""
+    if tenant_id is None:
         return None
-    pack_run_id = (run.context or {}).get("pack_run_id")
-    stmt = select(PackRun).where(PackRun.tenant_id == run.tenant_id)
+    pack_run_id = (context or {}).get("pack_run_id")
+    stmt = select(PackRun).where(PackRun.tenant_id == tenant_id)
     if isinstance(pack_run_id, str):
         stmt = stmt.where(PackRun.pack_run_id == pack_run_id)
     else:
-        stmt = stmt.where(PackRun.operation_run_id == run.id)
+        stmt = stmt.where(PackRun.operation_run_id == run_id)
     return (await session.execute(stmt.with_for_update())).scalars().first()
 
 
@@ -287,7 +338,9 @@ async def _operation_run_of(session: AsyncSession, pack: PackRun) -> OperationRu
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def _overdue_cancels(session: AsyncSession, workspace_id: int, now: datetime, grace: int) -> list[PackRun]:
+async def _overdue_cancels(
+    session: AsyncSession, workspace_id: int, now: datetime, grace: int
+) -> list[PackRun]:
     stmt = (
         select(PackRun)
         .join(Tenant, Tenant.id == PackRun.tenant_id)
@@ -308,28 +361,32 @@ async def _end_pack_run(session: AsyncSession, pack: PackRun, status: str, now: 
     pack.finished_at = pack.finished_at or now
     pack.updated_at = now
     canceled = (
-        await session.execute(
-            update(Job)
-            .where(
-                Job.tenant_id == pack.tenant_id,
-                Job.pack_run_id == pack.pack_run_id,
-                Job.status.in_(REMAINING_JOB_STATUSES),
+        (
+            await session.execute(
+                update(Job)
+                .where(
+                    Job.tenant_id == pack.tenant_id,
+                    Job.pack_run_id == pack.pack_run_id,
+                    Job.status.in_(REMAINING_JOB_STATUSES),
+                )
+                .values(
+                    status="canceled",
+                    cancel_requested=True,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    finished_at=now,
+                    updated_at=now,
+                    last_error_code="run.reconciled",
+                    last_error_category="canceled",
+                    last_error_message="Canceled by the reconciler: the pack run stopped making progress.",
+                )
+                .returning(Job.source_id)
+                .execution_options(synchronize_session=False)
             )
-            .values(
-                status="canceled",
-                cancel_requested=True,
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=now,
-                updated_at=now,
-                last_error_code="run.reconciled",
-                last_error_category="canceled",
-                last_error_message="Canceled by the reconciler: the pack run stopped making progress.",
-            )
-            .returning(Job.source_id)
-            .execution_options(synchronize_session=False)
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     per_source: dict[str, int] = {}
     for source_id in canceled:
         per_source[source_id] = per_source.get(source_id, 0) + 1

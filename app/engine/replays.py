@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobgate.replays")
 
 RUN_TYPE = "deadletter.replay_pending"
-CHUNK = 1000  # entries per transaction
+CHUNK = 5000  # entries per transaction
 MAX_ERRORS = 3  # consecutive failed chunks before the run gives up
 LOCKED_RETRY = timedelta(milliseconds=200)  # wait when the remaining entries are held by another replay
 ERROR_RETRY = timedelta(seconds=1)
@@ -154,9 +154,7 @@ async def _record_error(runtime: Runtime, run_id: int, error: Exception) -> None
     now = datetime.now(UTC)
     async with runtime.sessions.begin() as session:
         run = (
-            await session.execute(
-                select(OperationRun).where(OperationRun.id == run_id).with_for_update()
-            )
+            await session.execute(select(OperationRun).where(OperationRun.id == run_id).with_for_update())
         ).scalar_one_or_none()
         if run is None or run.status not in ACTIVE_RUN_STATUSES:
             return
@@ -167,13 +165,18 @@ async def _record_error(runtime: Runtime, run_id: int, error: Exception) -> None
         counts = _counts(run)
         if context["errors"] >= MAX_ERRORS:
             left = await replay.count_pending(
-                session, context["filter"], tenant_id=run.tenant_id, project_id=run.project_id,
+                session,
+                context["filter"],
+                tenant_id=run.tenant_id,
+                project_id=run.project_id,
                 cutoff=replay.parse_iso(context["cutoff"]),
             )
             counts["failed"] += min(left, int(context["maxEntries"]) - counts["replayed"] - counts["failed"])
             run.failure_summary = [
                 *(run.failure_summary or []),
-                ledger.failure_item("replay.chunk_failed", f"Replaying a chunk failed ({type(error).__name__})."),
+                ledger.failure_item(
+                    "replay.chunk_failed", f"Replaying a chunk failed ({type(error).__name__})."
+                ),
             ]
             _finish(run, counts, now)
         else:
@@ -196,7 +199,7 @@ async def advance_replays(runtime: Runtime, *, budget_seconds: float = 1.0) -> i
                     return total
                 run_id = run.id
                 total += await _advance(session, run, now)
-        except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
+        except Exception as exc:
             if run_id is None:
                 raise
             log.error("replay run %s: chunk failed (%s)", run_id, type(exc).__name__)

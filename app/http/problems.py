@@ -139,6 +139,20 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
 _JSON_ERRORS = ("JSON is malformed", "Input data was truncated")
 
 
+# Driver errors that mean "the database cannot serve now" rather than "this request is wrong".
+_UNAVAILABLE_DRIVER_ERRORS = frozenset(
+    {
+        "TooManyConnectionsError",
+        "CannotConnectNowError",
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "QueryCanceledError",
+    }
+)
+
+
 def to_problem(exc: Exception) -> Problem:
     """Map any exception to the problem the client sees."""
     if isinstance(exc, Problem):
@@ -174,7 +188,8 @@ def to_problem(exc: Exception) -> Problem:
         if status < 500:
             return Problem(status, f"http_{status}", sanitize(str(exc.detail))[:300], headers=exc.headers)
     if isinstance(exc, (OperationalError, PoolTimeoutError, OSError, ConnectionError)) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
+        isinstance(exc, DBAPIError)
+        and (exc.connection_invalidated or type(exc.orig).__name__ in _UNAVAILABLE_DRIVER_ERRORS)
     ):
         return Problem(
             503,

@@ -27,7 +27,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         settings.database_url,
         # A fixed pool: overflow connections would be opened and closed again under every burst.
-        pool_size=20,
+        pool_size=settings.database_pool_size,
         max_overflow=0,
         pool_timeout=5,
         pool_pre_ping=False,

@@ -253,3 +253,15 @@ async def test_wrong_method_is_a_405_problem_with_allow(client, factory):
     assert "GET" in response.headers["allow"]
     response = await client.delete(f"{LIST}/x", headers=factory.headers(tenant))
     assert_problem(response, 405, "method_not_allowed")
+
+
+def test_database_refusing_connections_is_a_503_not_a_500():
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    from app.http.problems import to_problem
+
+    error = DBAPIError("SELECT 1", {}, asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"))
+    problem = to_problem(error)
+    assert (problem.status, problem.code) == (503, "service_unavailable")
+    assert problem.headers["Retry-After"]

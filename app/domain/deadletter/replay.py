@@ -13,9 +13,10 @@ sets wait for each other instead of deadlocking; the background runner takes its
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from sqlalchemy import String, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,8 +43,13 @@ from app.storage.models import DeadLetterEntry as Entry
 from app.storage.models import Job, Source, UTCDateTime
 
 DEFAULT_MAX_ATTEMPTS = 3
+ID_LIST_MAX = 900
 # Entry status -> the reason a replay skips it (and the code of the single replay's 409).
-SKIP_REASONS = {"replaying": "replay_in_progress", "replayed": "already_replayed", "discarded": "entry_discarded"}
+SKIP_REASONS = {
+    "replaying": "replay_in_progress",
+    "replayed": "already_replayed",
+    "discarded": "entry_discarded",
+}
 SKIP_DETAILS = {
     "replay_in_progress": "The entry is being replayed; its replay job has not finished.",
     "already_replayed": "The entry was replayed successfully already.",
@@ -51,7 +57,7 @@ SKIP_DETAILS = {
 }
 
 
-class new_job_id(expression.FunctionElement[str]):  # noqa: N801 - used like a SQL function
+class new_job_id(expression.FunctionElement[str]):
     """A random UUID v4 text per row, made by the database (so a chunk needs no id list)."""
 
     type = String()
@@ -125,7 +131,11 @@ async def replay_entries(
             updated_at=now,
         )
         .returning(
-            Entry.entry_id, Entry.source_id, Entry.replay_count, Entry.last_replay_job_id, Entry.dead_lettered_at
+            Entry.entry_id,
+            Entry.source_id,
+            Entry.replay_count,
+            Entry.last_replay_job_id,
+            Entry.dead_lettered_at,
         )
         .execution_options(synchronize_session=False)
     )
@@ -134,6 +144,23 @@ async def replay_entries(
         return []
     # The new jobs, copied from the entries just moved (same transaction) and their original jobs.
     original = aliased(Job)
+    columns = (
+        "tenant_id",
+        "job_id",
+        "project_id",
+        "source_id",
+        "job_type",
+        "payload",
+        "priority",
+        "status",
+        "attempt",
+        "max_attempts",
+        "run_after",
+        "replay_of_entry_id",
+        "cancel_requested",
+        "created_at",
+        "updated_at",
+    )
     copied = (
         select(
             Entry.tenant_id,
@@ -154,12 +181,12 @@ async def replay_entries(
         )
         .select_from(Entry)
         .outerjoin(original, (original.tenant_id == Entry.tenant_id) & (original.job_id == Entry.job_id))
-        .where(Entry.tenant_id == tenant_id, Entry.entry_id.in_([r.entry_id for r in rows]))
+        .where(Entry.tenant_id == tenant_id)
     )
-    columns = ("tenant_id", "job_id", "project_id", "source_id", "job_type", "payload", "priority", "status",
-               "attempt", "max_attempts", "run_after", "replay_of_entry_id", "cancel_requested", "created_at",
-               "updated_at")
-    await session.execute(insert(Job).from_select(columns, copied))
+    ids = [r.entry_id for r in rows]
+    for start in range(0, len(ids), ID_LIST_MAX):  # bounded id lists (SQLite's parameter limit)
+        part = copied.where(Entry.entry_id.in_(ids[start : start + ID_LIST_MAX]))
+        await session.execute(insert(Job).from_select(columns, part))
     # Source counters count replay jobs like submitted ones (jobs_submitted, last_job_at). Sources
     # are updated after the entries and in a fixed order, so replays never wait in a cycle.
     per_source: dict[str, int] = {}
@@ -202,7 +229,7 @@ def iso(moment: datetime) -> str:
 
 
 def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def normalised_filter(data: ReplayFilter) -> dict[str, str]:
@@ -227,7 +254,12 @@ def entry_filter(stored: Mapping[str, str]) -> EntryFilter:
 
 
 def pending_before(
-    stored_filter: Mapping[str, str], *, tenant_id: int, project_id: str | None, cutoff: datetime, columns: Any = None
+    stored_filter: Mapping[str, str],
+    *,
+    tenant_id: int,
+    project_id: str | None,
+    cutoff: datetime,
+    columns: Any = None,
 ):  # type: ignore[no-untyped-def]
     """Pending entries matching the filter, dead-lettered before ``cutoff`` (the request's time)."""
     stmt = select(*(columns if columns is not None else (Entry,))).where(
@@ -239,10 +271,16 @@ def pending_before(
 
 
 async def count_pending(
-    session: AsyncSession, stored_filter: Mapping[str, str], *, tenant_id: int, project_id: str | None, cutoff: datetime
+    session: AsyncSession,
+    stored_filter: Mapping[str, str],
+    *,
+    tenant_id: int,
+    project_id: str | None,
+    cutoff: datetime,
 ) -> int:
-    stmt = pending_before(stored_filter, tenant_id=tenant_id, project_id=project_id, cutoff=cutoff,
-                          columns=(func.count(),))
+    stmt = pending_before(
+        stored_filter, tenant_id=tenant_id, project_id=project_id, cutoff=cutoff, columns=(func.count(),)
+    )
     return int((await session.execute(stmt)).scalar_one())
 
 
@@ -256,12 +294,19 @@ PROCESSING_ORDER = (Entry.dead_lettered_at.asc(), Entry.entry_id.asc())
 async def replay_one(session: AsyncSession, caller: Caller, entry_id: str) -> Replayed:
     """Replay one entry, or raise the 404/409 that says why not."""
     for _ in range(2):  # a second look only if the entry came back to pending in between
-        done = await replay_entries(session, tenant_id=caller.tenant_id, project_id=caller.project,
-                                    selection=by_ids(caller.tenant_id, caller.project, [entry_id]))
+        done = await replay_entries(
+            session,
+            tenant_id=caller.tenant_id,
+            project_id=caller.project,
+            selection=by_ids(caller.tenant_id, caller.project, [entry_id]),
+        )
         if done:
             return done[0]
-        status = (await statuses(session, tenant_id=caller.tenant_id, project_id=caller.project,
-                                 entry_ids=[entry_id])).get(entry_id)
+        status = (
+            await statuses(
+                session, tenant_id=caller.tenant_id, project_id=caller.project, entry_ids=[entry_id]
+            )
+        ).get(entry_id)
         if status is None:
             raise not_found("Dead-letter entry")
         if status in SKIP_REASONS:
@@ -275,7 +320,9 @@ def _batch_outcome(counts: Mapping[str, int]) -> tuple[str, list[dict[str, str]]
     not found; failed when none was."""
     if counts["not_found"] == 0:
         return "succeeded", []
-    failures = [failure_item("deadletter.entries_not_found", f"{counts['not_found']} entry id(s) were not found.")]
+    failures = [
+        failure_item("deadletter.entries_not_found", f"{counts['not_found']} entry id(s) were not found.")
+    ]
     return ("failed" if counts["not_found"] == counts["total"] else "partially_succeeded"), failures
 
 
@@ -314,7 +361,8 @@ async def replay_batch(session: AsyncSession, caller: Caller, data: BatchReplayR
         elif status == "pending":  # only in a dry run
             results.append(EntryOutcome(entry_id, "replayed"))
         else:
-            results.append(EntryOutcome(entry_id, "skipped", reason=SKIP_REASONS[status]))  # type: ignore[arg-type]
+            reason = SKIP_REASONS[status]
+            results.append(EntryOutcome(entry_id, "skipped", reason=reason))  # type: ignore[arg-type]
     counts = {
         "total": len(ids),
         "replayed": sum(r.outcome == "replayed" for r in results),
@@ -328,7 +376,8 @@ async def replay_batch(session: AsyncSession, caller: Caller, data: BatchReplayR
             outcome,
             counts=counts,
             failures=failures,
-            message=f"Replayed {counts['replayed']}, skipped {counts['skipped']}, not found {counts['not_found']}.",
+            message=f"Replayed {counts['replayed']}, skipped {counts['skipped']}, "
+            f"not found {counts['not_found']}.",
         )
         await session.flush()
     return BatchReplayResult(
@@ -355,7 +404,9 @@ def _check_filter(data: ReplayFilter) -> dict[str, str]:
     return stored
 
 
-async def preview_pending(session: AsyncSession, caller: Caller, data: ReplayPendingRequest) -> ReplayPendingPreview:
+async def preview_pending(
+    session: AsyncSession, caller: Caller, data: ReplayPendingRequest
+) -> ReplayPendingPreview:
     stored = _check_filter(data.filter)
     now = datetime.now(UTC)
     scope = {"tenant_id": caller.tenant_id, "project_id": caller.project, "cutoff": now}
@@ -364,11 +415,16 @@ async def preview_pending(session: AsyncSession, caller: Caller, data: ReplayPen
         await session.execute(pending_before(stored, **scope).order_by(*PROCESSING_ORDER).limit(SAMPLE_SIZE))
     ).scalars()
     return ReplayPendingPreview(
-        dry_run=True, matched=matched, would_replay=min(matched, data.max_entries), sample=[view(e) for e in sample]
+        dry_run=True,
+        matched=matched,
+        would_replay=min(matched, data.max_entries),
+        sample=[view(e) for e in sample],
     )
 
 
-async def start_pending(session: AsyncSession, caller: Caller, data: ReplayPendingRequest) -> ReplayPendingAccepted:
+async def start_pending(
+    session: AsyncSession, caller: Caller, data: ReplayPendingRequest
+) -> ReplayPendingAccepted:
     """Create the run (before any work) or return the active run of the same filter."""
     stored = _check_filter(data.filter)
     now = datetime.now(UTC)
@@ -394,8 +450,14 @@ async def start_pending(session: AsyncSession, caller: Caller, data: ReplayPendi
     )
     run = opened.run
     if opened.created:
-        matched = await count_pending(session, stored, tenant_id=caller.tenant_id, project_id=caller.project,
-                                      cutoff=now)
-        run.summary_counts = {"matched": min(matched, data.max_entries), "replayed": 0, "skipped": 0, "failed": 0}
+        matched = await count_pending(
+            session, stored, tenant_id=caller.tenant_id, project_id=caller.project, cutoff=now
+        )
+        run.summary_counts = {
+            "matched": min(matched, data.max_entries),
+            "replayed": 0,
+            "skipped": 0,
+            "failed": 0,
+        }
         await session.flush()
     return ReplayPendingAccepted(operation_run_id=run.id, status=run.status, deduplicated=not opened.created)

@@ -32,9 +32,12 @@ from app.domain.deadletter.schemas import (
 )
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
+from app.http.params import instant_query, parse_instant
 from app.http.routes import location, protected
 from app.security.caller import Caller
 
+DeadLetteredFrom = instant_query("deadLetteredFrom", "Only entries dead-lettered at or after this instant")
+DeadLetteredTo = instant_query("deadLetteredTo", "Only entries dead-lettered before this instant")
 EntryId = Annotated[str, Parameter(max_length=64, description="The dead-letter entry's id")]
 
 
@@ -89,8 +92,8 @@ async def list_entries(
     error_code: Annotated[str | None, Parameter(query="errorCode", max_length=128)] = None,
     source_id: Annotated[str | None, Parameter(query="sourceId", max_length=64)] = None,
     status: EntryStatus | None = None,
-    dead_lettered_from: Annotated[datetime | None, Parameter(query="deadLetteredFrom")] = None,
-    dead_lettered_to: Annotated[datetime | None, Parameter(query="deadLetteredTo")] = None,
+    dead_lettered_from: DeadLetteredFrom = None,
+    dead_lettered_to: DeadLetteredTo = None,
 ) -> EntryPage:
     filters = service.EntryFilter(
         jobType=job_type,
@@ -98,11 +101,16 @@ async def list_entries(
         errorCode=error_code,
         sourceId=source_id,
         status=status,
-        dead_lettered_from=dead_lettered_from,
-        dead_lettered_to=dead_lettered_to,
+        dead_lettered_from=parse_instant("deadLetteredFrom", dead_lettered_from),
+        dead_lettered_to=parse_instant("deadLetteredTo", dead_lettered_to),
     )
     return await service.list_entries(
-        session, caller, request.app.state.runtime.cursors, filters=filters, limit=limit, token=continuation_token
+        session,
+        caller,
+        request.app.state.runtime.cursors,
+        filters=filters,
+        limit=limit,
+        token=continuation_token,
     )
 
 

@@ -65,7 +65,7 @@ class DeadLetterStats(msgspec.Struct, rename="camel"):
     by_category: list[CategoryCount]
     oldest_pending_at: datetime | None
     oldest_pending_age_seconds: int | None
-    inflow_last_24h: int
+    inflow_last_24h: int = msgspec.field(name="inflowLast24h")
     top_clusters: list[ErrorCluster]
 
 

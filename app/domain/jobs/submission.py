@@ -12,23 +12,60 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.sources.schemas import SourceIdText
-from app.http.problems import Problem, not_found
+from app.http.problems import FieldError, Problem, not_found
 from app.security.caller import Caller
 from app.storage.models import Job, Source
 
 JobTypeText = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9._-]{0,127}$", max_length=128)]
 Priority = Annotated[int, msgspec.Meta(ge=-100, le=100, description="Higher runs first")]
 MaxAttempts = Annotated[int, msgspec.Meta(ge=1, le=20)]
+Payload = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        description="The handler's input: a JSON object nested at most 32 levels, whose texts (keys and "
+        "values) do not contain the NUL character (else 400 `validation_failed`)"
+    ),
+]
 DEFAULT_MAX_ATTEMPTS = 3
 
 
 class JobSubmit(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     job_type: JobTypeText
     source_id: SourceIdText
-    payload: dict[str, Any] = {}
+    payload: Payload = {}
     priority: Priority = 0
     max_attempts: MaxAttempts = DEFAULT_MAX_ATTEMPTS
     run_after: datetime | None = None
+
+
+MAX_PAYLOAD_DEPTH = 32
+
+
+def check_payload(payload: Any, field: str = "payload") -> None:
+    """What the payload types cannot state: the database's JSON cannot hold the NUL character,
+    and nesting is bounded (deeper documents would exhaust the encoder)."""
+    problem: str | None = None
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack and problem is None:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                problem = "must not contain the NUL character (\\u0000)"
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_PAYLOAD_DEPTH:
+                problem = f"must not nest deeper than {MAX_PAYLOAD_DEPTH} levels"
+            elif isinstance(value, dict):
+                stack.extend((k, depth) for k in value)
+                stack.extend((v, depth + 1) for v in value.values())
+            else:
+                stack.extend((v, depth + 1) for v in value)
+    if problem is not None:
+        raise Problem(
+            400,
+            "validation_failed",
+            f"The request is invalid: {field}: {problem}.",
+            errors=[FieldError(field=field, message=problem)],
+        )
 
 
 async def take_source(session: AsyncSession, caller: Caller, source_id: str, jobs: int, now: datetime) -> Source:
@@ -88,6 +125,7 @@ def new_job(
 
 
 async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> Job:
+    check_payload(data.payload)
     now = datetime.now(UTC)
     source = await take_source(session, caller, data.source_id, 1, now)
     run_after = data.run_after

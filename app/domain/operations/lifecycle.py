@@ -30,9 +30,10 @@ the run's state does and polling clients revalidate with a 304.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from app.domain.operations.schemas import OperationRunActiveStateProjection
 from app.domain.operations.thresholds import Thresholds
@@ -176,14 +177,14 @@ def _active(facts: RunFacts, now: datetime, thresholds: Thresholds, surface: Sur
     reconcile_after = thresholds.of(facts.type).reconcile_after_seconds
     at = evidence_time(facts)
     status_label = STATUS_LABELS[facts.status]
-    common = dict(
-        is_currently_active=True,
-        is_reconciled=False,
-        show_in_active_progress=True,
-        keep_active_polling=True,
-        threshold_seconds=threshold,
-        lifecycle_label=status_label,
-    )
+    common = {
+        "is_currently_active": True,
+        "is_reconciled": False,
+        "show_in_active_progress": True,
+        "keep_active_polling": True,
+        "threshold_seconds": threshold,
+        "lifecycle_label": status_label,
+    }
     if at is None:
         return Projection(
             freshness_state="unknown",
@@ -221,7 +222,9 @@ def _active(facts: RunFacts, now: datetime, thresholds: Thresholds, surface: Sur
             **common,  # type: ignore[arg-type]
         )
     if facts.status == "queued":
-        diagnostic = f"Likely stale: queued since {_iso(at)} without starting (threshold {duration(threshold)})"
+        diagnostic = (
+            f"Likely stale: queued since {_iso(at)} without starting (threshold {duration(threshold)})"
+        )
         guidance = (
             "The run has not started in the time its type expects. Check that workers are running and "
             f"that its quota is not paused; the reconciler fails it after {duration(reconcile_after)} "
@@ -248,13 +251,13 @@ def _active(facts: RunFacts, now: datetime, thresholds: Thresholds, surface: Sur
 
 def _completed(facts: RunFacts, thresholds: Thresholds) -> Projection:
     outcome_label = OUTCOME_LABELS.get(facts.outcome, facts.outcome)
-    common = dict(
-        surface_category="no_longer_active",
-        lifecycle_label=STATUS_LABELS["completed"],
-        is_currently_active=False,
-        show_in_active_progress=False,
-        keep_active_polling=False,
-    )
+    common = {
+        "surface_category": "no_longer_active",
+        "lifecycle_label": STATUS_LABELS["completed"],
+        "is_currently_active": False,
+        "show_in_active_progress": False,
+        "keep_active_polling": False,
+    }
     record = dict(facts.reconciliation or {})
     if facts.reconciled_at is not None and facts.outcome == "failed":
         source = record.get("source", "scheduled_reconciler")
@@ -298,7 +301,9 @@ def _completed(facts: RunFacts, thresholds: Thresholds) -> Projection:
     )
 
 
-def project(facts: RunFacts, now: datetime, thresholds: Thresholds, *, surface: Surface = "compact") -> Projection:
+def project(
+    facts: RunFacts, now: datetime, thresholds: Thresholds, *, surface: Surface = "compact"
+) -> Projection:
     """The active-state projection of one run at ``now`` (see the module's truth table)."""
     if facts.status in ACTIVE:
         return _active(facts, now, thresholds, surface)

@@ -5,8 +5,9 @@ the indexes. tests/operations/test_queries.py checks them row by row against ``p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false, func, not_, or_
 
@@ -18,7 +19,9 @@ LIFECYCLE_STATUSES = ("queued", "running", "completed")
 _no_evidence = and_(R.status == "running", R.heartbeat_at.is_(None), R.started_at.is_(None))
 
 
-def _per_type(thresholds: Thresholds, condition: Callable[[TypeThresholds], ColumnElement[bool]]) -> ColumnElement[bool]:
+def _per_type(
+    thresholds: Thresholds, condition: Callable[[TypeThresholds], ColumnElement[bool]]
+) -> ColumnElement[bool]:
     named = thresholds.named_types
     clauses = [and_(R.type == t, condition(thresholds.of(t))) for t in named]
     clauses.append(and_(R.type.not_in(named), condition(thresholds.by_type["*"])))
@@ -35,7 +38,10 @@ def stale(now: datetime, thresholds: Thresholds) -> ColumnElement[bool]:
         thresholds,
         lambda v: or_(
             and_(R.status == "queued", R.created_at <= _ago(now, v.queued_seconds)),
-            and_(R.status == "running", func.coalesce(R.heartbeat_at, R.started_at) <= _ago(now, v.heartbeat_seconds)),
+            and_(
+                R.status == "running",
+                func.coalesce(R.heartbeat_at, R.started_at) <= _ago(now, v.heartbeat_seconds),
+            ),
         ),
     )
 
@@ -45,7 +51,10 @@ def fresh(now: datetime, thresholds: Thresholds) -> ColumnElement[bool]:
         thresholds,
         lambda v: or_(
             and_(R.status == "queued", R.created_at > _ago(now, v.queued_seconds)),
-            and_(R.status == "running", func.coalesce(R.heartbeat_at, R.started_at) > _ago(now, v.heartbeat_seconds)),
+            and_(
+                R.status == "running",
+                func.coalesce(R.heartbeat_at, R.started_at) > _ago(now, v.heartbeat_seconds),
+            ),
         ),
     )
 
@@ -58,7 +67,8 @@ def reconcile_due(now: datetime, thresholds: Thresholds) -> ColumnElement[bool]:
             and_(R.status == "queued", R.created_at <= _ago(now, v.reconcile_after_seconds)),
             and_(
                 R.status == "running",
-                func.coalesce(R.heartbeat_at, R.started_at, R.created_at) <= _ago(now, v.reconcile_after_seconds),
+                func.coalesce(R.heartbeat_at, R.started_at, R.created_at)
+                <= _ago(now, v.reconcile_after_seconds),
             ),
         ),
     )
@@ -97,11 +107,15 @@ def problem_class(name: str, now: datetime, thresholds: Thresholds) -> ColumnEle
     if name == "terminal_follow_up":
         return follow_up
     if name == "none":
-        return or_(fresh(now, thresholds), and_(R.status == "completed", not_(R.outcome.in_(FOLLOW_UP_OUTCOMES))))
+        return or_(
+            fresh(now, thresholds), and_(R.status == "completed", not_(R.outcome.in_(FOLLOW_UP_OUTCOMES)))
+        )
     return false()
 
 
 def reconciled(flag: bool) -> ColumnElement[Any]:
-    return and_(R.status == "completed", R.reconciled_at.is_not(None)) if flag else or_(
-        R.status != "completed", R.reconciled_at.is_(None)
+    return (
+        and_(R.status == "completed", R.reconciled_at.is_not(None))
+        if flag
+        else or_(R.status != "completed", R.reconciled_at.is_(None))
     )

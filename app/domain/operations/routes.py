@@ -22,9 +22,9 @@ from app.domain.operations.schemas import (
     TenantActivityOperationsSummary,
     TenantOperationProgressOverlay,
 )
-from app.domain.operations.thresholds import configured
+from app.domain.operations.thresholds import Thresholds, ThresholdsError, configured
 from app.http.paging import ContinuationToken, Keyset, Limit, PageScope, fetch_page
-from app.http.problems import not_found
+from app.http.problems import Problem, not_found
 from app.http.routes import location, protected
 from app.security.caller import Caller
 from app.storage.models import OperationRun
@@ -40,6 +40,14 @@ ACTIVE_TABS = {"active": ("queued", "running"), "completed": ("completed",)}
 TAGS = ["operations"]
 
 
+def _thresholds() -> Thresholds:
+    """The configured thresholds; a bad ``JOBGATE_LIFECYCLE_THRESHOLDS`` is a 503 naming it."""
+    try:
+        return configured()
+    except ThresholdsError as exc:
+        raise Problem(503, "configuration_invalid", str(exc)) from None
+
+
 def _runtime(request: Request[Any, Any, Any]) -> Any:
     return request.app.state.runtime
 
@@ -48,7 +56,9 @@ def _detail_url(request: Request[Any, Any, Any], run_id: int) -> str:
     return location(request, f"/admin/operations/{run_id}")
 
 
-async def _load(request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, run_id: int) -> tuple[Any, Any]:
+async def _load(
+    request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, run_id: int
+) -> tuple[Any, Any]:
     if not 1 <= run_id <= MAX_ID:
         raise not_found("Operation run")
     seen = await service.visibility(caller, _runtime(request))
@@ -81,7 +91,7 @@ async def list_operations(
     seen = await service.visibility(caller, runtime)
     if tenant_id is not None and tenant_id not in seen.tenants:
         return OperationRunPage(data=[], continuation_token=None)
-    now, thresholds = service.now_utc(), configured()
+    now, thresholds = service.now_utc(), _thresholds()
     stmt = seen.select()
     if status is not None:
         stmt = stmt.where(OperationRun.status == status)
@@ -122,7 +132,7 @@ async def get_operation(
     request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, operationRun: int
 ) -> OperationRunDetail:
     run, _ = await _load(request, session, caller, operationRun)
-    return service.detail(run, service.projection(run, service.now_utc(), configured(), "detail"))
+    return service.detail(run, service.projection(run, service.now_utc(), _thresholds(), "detail"))
 
 
 TenantPath = Annotated[int, Parameter(description="The tenant's integer id (a visible tenant, else 404)")]
@@ -143,12 +153,15 @@ async def tenant_dashboard(
     seen.tenant(tenant)
     base = seen.select().where(OperationRun.tenant_id == tenant)
     order = (OperationRun.created_at.desc(), OperationRun.id.desc())
-    active = base.where(OperationRun.status.in_(("queued", "running"))).order_by(*order).limit(DASHBOARD_ACTIVE)
+    active = (
+        base.where(OperationRun.status.in_(("queued", "running"))).order_by(*order).limit(DASHBOARD_ACTIVE)
+    )
     recent = base.where(OperationRun.status == "completed").order_by(*order).limit(DASHBOARD_RECENT)
     runs = [*(await session.execute(active)).scalars(), *(await session.execute(recent)).scalars()]
-    now, thresholds = service.now_utc(), configured()
+    now, thresholds = service.now_utc(), _thresholds()
     items = [
-        service.surface_item(r, service.projection(r, now, thresholds), seen, _detail_url(request, r.id)) for r in runs
+        service.surface_item(r, service.projection(r, now, thresholds), seen, _detail_url(request, r.id))
+        for r in runs
     ]
     return TenantActivityOperationsSummary(tenant_id=tenant, items=items)
 
@@ -171,9 +184,13 @@ async def tenant_progress(
         .order_by(OperationRun.created_at.desc(), OperationRun.id.desc())
         .limit(OVERLAY_ITEMS)
     )
-    now, thresholds = service.now_utc(), configured()
+    now, thresholds = service.now_utc(), _thresholds()
     projected = [(r, service.projection(r, now, thresholds)) for r in (await session.execute(stmt)).scalars()]
-    items = [service.surface_item(r, p, seen, _detail_url(request, r.id)) for r, p in projected if p.show_in_active_progress]
+    items = [
+        service.surface_item(r, p, seen, _detail_url(request, r.id))
+        for r, p in projected
+        if p.show_in_active_progress
+    ]
     polling = any(p.keep_active_polling for _, p in projected)
     return TenantOperationProgressOverlay(
         tenant_id=tenant,
@@ -196,7 +213,9 @@ async def canonical_list(
     request: Request[Any, Any, Any],
     session: AsyncSession,
     caller: Caller,
-    tenant: Annotated[int | None, Parameter(query="tenant", description="Tenant prefilter (integer id)")] = None,
+    tenant: Annotated[
+        int | None, Parameter(query="tenant", description="Tenant prefilter (integer id)")
+    ] = None,
     active_tab: Annotated[str | None, Parameter(query="activeTab")] = None,
     problem_class: Annotated[ProblemClass | None, Parameter(query="problemClass")] = None,
 ) -> OperationRunCollectionContract:
@@ -207,7 +226,7 @@ async def canonical_list(
         stmt = stmt.where(OperationRun.tenant_id == tenant)
     if active_tab in ACTIVE_TABS:
         stmt = stmt.where(OperationRun.status.in_(ACTIVE_TABS[active_tab]))
-    now, thresholds = service.now_utc(), configured()
+    now, thresholds = service.now_utc(), _thresholds()
     if problem_class is not None:
         stmt = stmt.where(queries.problem_class(problem_class, now, thresholds))
     stmt = stmt.order_by(OperationRun.created_at.desc(), OperationRun.id.desc()).limit(CANONICAL_ITEMS)
@@ -230,7 +249,7 @@ async def canonical_detail(
     request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, run: int
 ) -> OperationRunDetailContract:
     row, _ = await _load(request, session, caller, run)
-    return service.detail_contract(row, service.projection(row, service.now_utc(), configured(), "detail"))
+    return service.detail_contract(row, service.projection(row, service.now_utc(), _thresholds(), "detail"))
 
 
 ROUTES = [list_operations, get_operation, tenant_dashboard, tenant_progress, canonical_list, canonical_detail]

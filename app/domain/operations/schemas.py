@@ -16,7 +16,9 @@ RunOutcome = Literal["pending", "succeeded", "partially_succeeded", "blocked", "
 ListedFreshness = Literal["fresh_active", "likely_stale", "reconciled_failed", "terminal_normal"]
 FreshnessState = Literal["fresh_active", "likely_stale", "reconciled_failed", "terminal_normal", "unknown"]
 ProblemClass = Literal["none", "active_stale_attention", "terminal_follow_up"]
-SurfaceCategory = Literal["healthy_active", "past_expected_lifecycle", "likely_stale", "no_longer_active", "unknown"]
+SurfaceCategory = Literal[
+    "healthy_active", "past_expected_lifecycle", "likely_stale", "no_longer_active", "unknown"
+]
 ReconciliationSource = Literal["failed_callback", "scheduled_reconciler", "adapter_reconciler"]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 

@@ -9,9 +9,10 @@ workspace-scoped runs (they belong to no project). Every view goes through
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Mapping
+from typing import Any
 
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,11 +52,14 @@ class Visibility:
     project: str | None
 
     def condition(self) -> Any:
-        scope = or_(
-            OperationRun.tenant_id.in_(list(self.tenants)),
-            and_(OperationRun.tenant_id.is_(None), OperationRun.workspace_id == self.workspace_id),
-        )
-        conditions = [OperationRun.status.in_(queries.LIFECYCLE_STATUSES), scope]
+        # Every visible tenant is in the workspace, so the workspace condition holds for all
+        # visible runs and lets the (workspace_id, created_at, id) index serve the list order.
+        scope = or_(OperationRun.tenant_id.in_(list(self.tenants)), OperationRun.tenant_id.is_(None))
+        conditions = [
+            OperationRun.workspace_id == self.workspace_id,
+            OperationRun.status.in_(queries.LIFECYCLE_STATUSES),
+            scope,
+        ]
         if self.project is not None:
             conditions.append(OperationRun.project_id == self.project)
         return and_(*conditions)
@@ -94,7 +98,9 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def projection(run: OperationRun, now: datetime, thresholds: Thresholds, surface: Surface = "compact") -> Projection:
+def projection(
+    run: OperationRun, now: datetime, thresholds: Thresholds, surface: Surface = "compact"
+) -> Projection:
     return project(RunFacts.of(run), now, thresholds, surface=surface)
 
 
@@ -106,20 +112,20 @@ def list_item(run: OperationRun, p: Projection) -> OperationRunListItem:
 
 
 def _list_fields(run: OperationRun, p: Projection) -> dict[str, Any]:
-    fields: dict[str, Any] = dict(
-        id=run.id,
-        type=run.type,
-        type_label=type_label(run.type),
-        status=run.status,
-        outcome=run.outcome,
-        freshness_state=p.listed_freshness,
-        reconciled=p.is_reconciled,
-        tenant_id=run.tenant_id,
-        initiator_name=run.initiator_name,
-        created_at=run.created_at,
-        started_at=run.started_at,
-        completed_at=run.completed_at,
-    )
+    fields: dict[str, Any] = {
+        "id": run.id,
+        "type": run.type,
+        "type_label": type_label(run.type),
+        "status": run.status,
+        "outcome": run.outcome,
+        "freshness_state": p.listed_freshness,
+        "reconciled": p.is_reconciled,
+        "tenant_id": run.tenant_id,
+        "initiator_name": run.initiator_name,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "completed_at": run.completed_at,
+    }
     if run.operator_message is not None:
         fields["operator_message"] = run.operator_message
     return fields
@@ -141,7 +147,9 @@ def reconciliation_record(run: OperationRun) -> ReconciliationRecord | None:
 
 def detail(run: OperationRun, p: Projection) -> OperationRunDetail:
     counts = {
-        k: v for k, v in (run.summary_counts or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        k: v
+        for k, v in (run.summary_counts or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     failures = [
         FailureSummaryItem(code=str(f.get("code", "")), message=str(f.get("message", "")))
@@ -160,7 +168,9 @@ def detail(run: OperationRun, p: Projection) -> OperationRunDetail:
 # --- seed 001 ------------------------------------------------------------------------------------
 
 
-def surface_item(run: OperationRun, p: Projection, seen: Visibility, detail_url: str) -> OperationRunSurfaceItem:
+def surface_item(
+    run: OperationRun, p: Projection, seen: Visibility, detail_url: str
+) -> OperationRunSurfaceItem:
     return OperationRunSurfaceItem(
         run_id=run.id,
         tenant_id=run.tenant_id,

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 ENV_VAR = "JOBGATE_LIFECYCLE_THRESHOLDS"
 FALLBACK = "*"
@@ -31,10 +32,16 @@ class TypeThresholds:
 
 
 DEFAULTS: Mapping[str, TypeThresholds] = {
-    "pack_run.execute": TypeThresholds(queued_seconds=900, heartbeat_seconds=300, reconcile_after_seconds=1800),
+    "pack_run.execute": TypeThresholds(
+        queued_seconds=900, heartbeat_seconds=300, reconcile_after_seconds=1800
+    ),
     "pack_run.retry": TypeThresholds(queued_seconds=900, heartbeat_seconds=300, reconcile_after_seconds=1800),
-    "deadletter.replay_pending": TypeThresholds(queued_seconds=300, heartbeat_seconds=120, reconcile_after_seconds=900),
-    "deadletter.replay_batch": TypeThresholds(queued_seconds=300, heartbeat_seconds=120, reconcile_after_seconds=900),
+    "deadletter.replay_pending": TypeThresholds(
+        queued_seconds=300, heartbeat_seconds=120, reconcile_after_seconds=900
+    ),
+    "deadletter.replay_batch": TypeThresholds(
+        queued_seconds=300, heartbeat_seconds=120, reconcile_after_seconds=900
+    ),
     "ops.reconcile": TypeThresholds(queued_seconds=300, heartbeat_seconds=120, reconcile_after_seconds=600),
     FALLBACK: TypeThresholds(queued_seconds=900, heartbeat_seconds=300, reconcile_after_seconds=1800),
 }
@@ -77,7 +84,9 @@ def parse(text: str | None) -> Thresholds:
                 raise ThresholdsError(f"{ENV_VAR}: {run_type!r} must map to a non-empty object")
             unknown = set(values) - fields
             if unknown:
-                raise ThresholdsError(f"{ENV_VAR}: {run_type!r} has unknown key(s) {', '.join(sorted(unknown))}")
+                raise ThresholdsError(
+                    f"{ENV_VAR}: {run_type!r} has unknown key(s) {', '.join(sorted(unknown))}"
+                )
             for key, value in values.items():
                 if type(value) is not int or not 1 <= value <= 30 * 86400:
                     raise ThresholdsError(f"{ENV_VAR}: {run_type}.{key} must be an integer from 1 to 2592000")

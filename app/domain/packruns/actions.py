@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.domain.jobs.submission import new_job, take_source
+from app.domain.jobs.submission import check_payload, new_job, take_source
 from app.domain.operations import ledger
 from app.domain.packruns import progress, service
 from app.domain.packruns.schemas import PackRunSubmit
@@ -115,6 +115,8 @@ async def create_pack_run(
 
 
 async def submit(session: AsyncSession, caller: Caller, data: PackRunSubmit) -> PackRun:
+    for index, step in enumerate(data.steps):
+        check_payload(step.payload, f"steps[{index}].payload")
     return await create_pack_run(
         session,
         caller,

@@ -14,7 +14,9 @@ Derivation (the pack run's row is locked first):
 - every step succeeded → ``succeeded``;
 - a step started while the run was ``queued`` → ``running``.
 
-The run's operation run follows every status change (``ledger.follow_pack_run``).
+A queued run whose first step is held by its quota (paused, no free slot, no rate budget) stays
+``queued`` until the step starts. The run's operation run follows every status change
+(``ledger.follow_pack_run``).
 """
 
 from __future__ import annotations

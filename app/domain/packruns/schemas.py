@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+from app.domain.jobs.submission import Payload
 
 PackRunStatus = Literal[
     "queued", "running", "cancel_requested", "succeeded", "partially_succeeded", "failed", "canceled", "blocked"
@@ -43,12 +45,20 @@ class PackRunPage(msgspec.Struct, rename="camel"):
 
 class StepSubmit(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     job_type: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9._-]{0,127}$", max_length=128)]
-    payload: dict[str, Any] = {}
+    payload: Payload = {}
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
 
 
 class PackRunSubmit(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
-    pack_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+    pack_name: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$",
+            description="Printable text, no leading or trailing white space",
+        ),
+    ]
     pack_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
     source_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", max_length=64)]
     steps: Annotated[list[StepSubmit], msgspec.Meta(min_length=1, max_length=100, description="Run in this order")]

@@ -15,8 +15,8 @@ from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
 from app.http.problems import Problem
 from app.http.routes import location, protected
-from app.storage.models import Quota
 from app.security.caller import Caller
+from app.storage.models import Quota
 
 QuotaId = Annotated[str, Parameter(max_length=64, description="The quota's id")]
 JobTypeFilter = Annotated[str | None, Parameter(query="jobType", max_length=128)]
@@ -89,14 +89,20 @@ def _require_current(request: Request[Any, Any, Any], quota: Quota) -> None:
 
 @post(
     "/jobengine/quotas",
-    **protected("orch:quota", action="quota.create", s409="`quota_exists`: the tenant already has a quota "
-                "for this jobType (also when two creates race), or the Idempotency-Key is in flight"),
+    **protected(
+        "orch:quota",
+        action="quota.create",
+        s409="`quota_exists`: the tenant already has a quota "
+        "for this jobType (also when two creates race), or the Idempotency-Key is in flight",
+    ),
     status_code=201,
     summary="Create a quota",
     description="One quota per jobType in the tenant. " + LIMITS + " Answers 201 with `Location` and `ETag`.",
     tags=["quotas"],
 )
-async def create_quota(request: Request[Any, Any, Any], data: QuotaCreate, mutation: Mutation) -> Response[QuotaView]:
+async def create_quota(
+    request: Request[Any, Any, Any], data: QuotaCreate, mutation: Mutation
+) -> Response[QuotaView]:
     quota = await service.create_quota(mutation.session, mutation.caller, data)
     return await mutation.commit(
         target=quota.quota_id,
@@ -108,11 +114,18 @@ async def create_quota(request: Request[Any, Any, Any], data: QuotaCreate, mutat
 
 @put(
     "/jobengine/quotas/{quotaId:str}",
-    **protected("orch:quota", action="quota.replace", target="quotaId", problems=(404, 412),
-                s409="`job_type_immutable`: the body names another jobType, or the Idempotency-Key is in flight"),
+    **protected(
+        "orch:quota",
+        action="quota.replace",
+        target="quotaId",
+        problems=(404, 412),
+        s409="`job_type_immutable`: the body names another jobType, or the Idempotency-Key is in flight",
+    ),
     summary="Replace a quota's limits",
     description="Full replace of `maxActive`, `maxPerHour` and `burst`. `jobType` is immutable: it may be sent "
-    "and must then equal the quota's (else 409 `job_type_immutable`). " + LIMITS + " Send `If-Match` with the "
+    "and must then equal the quota's (else 409 `job_type_immutable`). "
+    + LIMITS
+    + " Send `If-Match` with the "
     "current ETag to avoid lost updates (412 `precondition_failed` when stale).",
     tags=["quotas"],
 )
@@ -172,4 +185,13 @@ async def resume_quota(quotaId: QuotaId, mutation: Mutation) -> Response[QuotaVi
     return await mutation.commit(target=quota.quota_id, status=200, content=service.view(quota))
 
 
-ROUTES = [list_quotas, quota_summary, get_quota, create_quota, replace_quota, delete_quota, pause_quota, resume_quota]
+ROUTES = [
+    list_quotas,
+    quota_summary,
+    get_quota,
+    create_quota,
+    replace_quota,
+    delete_quota,
+    pause_quota,
+    resume_quota,
+]

@@ -61,8 +61,12 @@ async def list_quotas(
         stmt = stmt.where(Quota.job_type == job_type)
     if paused is not None:
         stmt = stmt.where(Quota.paused == paused)
-    scope = PageScope(caller.tenant.key, None, "quotas", (("jobType", job_type), ("paused", paused)), ORDER.name)
-    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    scope = PageScope(
+        caller.tenant.key, None, "quotas", (("jobType", job_type), ("paused", paused)), ORDER.name
+    )
+    rows, next_token = await fetch_page(
+        session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec
+    )
     return QuotaPage(items=[view(r) for r in rows], continuation_token=next_token)
 
 
@@ -88,7 +92,7 @@ async def observed_by_job_type(
         select(
             Job.job_type,
             count_if(Job.status.in_(ACTIVE_JOB_STATUSES)),
-            count_if(Job.status.in_(QUEUED_JOB_STATUSES)),
+            count_if(Job.status.in_(QUEUED_JOB_STATUSES) & (Job.run_after <= now)),  # due, waiting
             count_if(Job.started_at >= hour_ago),
             count_if(Job.started_at >= minute_ago),
         )
@@ -107,7 +111,9 @@ async def summary(session: AsyncSession, caller: Caller, now: datetime | None = 
     quotas = list(
         (
             await session.execute(
-                select(Quota).where(Quota.tenant_id == caller.tenant_id).order_by(Quota.job_type, Quota.quota_id)
+                select(Quota)
+                .where(Quota.tenant_id == caller.tenant_id)
+                .order_by(Quota.job_type, Quota.quota_id)
             )
         ).scalars()
     )
