@@ -767,10 +767,10 @@ async def seed_demo(
 
         demo_runs = or_(
             OperationRun.tenant_id.in_(tenant_ids),
+            # every workspace-scoped run of the demo workspaces, the reconciler's own included
             and_(
                 OperationRun.tenant_id.is_(None),
                 OperationRun.workspace_id.in_([ws.id for ws in workspaces.values()]),
-                OperationRun.run_identity_hash.in_([r.run_identity_hash for r in housekeeping]),
             ),
         )
         previous_ids = {
