@@ -29,6 +29,7 @@ from app.domain.operations import routes as operations
 from app.domain.packruns import routes as packruns
 from app.domain.quotas import routes as quotas
 from app.domain.sources import routes as sources
+from app.engine import embedded
 from app.http.caching import GatewayResponse
 from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
 from app.http.openapi import close_strict_objects
@@ -75,9 +76,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
+        stop_worker = await embedded.start(runtime)  # the embedded default runs its worker in-process
         try:
             yield
         finally:
+            await stop_worker()
             await runtime.stop()
 
     app = Litestar(

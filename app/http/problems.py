@@ -21,7 +21,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app.http.tracing import ensure_trace_id
@@ -157,6 +157,11 @@ def to_problem(exc: Exception) -> Problem:
     """Map any exception to the problem the client sees."""
     if isinstance(exc, Problem):
         return exc
+    if isinstance(exc, RecursionError):  # a JSON body nested deeper than the decoder goes
+        return Problem(400, "validation_failed", "The request body is nested too deeply.",
+                       errors=[FieldError(field="body", message="nested too deeply")])
+    if isinstance(exc, DataError):  # a value the database cannot store (e.g. a NUL character)
+        return Problem(400, "validation_failed", "A value in the request cannot be stored (e.g. a NUL character).")
     if isinstance(exc, ValidationException):
         errors = _validation_errors(exc)
         detail = "The request is invalid: " + "; ".join(f"{e.field}: {e.message}" for e in errors[:5])

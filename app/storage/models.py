@@ -134,6 +134,14 @@ class Job(Base):
             sqlite_where=text("status IN ('pending', 'scheduled')"),
         ),
         Index(
+            "ix_jobs_dispatch_order",
+            text("priority DESC"),
+            "run_after",
+            "job_id",
+            postgresql_where=text("status IN ('pending', 'scheduled')"),
+            sqlite_where=text("status IN ('pending', 'scheduled')"),
+        ),
+        Index(
             "ix_jobs_leases",
             "lease_expires_at",
             postgresql_where=text("status IN ('leased', 'running')"),

@@ -122,10 +122,7 @@ async def test_invalid_job_is_400_and_changes_nothing(client, factory, runtime, 
     "depth",
     [
         33,
-        pytest.param(5000, marks=pytest.mark.xfail(strict=True, reason=(
-            "msgspec raises RecursionError while decoding the body, before the handler runs, and "
-            "app/http/problems.py (problem_exception_handler) answers it 500 internal_error instead of 400; "
-            "every JSON-body route is affected"))),
+        5000,
     ],
 )
 async def test_deeply_nested_payload_is_400_and_changes_nothing(client, factory, runtime, depth):

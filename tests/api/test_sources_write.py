@@ -239,3 +239,14 @@ async def test_location_is_built_on_the_public_url(client, factory, runtime):
     assert created.status_code == 201
     expected = f"{runtime.settings.public_url}/jobengine/sources/{created.json()['sourceId']}"
     assert created.headers["location"] == expected
+
+
+async def test_a_name_with_a_nul_character_is_a_400_and_nothing_is_written(client, factory, runtime):
+    tenant = await factory.tenant()
+    response = await client.post(
+        "/jobengine/sources", json={"name": "a\u0000b", "sourceType": "scanner"}, headers=factory.headers(tenant)
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "validation_failed"
+    listed = await client.get("/jobengine/sources", headers=factory.headers(tenant))
+    assert listed.json()["items"] == []
