@@ -31,6 +31,7 @@ from app.domain.operations.lifecycle import RunFacts, evidence_time, reconcile_d
 from app.domain.operations.thresholds import Thresholds, configured
 from app.security.sanitize import sanitize
 from app.storage.models import Job, OperationRun, PackRun, Source, Tenant, Workspace
+from app.instants import iso_or_none
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -45,8 +46,6 @@ REMAINING_JOB_STATUSES = ("pending", "scheduled", "leased", "running")
 PACK_TERMINAL = ("succeeded", "partially_succeeded", "failed", "canceled", "blocked", "timed_out")
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
 async def reconcile_once(
@@ -192,7 +191,7 @@ async def _workspace(
                         "stopped; the reconciler canceled the run.",
                         failure_code="run.canceled",
                         extra={
-                            "cancel_requested_at": _iso(pack.cancel_requested_at),
+                            "cancel_requested_at": iso_or_none(pack.cancel_requested_at),
                             "threshold_seconds": grace,
                         },
                     )
@@ -288,14 +287,14 @@ def _fail(
             message = f"No heartbeat for more than {limit}s; the reconciler marked the run failed."
     message = sanitize(message or "")[:500]
     evidence: dict[str, Any] = {
-        "last_heartbeat_at": _iso(run.heartbeat_at),
-        "started_at": _iso(run.started_at),
-        "created_at": _iso(run.created_at),
+        "last_heartbeat_at": iso_or_none(run.heartbeat_at),
+        "started_at": iso_or_none(run.started_at),
+        "created_at": iso_or_none(run.created_at),
         "status_before": run.status,
         "threshold_seconds": limit,
         "stale_threshold_seconds": threshold_of(facts, thresholds),
-        "evidence_at": _iso(evidence_time(facts) or run.created_at),
-        "observed_at": _iso(now),
+        "evidence_at": iso_or_none(evidence_time(facts) or run.created_at),
+        "observed_at": iso_or_none(now),
         "housekeeping_run_id": housekeeping_id,
         **(extra or {}),
     }
@@ -308,7 +307,7 @@ def _fail(
     )
     run.reconciled_at = now
     run.reconciliation = {
-        "reconciled_at": _iso(now),
+        "reconciled_at": iso_or_none(now),
         "source": SOURCE,
         "reason_code": reason_code,
         "reason_message": message,

@@ -203,7 +203,7 @@ async def test_allowed_replace_records_its_target_and_project(client, factory, r
         ("duplicate-id", 409, "source_exists"),
         ("unknown-target", 404, "not_found"),
         ("bad-idempotency-key", 400, "idempotency_key_invalid"),
-        ("project-mismatch", 400, "project_mismatch"),
+        ("project-mismatch", 422, "project_mismatch"),
     ],
 )
 async def test_refused_mutation_writes_one_audit_row_with_its_status_and_code(

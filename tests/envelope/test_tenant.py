@@ -203,7 +203,7 @@ async def test_create_with_a_project_id_other_than_the_project_header_is_refused
         json={"name": "feed", "sourceType": "scanner", "projectId": "beta"},
         headers=factory.headers(tenant, project="alpha"),
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response.json()["code"] == "project_mismatch"
     assert await source_ids(runtime, tenant) == []
 
@@ -221,7 +221,7 @@ async def test_replace_with_a_project_id_other_than_the_project_header_is_refuse
     response = await client.put(
         f"{SOURCES}/{alpha['sourceId']}", json=body, headers=factory.headers(tenant, project="alpha")
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response.json()["code"] == "project_mismatch"
     after = await client.get(f"{SOURCES}/{alpha['sourceId']}", headers=factory.headers(tenant))
     assert (after.json()["name"], after.json()["projectId"]) == ("original", "alpha")

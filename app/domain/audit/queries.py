@@ -12,6 +12,7 @@ from app.domain.audit.schemas import AuditPage, AuditView
 from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
 from app.security.caller import Caller
 from app.storage.models import AuditRecord
+from app.instants import iso_or_none
 
 ORDER = Keyset((AuditRecord.occurred_at, AuditRecord.id), descending=True)
 
@@ -61,11 +62,8 @@ async def list_audit(
         stmt = stmt.where(AuditRecord.occurred_at >= occurred_from)
     if occurred_to is not None:
         stmt = stmt.where(AuditRecord.occurred_at < occurred_to)
-    bound = (*sorted(filters.items()), ("from", _iso(occurred_from)), ("to", _iso(occurred_to)))
+    bound = (*sorted(filters.items()), ("from", iso_or_none(occurred_from)), ("to", iso_or_none(occurred_to)))
     scope = PageScope(caller.tenant.key, caller.project, "audit", bound, ORDER.name)
     rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
     return AuditPage(items=[view(r, caller.tenant.key) for r in rows], continuation_token=next_token)
 
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None

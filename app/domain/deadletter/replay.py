@@ -41,6 +41,7 @@ from app.http.problems import FieldError, Problem, not_found
 from app.security.caller import Caller
 from app.storage.models import DeadLetterEntry as Entry
 from app.storage.models import Job, Source, UTCDateTime
+from app.instants import iso, parse_iso
 
 DEFAULT_MAX_ATTEMPTS = 3
 ID_LIST_MAX = 900
@@ -221,15 +222,6 @@ async def statuses(
 FILTER_FIELDS = ("jobType", "category", "errorCode", "sourceId")
 
 
-def iso(moment: datetime) -> str:
-    """UTC, microseconds, ``Z``: one spelling of an instant, so equal instants are equal strings."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def normalised_filter(data: ReplayFilter) -> dict[str, str]:

@@ -22,6 +22,7 @@ from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
 from app.http.problems import not_found
 from app.security.caller import Caller
 from app.storage.models import DeadLetterEntry as Entry
+from app.instants import iso_or_none
 
 ORDER = Keyset((Entry.dead_lettered_at, Entry.entry_id), descending=True)
 TOP_CLUSTERS = 10
@@ -88,15 +89,12 @@ class EntryFilter:
         return stmt
 
     def binding(self) -> tuple[tuple[str, Any], ...]:
-        times = (("from", _iso(self.dead_lettered_from)), ("to", _iso(self.dead_lettered_to)))
+        times = (("from", iso_or_none(self.dead_lettered_from)), ("to", iso_or_none(self.dead_lettered_to)))
         return (*sorted(self.equals.items()), *times)
 
     def is_empty(self) -> bool:
         return not self.equals and self.dead_lettered_from is None and self.dead_lettered_to is None
 
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 async def list_entries(

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from app.domain.operations.schemas import OperationRunActiveStateProjection
 from app.domain.operations.thresholds import Thresholds
+from app.instants import iso_or_none
 
 ACTIVE = ("queued", "running")
 FOLLOW_UP_OUTCOMES = ("failed", "blocked", "partially_succeeded")
@@ -73,8 +74,6 @@ def duration(seconds: int) -> str:
     return " ".join(parts) or "0s"
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
 @dataclass(frozen=True)
@@ -199,9 +198,9 @@ def _active(facts: RunFacts, now: datetime, thresholds: Thresholds, surface: Sur
             **common,  # type: ignore[arg-type]
         )
     evidence = (
-        {"created_at": _iso(facts.created_at)}
+        {"created_at": iso_or_none(facts.created_at)}
         if facts.status == "queued"
-        else {"last_heartbeat_at": _iso(facts.heartbeat_at), "started_at": _iso(facts.started_at)}
+        else {"last_heartbeat_at": iso_or_none(facts.heartbeat_at), "started_at": iso_or_none(facts.started_at)}
     )
     age = (now - at).total_seconds()
     if age < threshold:
@@ -223,7 +222,7 @@ def _active(facts: RunFacts, now: datetime, thresholds: Thresholds, surface: Sur
         )
     if facts.status == "queued":
         diagnostic = (
-            f"Likely stale: queued since {_iso(at)} without starting (threshold {duration(threshold)})"
+            f"Likely stale: queued since {iso_or_none(at)} without starting (threshold {duration(threshold)})"
         )
         guidance = (
             "The run has not started in the time its type expects. Check that workers are running and "
@@ -231,7 +230,7 @@ def _active(facts: RunFacts, now: datetime, thresholds: Thresholds, surface: Sur
             "without a start."
         )
     else:
-        diagnostic = f"Likely stale: no heartbeat since {_iso(at)} (threshold {duration(threshold)})"
+        diagnostic = f"Likely stale: no heartbeat since {iso_or_none(at)} (threshold {duration(threshold)})"
         guidance = (
             "The run's worker stopped reporting. Check the worker processes; the reconciler fails the run "
             f"after {duration(reconcile_after)} without a heartbeat and cancels its remaining jobs."
@@ -269,9 +268,9 @@ def _completed(facts: RunFacts, thresholds: Thresholds) -> Projection:
         last = evidence.get("last_heartbeat_at")
         lineage = (
             f"Went stale (last heartbeat {last}) and was failed by the {source.replace('_', ' ')} "
-            f"at {_iso(facts.reconciled_at)}."
+            f"at {iso_or_none(facts.reconciled_at)}."
             if last
-            else f"Went stale and was failed by the {source.replace('_', ' ')} at {_iso(facts.reconciled_at)}."
+            else f"Went stale and was failed by the {source.replace('_', ' ')} at {iso_or_none(facts.reconciled_at)}."
         )
         return Projection(
             freshness_state="reconciled_failed",
@@ -283,7 +282,7 @@ def _completed(facts: RunFacts, thresholds: Thresholds) -> Projection:
             stale_lineage_note=lineage,
             is_reconciled=True,
             threshold_seconds=threshold,
-            evidence={**evidence, "reconciled_at": _iso(facts.reconciled_at), "reason_code": reason},
+            evidence={**evidence, "reconciled_at": iso_or_none(facts.reconciled_at), "reason_code": reason},
             **common,  # type: ignore[arg-type]
         )
     follow_up = facts.outcome in FOLLOW_UP_OUTCOMES
@@ -296,7 +295,7 @@ def _completed(facts: RunFacts, thresholds: Thresholds) -> Projection:
         stale_lineage_note=None,
         is_reconciled=facts.reconciled_at is not None,
         threshold_seconds=thresholds.of(facts.type).heartbeat_seconds,
-        evidence={"completed_at": _iso(facts.completed_at)},
+        evidence={"completed_at": iso_or_none(facts.completed_at)},
         **common,  # type: ignore[arg-type]
     )
 

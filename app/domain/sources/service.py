@@ -74,7 +74,7 @@ async def load(session: AsyncSession, caller: Caller, source_id: str, *, for_upd
 
 def _project(caller: Caller, requested: str | None) -> str | None:
     if caller.project is not None and requested not in (None, caller.project):
-        raise Problem(400, "project_mismatch", "projectId must match the X-Stella-Project header.")
+        raise Problem(422, "project_mismatch", "projectId must match the X-Stella-Project header.")
     return requested if requested is not None else caller.project
 
 
