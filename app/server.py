@@ -32,6 +32,7 @@ from app.domain.sources import routes as sources
 from app.engine import embedded
 from app.http.caching import GatewayResponse
 from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
+from app.http.links import add_links
 from app.http.openapi import close_strict_objects
 from app.http.problems import problem_exception_handler
 from app.http.routes import BEARER
@@ -131,4 +132,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         debug=False,
     )
     close_strict_objects(app)
+    add_links(app)
     return app

@@ -207,6 +207,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if max_body < 1024:
         raise SettingsError("JOBGATE_MAX_BODY_BYTES must be at least 1024")
 
+    from app.domain.operations.thresholds import ThresholdsError, parse as parse_thresholds
+
+    try:  # read by the lifecycle routes and the reconciler; a bad value stops start-up here
+        parse_thresholds(env.get("JOBGATE_LIFECYCLE_THRESHOLDS"))
+    except ThresholdsError as exc:
+        raise SettingsError(str(exc)) from None
+
     try:
         pool_size = int(get("DATABASE_POOL_SIZE", "20"))
     except ValueError:

@@ -183,6 +183,16 @@ class DeadLetterEntry(Base):
         Index("ix_dle_tenant_category_code", "tenant_id", "category", "error_code"),
         Index("ix_dle_tenant_status", "tenant_id", "status", "dead_lettered_at"),
         Index("ix_dle_tenant_template", "tenant_id", "error_code", "template_hash"),
+        Index("ix_dle_tenant_category_status", "tenant_id", "category", "status"),
+        Index(
+            "ix_dle_tenant_cluster",
+            "tenant_id",
+            "error_code",
+            "template_hash",
+            "dead_lettered_at",
+            "entry_id",
+            postgresql_include=["status"],
+        ),
         UniqueConstraint("tenant_id", "job_id", name="uq_dle_tenant_job"),
     )
 

@@ -244,3 +244,10 @@ def test_command_prints_one_line_naming_the_variable_and_exits_non_zero(data_dir
     assert variable in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not data_dir.exists()
+
+
+def test_invalid_lifecycle_thresholds_stop_start_up_naming_the_variable(tmp_path):
+    from app.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="JOBGATE_LIFECYCLE_THRESHOLDS"):
+        load_settings({"JOBGATE_DATA_DIR": str(tmp_path), "JOBGATE_LIFECYCLE_THRESHOLDS": "[1, 2]"})

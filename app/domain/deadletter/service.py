@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.deadletter.schemas import (
@@ -119,16 +119,26 @@ def _pending_count():  # type: ignore[no-untyped-def]
 
 async def stats(session: AsyncSession, caller: Caller, now: datetime | None = None) -> DeadLetterStats:
     now = now or datetime.now(UTC)
+    # One grouped pass (an index-only scan of (tenant, category, status)) gives both the totals by
+    # status and by category.
     by_status = StatusTotals()
-    for status, count in await session.execute(visible(caller, Entry.status, func.count()).group_by(Entry.status)):
+    per_status: dict[str, int] = {}
+    per_category: dict[str, list[int]] = {}
+    for category, status, count in await session.execute(
+        visible(caller, Entry.category, Entry.status, func.count())
+        .group_by(Entry.category, Entry.status)
+        .order_by(Entry.category, Entry.status)
+    ):
+        per_status[status] = per_status.get(status, 0) + count
+        totals = per_category.setdefault(category, [0, 0])
+        totals[0] += count
+        if status == "pending":
+            totals[1] += count
+    for status, count in per_status.items():
         setattr(by_status, status, count)
     categories = [
         CategoryCount(category=category, count=count, pending=pending)
-        for category, count, pending in await session.execute(
-            visible(caller, Entry.category, func.count(), _pending_count())
-            .group_by(Entry.category)
-            .order_by(Entry.category)
-        )
+        for category, (count, pending) in per_category.items()
     ]
     oldest = (
         await session.execute(visible(caller, func.min(Entry.dead_lettered_at)).where(Entry.status == "pending"))
@@ -152,57 +162,79 @@ async def stats(session: AsyncSession, caller: Caller, now: datetime | None = No
 
 
 async def _top_clusters(session: AsyncSession, caller: Caller) -> list[ErrorCluster]:
-    """The ten largest (errorCode, template) groups, ties by template, with three sample ids."""
-    count = func.count().label("n")
-    template = func.min(Entry.error_template).label("template")
+    """The ten largest (errorCode, template) groups, ties by template, with three sample ids.
+
+    One statement: the groups come from an index-only scan of (tenant, errorCode, templateHash,
+    deadLetteredAt, entryId) incl. status; the template is read from one entry of each group that
+    can still make the top ten (the hash is derived from errorCode and template, so every entry
+    of a group carries the same template); the three newest entries of each of the ten groups are
+    a backward range scan of the same index.
+    """
     groups = (
-        await session.execute(
-            visible(
-                caller,
-                Entry.error_code,
-                Entry.template_hash,
-                template,
-                count,
-                _pending_count(),
-                func.min(Entry.dead_lettered_at),
-                func.max(Entry.dead_lettered_at),
+        visible(
+            caller,
+            Entry.error_code,
+            Entry.template_hash,
+            func.count().label("n"),
+            _pending_count().label("pending"),
+            func.min(Entry.dead_lettered_at).label("first"),
+            func.max(Entry.dead_lettered_at).label("last"),
+        )
+        .group_by(Entry.error_code, Entry.template_hash)
+        .cte("groups")
+    )
+    # The tenth largest count: no group below it can be in the top ten.
+    cutoff = (
+        select(groups.c.n).order_by(groups.c.n.desc()).offset(TOP_CLUSTERS - 1).limit(1)
+        .correlate(None).scalar_subquery()
+    )
+    template = (
+        visible(caller, Entry.error_template.label("template"))
+        .where(Entry.error_code == groups.c.error_code, Entry.template_hash == groups.c.template_hash)
+        .limit(1)
+        .lateral("template")
+    )
+    top = (
+        select(groups, template.c.template)
+        .select_from(groups.join(template, true()))
+        .where(groups.c.n >= func.coalesce(cutoff, 0))
+        .order_by(groups.c.n.desc(), template.c.template.asc(), groups.c.error_code.asc())
+        .limit(TOP_CLUSTERS)
+        .subquery("top")
+    )
+    samples = (
+        visible(caller, Entry.entry_id, Entry.dead_lettered_at)
+        .where(Entry.error_code == top.c.error_code, Entry.template_hash == top.c.template_hash)
+        .order_by(Entry.dead_lettered_at.desc(), Entry.entry_id.desc())
+        .limit(SAMPLES)
+        .lateral("samples")
+    )
+    rows = await session.execute(
+        select(
+            top.c.error_code, top.c.template_hash, top.c.template, top.c.n, top.c.pending, top.c.first,
+            top.c.last, samples.c.entry_id,
+        )
+        .select_from(top.join(samples, true()))
+        .order_by(
+            top.c.n.desc(), top.c.template.asc(), top.c.error_code.asc(),
+            samples.c.dead_lettered_at.desc(), samples.c.entry_id.desc(),
+        )
+    )
+    clusters: dict[tuple[str, str], ErrorCluster] = {}
+    for code, hash_, tmpl, n, pending, first, last, entry_id in rows:
+        cluster = clusters.get((code, hash_))
+        if cluster is None:
+            cluster = clusters[(code, hash_)] = ErrorCluster(
+                error_code=code,
+                template=tmpl,
+                count=n,
+                pending=pending,
+                sample_entry_ids=[],
+                first_seen=first,
+                last_seen=last,
             )
-            .group_by(Entry.error_code, Entry.template_hash)
-            .order_by(count.desc(), template.asc(), Entry.error_code.asc())
-            .limit(TOP_CLUSTERS)
-        )
-    ).all()
-    if not groups:
-        return []
-    rank = func.row_number().over(
-        partition_by=(Entry.error_code, Entry.template_hash),
-        order_by=(Entry.dead_lettered_at.desc(), Entry.entry_id.desc()),
-    )
-    keys = [(g[0], g[1]) for g in groups]
-    ranked = (
-        visible(caller, Entry.error_code, Entry.template_hash, Entry.entry_id, rank.label("r"))
-        .where(Entry.template_hash.in_([k[1] for k in keys]))
-        .subquery()
-    )
-    samples: dict[tuple[str, str], list[str]] = {}
-    for code, hash_, entry_id in await session.execute(
-        select(ranked.c.error_code, ranked.c.template_hash, ranked.c.entry_id)
-        .where(ranked.c.r <= SAMPLES)
-        .order_by(ranked.c.r)
-    ):
-        samples.setdefault((code, hash_), []).append(entry_id)
-    return [
-        ErrorCluster(
-            error_code=code,
-            template=tmpl,
-            count=n,
-            pending=pending,
-            sample_entry_ids=samples.get((code, hash_), []),
-            first_seen=first,
-            last_seen=last,
-        )
-        for code, hash_, tmpl, n, pending, first, last in groups
-    ]
+        cluster.sample_entry_ids.append(entry_id)
+    return list(clusters.values())
 
 
 async def summary(
