@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,7 @@ def main() -> None:
             conn = await asyncpg.connect(admin)
             await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             await conn.close()
+            shutil.rmtree(env["JOBGATE_DATA_DIR"], ignore_errors=True)
 
     result = asyncio.run(run())
     print(json.dumps(result, indent=2))
