@@ -7,7 +7,6 @@ details in ``app/http/problems.py``; every JSON response is encoded in ``app/htt
 
 from __future__ import annotations
 
-import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -31,8 +30,8 @@ from app.domain.quotas import routes as quotas
 from app.domain.sources import routes as sources
 from app.engine import embedded
 from app.http.caching import GatewayResponse
-from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
 from app.http.links import add_links
+from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
 from app.http.openapi import close_strict_objects
 from app.http.problems import problem_exception_handler
 from app.http.routes import BEARER

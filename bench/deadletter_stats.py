@@ -81,7 +81,8 @@ async def expected(dsn: str, tenant_id: int) -> dict[str, Any]:
     try:
         statuses = dict(
             await conn.fetch(
-                "SELECT status, count(*) FROM dead_letter_entries WHERE tenant_id = $1 GROUP BY status", tenant_id
+                "SELECT status, count(*) FROM dead_letter_entries WHERE tenant_id = $1 GROUP BY status",
+                tenant_id,
             )
         )
         categories = [
@@ -154,7 +155,9 @@ async def plans(env: dict[str, str], tenant_id: int) -> list[dict[str, Any]]:
                 result = await conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters)
                 plan = [r[0] for r in result]
                 took = next((line for line in reversed(plan) if line.startswith("Execution Time")), "")
-                out.append({"statement": statement, "parameters": repr(parameters), "execution": took, "plan": plan})
+                out.append(
+                    {"statement": statement, "parameters": repr(parameters), "execution": took, "plan": plan}
+                )
         return out
     finally:
         await engine.dispose()

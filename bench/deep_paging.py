@@ -92,7 +92,12 @@ class Environment:
 
     def cli(self, *argv: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "app.cli", *argv], env=self.env, cwd=ROOT, capture_output=True, text=True, check=False
+            [sys.executable, "-m", "app.cli", *argv],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             raise RuntimeError(f"jobgate {' '.join(argv)} failed: {done.stderr[-2000:]}")
@@ -201,7 +206,15 @@ async def bulk_load(dsn: str, rows: Iterable[tuple[Any, ...]], chunk: int = 100_
 
 
 def entry_row(
-    tenant_id: int, n: int, at: datetime, *, category: str, code: str, message: str, template: str, hash_: str,
+    tenant_id: int,
+    n: int,
+    at: datetime,
+    *,
+    category: str,
+    code: str,
+    message: str,
+    template: str,
+    hash_: str,
     status: str = "pending",
 ) -> tuple[Any, ...]:
     return (
@@ -293,7 +306,8 @@ async def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
             plan = "\n".join(
                 r[0]
                 for r in await conn.fetch(
-                    "EXPLAIN (ANALYZE, BUFFERS) " + select.replace("$1", str(tenant_id)).replace("$2", str(args.depth))
+                    "EXPLAIN (ANALYZE, BUFFERS) "
+                    + select.replace("$1", str(tenant_id)).replace("$2", str(args.depth))
                 )
             )
             samples: dict[str, list[float]] = {"first": [], "deep": [], "offset_first": [], "offset_deep": []}
@@ -324,7 +338,11 @@ async def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
             "depth": args.depth,
             "repeat": args.repeat,
             "load_seconds": round(load_seconds, 1),
-            "http": {"first": measured["first"], "deep": measured["deep"], "deep_over_first": round(ratio, 2)},
+            "http": {
+                "first": measured["first"],
+                "deep": measured["deep"],
+                "deep_over_first": round(ratio, 2),
+            },
             "offset_sql": {
                 "first": measured["offset_first"],
                 "deep": measured["offset_deep"],

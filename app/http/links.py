@@ -29,31 +29,57 @@ class Follow:
 
 
 LINKS = (
-    Follow(("POST", "/jobengine/sources"), "201", "sourceId", "sourceId", (
-        ("GetSource", "GET", "/jobengine/sources/{sourceId}"),
-        ("ReplaceSource", "PUT", "/jobengine/sources/{sourceId}"),
-    )),
-    Follow(("POST", "/jobengine/quotas"), "201", "quotaId", "quotaId", (
-        ("GetQuota", "GET", "/jobengine/quotas/{quotaId}"),
-        ("ReplaceQuota", "PUT", "/jobengine/quotas/{quotaId}"),
-        ("DeleteQuota", "DELETE", "/jobengine/quotas/{quotaId}"),
-        ("PauseQuota", "POST", "/jobengine/quotas/{quotaId}/pause"),
-        ("ResumeQuota", "POST", "/jobengine/quotas/{quotaId}/resume"),
-    )),
-    Follow(("POST", "/jobengine/jobs"), "201", "jobId", "jobId", (
-        ("GetJob", "GET", "/jobengine/jobs/{jobId}"),
-    )),
-    Follow(("POST", "/jobengine/pack-runs"), "201", "packRunId", "packRunId", (
-        ("GetPackRun", "GET", "/jobengine/pack-runs/{packRunId}"),
-        ("CancelPackRun", "POST", "/jobengine/pack-runs/{packRunId}/cancel"),
-        ("RetryPackRun", "POST", "/jobengine/pack-runs/{packRunId}/retry"),
-    )),
-    Follow(("POST", "/jobengine/deadletter/{entryId}/replay"), "202", "jobId", "jobId", (
-        ("GetReplayJob", "GET", "/jobengine/jobs/{jobId}"),
-    )),
-    Follow(("POST", "/jobengine/deadletter/replay/pending"), "202", "operationRunId", "operationRun", (
-        ("GetOperationRun", "GET", "/api/admin/operations/{operationRun}"),
-    )),
+    Follow(
+        ("POST", "/jobengine/sources"),
+        "201",
+        "sourceId",
+        "sourceId",
+        (
+            ("GetSource", "GET", "/jobengine/sources/{sourceId}"),
+            ("ReplaceSource", "PUT", "/jobengine/sources/{sourceId}"),
+        ),
+    ),
+    Follow(
+        ("POST", "/jobengine/quotas"),
+        "201",
+        "quotaId",
+        "quotaId",
+        (
+            ("GetQuota", "GET", "/jobengine/quotas/{quotaId}"),
+            ("ReplaceQuota", "PUT", "/jobengine/quotas/{quotaId}"),
+            ("DeleteQuota", "DELETE", "/jobengine/quotas/{quotaId}"),
+            ("PauseQuota", "POST", "/jobengine/quotas/{quotaId}/pause"),
+            ("ResumeQuota", "POST", "/jobengine/quotas/{quotaId}/resume"),
+        ),
+    ),
+    Follow(
+        ("POST", "/jobengine/jobs"), "201", "jobId", "jobId", (("GetJob", "GET", "/jobengine/jobs/{jobId}"),)
+    ),
+    Follow(
+        ("POST", "/jobengine/pack-runs"),
+        "201",
+        "packRunId",
+        "packRunId",
+        (
+            ("GetPackRun", "GET", "/jobengine/pack-runs/{packRunId}"),
+            ("CancelPackRun", "POST", "/jobengine/pack-runs/{packRunId}/cancel"),
+            ("RetryPackRun", "POST", "/jobengine/pack-runs/{packRunId}/retry"),
+        ),
+    ),
+    Follow(
+        ("POST", "/jobengine/deadletter/{entryId}/replay"),
+        "202",
+        "jobId",
+        "jobId",
+        (("GetReplayJob", "GET", "/jobengine/jobs/{jobId}"),),
+    ),
+    Follow(
+        ("POST", "/jobengine/deadletter/replay/pending"),
+        "202",
+        "operationRunId",
+        "operationRun",
+        (("GetOperationRun", "GET", "/api/admin/operations/{operationRun}"),),
+    ),
 )
 
 
@@ -75,15 +101,22 @@ def _resolve(document: OpenAPI, schema: Schema | Reference | None) -> Schema | N
 def _check_field(document: OpenAPI, response: OpenAPIResponse, follow: Follow) -> None:
     media = (response.content or {}).get("application/json")
     schema = _resolve(document, media.schema if media is not None else None)
-    if schema is None or follow.field not in (schema.properties or {}) or follow.field not in (schema.required or []):
+    if (
+        schema is None
+        or follow.field not in (schema.properties or {})
+        or follow.field not in (schema.required or [])
+    ):
+        source = " ".join(follow.source)
         raise ValueError(
-            f"OpenAPI links: the {follow.status} answer of {' '.join(follow.source)} has no required field {follow.field!r}"
+            f"OpenAPI links: the {follow.status} answer of {source} lacks the field {follow.field!r}"
         )
 
 
 def _check_parameter(operation: Operation, method: str, path: str, name: str) -> None:
-    if not any(getattr(p, "name", None) == name and getattr(p, "param_in", None) == "path"
-               for p in operation.parameters or []):
+    if not any(
+        getattr(p, "name", None) == name and getattr(p, "param_in", None) == "path"
+        for p in operation.parameters or []
+    ):
         raise ValueError(f"OpenAPI links: {method} {path} has no path parameter {name!r}")
 
 
@@ -93,8 +126,8 @@ def add_links(app: Litestar) -> None:
     for follow in LINKS:
         source = _operation(document, *follow.source)
         response = (source.responses or {}).get(follow.status)
-        if not isinstance(response, OpenAPIResponse):
-            raise ValueError(f"OpenAPI links: {' '.join(follow.source)} documents no {follow.status} answer")
+        if response is None or isinstance(response, Reference):
+            raise LookupError(f"OpenAPI links: {' '.join(follow.source)} documents no {follow.status} answer")
         _check_field(document, response, follow)
         links = dict(response.links or {})
         for name, method, path in follow.targets:

@@ -153,6 +153,14 @@ _UNAVAILABLE_DRIVER_ERRORS = frozenset(
 )
 
 
+def _sqlstate(exc: Exception) -> str:
+    if not isinstance(exc, DBAPIError):
+        return ""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    return state if isinstance(state, str) else ""
+
+
 def to_problem(exc: Exception) -> Problem:
     """Map any exception to the problem the client sees."""
     if isinstance(exc, Problem):
@@ -160,7 +168,9 @@ def to_problem(exc: Exception) -> Problem:
     if isinstance(exc, RecursionError):  # a JSON body nested deeper than the decoder goes
         return Problem(400, "validation_failed", "The request body is nested too deeply.",
                        errors=[FieldError(field="body", message="nested too deeply")])
-    if isinstance(exc, DataError):  # a value the database cannot store (e.g. a NUL character)
+    if isinstance(exc, DataError) or _sqlstate(exc).startswith("22"):
+        # SQL "data exception": a value the database cannot take (e.g. a NUL character, an
+        # out-of-range number) reached a query; it came from the request.
         return Problem(400, "validation_failed", "A value in the request cannot be stored (e.g. a NUL character).")
     if isinstance(exc, ValidationException):
         errors = _validation_errors(exc)

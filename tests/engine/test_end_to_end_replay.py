@@ -30,12 +30,18 @@ async def test_replay_pending_by_error_code_replays_only_matching_entries_which_
     flaky, failing = [], []
     for message in UNAVAILABLE_MESSAGES:
         payload = {**UNAVAILABLE, "message": message, "failUntil": fail_until.isoformat()}
-        flaky.append(await submit(client, factory, tenant, source["sourceId"], "demo.flaky", payload=payload,
-                                  maxAttempts=2))
+        flaky.append(
+            await submit(
+                client, factory, tenant, source["sourceId"], "demo.flaky", payload=payload, maxAttempts=2
+            )
+        )
     for message in INVALID_MESSAGES:
         payload = {**INVALID, "message": message}
-        failing.append(await submit(client, factory, tenant, source["sourceId"], "demo.fail", payload=payload,
-                                    maxAttempts=2))
+        failing.append(
+            await submit(
+                client, factory, tenant, source["sourceId"], "demo.fail", payload=payload, maxAttempts=2
+            )
+        )
 
     async def five_entries():
         entries = await entries_of(runtime, tenant)
@@ -48,13 +54,19 @@ async def test_replay_pending_by_error_code_replays_only_matching_entries_which_
     for submitted, message in zip(flaky, UNAVAILABLE_MESSAGES):
         entry = by_job[submitted["jobId"]]
         assert (entry.job_type, entry.error_code, entry.category) == (
-            "demo.flaky", "registry.unavailable", "transient"
+            "demo.flaky",
+            "registry.unavailable",
+            "transient",
         )
         assert entry.message == message and entry.attempts == 2  # retryable: both attempts were used
         assert entry.error_template == "Registry mirror <n> did not answer within <n>s"
     for submitted, message in zip(failing, INVALID_MESSAGES):
         entry = by_job[submitted["jobId"]]
-        assert (entry.job_type, entry.error_code, entry.category) == ("demo.fail", "payload.invalid", "validation")
+        assert (entry.job_type, entry.error_code, entry.category) == (
+            "demo.fail",
+            "payload.invalid",
+            "validation",
+        )
         assert entry.message == message and entry.attempts == 1  # not retryable: dead-lettered at once
         assert entry.error_template == "Field <value> is missing in manifest <n>"
     for entry in entries:
@@ -73,13 +85,25 @@ async def test_replay_pending_by_error_code_replays_only_matching_entries_which_
         {"category": "validation", "count": 2, "pending": 2},
     ]
     newest_first = sorted(entries, key=lambda e: (e.dead_lettered_at, e.entry_id), reverse=True)
-    clusters = [(c["errorCode"], c["template"], c["count"], c["pending"], c["sampleEntryIds"])
-                for c in stats["topClusters"]]
+    clusters = [
+        (c["errorCode"], c["template"], c["count"], c["pending"], c["sampleEntryIds"])
+        for c in stats["topClusters"]
+    ]
     assert clusters == [
-        ("registry.unavailable", "Registry mirror <n> did not answer within <n>s", 3, 3,
-         [e.entry_id for e in newest_first if e.error_code == "registry.unavailable"]),
-        ("payload.invalid", "Field <value> is missing in manifest <n>", 2, 2,
-         [e.entry_id for e in newest_first if e.error_code == "payload.invalid"]),
+        (
+            "registry.unavailable",
+            "Registry mirror <n> did not answer within <n>s",
+            3,
+            3,
+            [e.entry_id for e in newest_first if e.error_code == "registry.unavailable"],
+        ),
+        (
+            "payload.invalid",
+            "Field <value> is missing in manifest <n>",
+            2,
+            2,
+            [e.entry_id for e in newest_first if e.error_code == "payload.invalid"],
+        ),
     ]
     summary = (await client.get("/jobengine/deadletter/summary", headers=headers)).json()
     assert [(g["category"], g["errorCode"], g["total"], g["pending"]) for g in summary["items"]] == [
@@ -121,7 +145,10 @@ async def test_replay_pending_by_error_code_replays_only_matching_entries_which_
     for entry_id, before in untouched.items():
         after = final[entry_id]
         assert (after.status, after.replay_count, after.last_replay_job_id, after.updated_at) == (
-            "pending", 0, None, before.updated_at
+            "pending",
+            0,
+            None,
+            before.updated_at,
         )
     assert len(jobs) == 5 + 3
 
