@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from litestar import Request, get
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from app.domain.operations import queries, service
 from app.domain.operations.schemas import (
@@ -33,6 +34,8 @@ ORDER = Keyset((OperationRun.created_at, OperationRun.id), descending=True)
 MAX_ID = 2**63 - 1
 DASHBOARD_ACTIVE = 50
 DASHBOARD_RECENT = 20
+# The overlay polls every 10 s: it loads none of the JSON columns its items do not show.
+SURFACE_ONLY = (defer(OperationRun.summary_counts), defer(OperationRun.failure_summary), defer(OperationRun.context))
 OVERLAY_ITEMS = 50
 CANONICAL_ITEMS = 100
 POLL_INTERVAL = "10s"
@@ -183,6 +186,7 @@ async def tenant_progress(
         .where(OperationRun.tenant_id == tenant, OperationRun.status.in_(("queued", "running")))
         .order_by(OperationRun.created_at.desc(), OperationRun.id.desc())
         .limit(OVERLAY_ITEMS)
+        .options(*SURFACE_ONLY)
     )
     now, thresholds = service.now_utc(), _thresholds()
     projected = [(r, service.projection(r, now, thresholds)) for r in (await session.execute(stmt)).scalars()]
