@@ -38,7 +38,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -333,43 +332,8 @@ def main() -> None:
 
     if shutil.which("wrk") is None:
         rf.fail("wrk is not installed; install it with: apt-get install wrk")
-    admin_url = os.environ.get("JOBGATE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url = os.environ.get("JOBGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-    run_id = uuid.uuid4().hex[:10]
-    db_name = f"jobgate_bench_{run_id}"
-    prefix = f"jobgate-bench-{run_id}:"
-    workdir = Path(tempfile.mkdtemp(prefix="jobgate-bench-"))
-    servers: list[rf.Server] = []
-    created_db = False
-    try:
-        try:
-            asyncio.run(rf.create_database(admin_url, db_name))
-        except (OSError, asyncpg.PostgresError) as exc:
-            rf.fail(f"PostgreSQL at {admin_url} is unusable ({exc}); set JOBGATE_BENCH_DATABASE_URL")
-        created_db = True
-        import redis
-
-        try:
-            redis.Redis.from_url(redis_url).ping()
-        except redis.RedisError as exc:
-            rf.fail(f"Redis at {redis_url} is unusable ({exc}); set JOBGATE_BENCH_REDIS_URL")
-        with contextlib.ExitStack() as stack:
-            run(args, admin_url, redis_url, db_name, prefix, workdir, servers, stack)
-    finally:
-        for server in servers:
-            server.stop()
-        if created_db:
-            asyncio.run(rf.drop_database(admin_url, db_name))
-        try:
-            import redis
-
-            client = redis.Redis.from_url(redis_url)
-            keys = list(client.scan_iter(match=prefix + "*", count=1000))
-            if keys:
-                client.delete(*keys)
-        except Exception as exc:  # noqa: BLE001 - report, keep cleaning
-            print(f"bench: could not delete Redis keys {prefix}* ({exc})", file=sys.stderr)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with rf.bench_environment() as env, contextlib.ExitStack() as stack:
+        run(args, env.admin_url, env.redis_url, env.db_name, env.prefix, env.workdir, env.servers, stack)
 
 
 def run(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -432,6 +434,58 @@ def summarise_stacks(raw: Path) -> dict[str, Any]:
 # --- the run -----------------------------------------------------------------------------------
 
 
+
+@dataclass
+class BenchEnvironment:
+    admin_url: str
+    redis_url: str
+    db_name: str
+    prefix: str
+    workdir: Path
+    servers: list[Server]
+
+
+@contextlib.contextmanager
+def bench_environment() -> Iterator[BenchEnvironment]:
+    """A throwaway database, a Redis key prefix and a work folder; all removed at the end, with
+    every server started into ``servers``, also when the benchmark fails."""
+    admin_url = os.environ.get("JOBGATE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    redis_url = os.environ.get("JOBGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    run_id = uuid.uuid4().hex[:10]
+    env = BenchEnvironment(
+        admin_url, redis_url, f"jobgate_bench_{run_id}", f"jobgate-bench-{run_id}:",
+        Path(tempfile.mkdtemp(prefix="jobgate-bench-")), [],
+    )
+    created_db = False
+    try:
+        try:
+            asyncio.run(create_database(admin_url, env.db_name))
+        except (OSError, asyncpg.PostgresError) as exc:
+            fail(f"PostgreSQL at {admin_url} is unusable ({exc}); set JOBGATE_BENCH_DATABASE_URL")
+        created_db = True
+        import redis
+
+        try:
+            redis.Redis.from_url(redis_url).ping()
+        except redis.RedisError as exc:
+            fail(f"Redis at {redis_url} is unusable ({exc}); set JOBGATE_BENCH_REDIS_URL")
+        yield env
+    finally:
+        for server in env.servers:
+            server.stop()
+        if created_db:
+            asyncio.run(drop_database(admin_url, env.db_name))
+        try:
+            import redis
+
+            client = redis.Redis.from_url(redis_url)
+            keys = list(client.scan_iter(match=env.prefix + "*", count=1000))
+            if keys:
+                client.delete(*keys)
+        except Exception as exc:  # noqa: BLE001 - report, keep cleaning
+            print(f"bench: could not delete Redis keys {env.prefix}* ({exc})", file=sys.stderr)
+        shutil.rmtree(env.workdir, ignore_errors=True)
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=6, help="seconds per measurement (default 6)")
@@ -444,42 +498,8 @@ def main() -> None:
 
     if shutil.which("wrk") is None:
         fail("wrk is not installed; install it with: apt-get install wrk")
-    admin_url = os.environ.get("JOBGATE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url = os.environ.get("JOBGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-    run_id = uuid.uuid4().hex[:10]
-    db_name = f"jobgate_bench_{run_id}"
-    prefix = f"jobgate-bench-{run_id}:"
-    workdir = Path(tempfile.mkdtemp(prefix="jobgate-bench-"))
-    servers: list[Server] = []
-    created_db = False
-    try:
-        try:
-            asyncio.run(create_database(admin_url, db_name))
-        except (OSError, asyncpg.PostgresError) as exc:
-            fail(f"PostgreSQL at {admin_url} is unusable ({exc}); set JOBGATE_BENCH_DATABASE_URL")
-        created_db = True
-        import redis
-
-        try:
-            redis.Redis.from_url(redis_url).ping()
-        except redis.RedisError as exc:
-            fail(f"Redis at {redis_url} is unusable ({exc}); set JOBGATE_BENCH_REDIS_URL")
-        run(args, admin_url, redis_url, db_name, prefix, workdir, servers)
-    finally:
-        for server in servers:
-            server.stop()
-        if created_db:
-            asyncio.run(drop_database(admin_url, db_name))
-        try:
-            import redis
-
-            client = redis.Redis.from_url(redis_url)
-            keys = list(client.scan_iter(match=prefix + "*", count=1000))
-            if keys:
-                client.delete(*keys)
-        except Exception as exc:  # noqa: BLE001 - report, keep cleaning
-            print(f"bench: could not delete Redis keys {prefix}* ({exc})", file=sys.stderr)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with bench_environment() as env:
+        run(args, env.admin_url, env.redis_url, env.db_name, env.prefix, env.workdir, env.servers)
 
 
 def run(
