@@ -338,3 +338,34 @@ class IdempotencyRecord(Base):
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class DeadLetterCount(Base):
+    """Entries per (tenant, project, category, status); maintained by triggers (migration 0004).
+
+    ``project_key`` is the project id, or '' for entries without a project.
+    """
+
+    __tablename__ = "dead_letter_counts"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    project_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    entries: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeadLetterCluster(Base):
+    """Entries per (tenant, project, errorCode, templateHash) with pending count and min/max
+    ``dead_lettered_at``; maintained by triggers (migration 0004)."""
+
+    __tablename__ = "dead_letter_clusters"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    project_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    error_code: Mapped[str] = mapped_column(String(128), primary_key=True)
+    template_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    entries: Mapped[int] = mapped_column(BigInteger)
+    pending: Mapped[int] = mapped_column(BigInteger)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)

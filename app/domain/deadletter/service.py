@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, true
+from sqlalchemy import BigInteger, case, cast, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.deadletter.schemas import (
@@ -21,6 +21,8 @@ from app.domain.deadletter.schemas import (
 from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
 from app.http.problems import not_found
 from app.security.caller import Caller
+from app.storage.models import DeadLetterCluster as Clusters
+from app.storage.models import DeadLetterCount as Counts
 from app.storage.models import DeadLetterEntry as Entry
 from app.instants import iso_or_none
 
@@ -117,18 +119,31 @@ def _pending_count():  # type: ignore[no-untyped-def]
     return func.coalesce(func.sum(case((Entry.status == "pending", 1), else_=0)), 0)
 
 
+def _aggregate(table, caller: Caller, *columns: Any):  # type: ignore[no-untyped-def]
+    """Rows of a maintained aggregate (migration 0004) within the caller's tenant and project."""
+    stmt = select(*columns).where(table.tenant_id == caller.tenant_id)
+    if caller.project is not None:
+        stmt = stmt.where(table.project_key == caller.project)
+    return stmt
+
+
+def _total(column):  # type: ignore[no-untyped-def]
+    return cast(func.sum(column), BigInteger)
+
+
 async def stats(session: AsyncSession, caller: Caller, now: datetime | None = None) -> DeadLetterStats:
     now = now or datetime.now(UTC)
-    # One grouped pass (an index-only scan of (tenant, category, status)) gives both the totals by
-    # status and by category.
+    # Totals by status and by category: the maintained counts, one row per (project, category,
+    # status), kept exact by triggers on the entries.
     by_status = StatusTotals()
     per_status: dict[str, int] = {}
     per_category: dict[str, list[int]] = {}
     for category, status, count in await session.execute(
-        visible(caller, Entry.category, Entry.status, func.count())
-        .group_by(Entry.category, Entry.status)
-        .order_by(Entry.category, Entry.status)
+        _aggregate(Counts, caller, Counts.category, Counts.status, _total(Counts.entries))
+        .group_by(Counts.category, Counts.status)
+        .order_by(Counts.category, Counts.status)
     ):
+        count = int(count)
         per_status[status] = per_status.get(status, 0) + count
         totals = per_category.setdefault(category, [0, 0])
         totals[0] += count
@@ -140,11 +155,13 @@ async def stats(session: AsyncSession, caller: Caller, now: datetime | None = No
         CategoryCount(category=category, count=count, pending=pending)
         for category, (count, pending) in per_category.items()
     ]
+    # An index seek on (tenant, status, deadLetteredAt).
     oldest = (
         await session.execute(visible(caller, func.min(Entry.dead_lettered_at)).where(Entry.status == "pending"))
     ).scalar_one()
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
+    # A range scan of (tenant, deadLetteredAt, entryId): the one read that grows with the inflow.
     inflow = (
         await session.execute(
             visible(caller, func.count()).where(Entry.dead_lettered_at >= now - timedelta(hours=24))
@@ -164,23 +181,24 @@ async def stats(session: AsyncSession, caller: Caller, now: datetime | None = No
 async def _top_clusters(session: AsyncSession, caller: Caller) -> list[ErrorCluster]:
     """The ten largest (errorCode, template) groups, ties by template, with three sample ids.
 
-    One statement: the groups come from an index-only scan of (tenant, errorCode, templateHash,
-    deadLetteredAt, entryId) incl. status; the template is read from one entry of each group that
-    can still make the top ten (the hash is derived from errorCode and template, so every entry
-    of a group carries the same template); the three newest entries of each of the ten groups are
-    a backward range scan of the same index.
+    One statement: the groups (count, pending, first/last seen) are the maintained cluster rows
+    (migration 0004) summed over projects; the template is read from one entry of each group that
+    can still make the top ten (the hash is derived from errorCode and template, so every entry of a
+    group carries the same template); the three newest entries of each of the ten groups are a
+    backward range scan of (tenant, errorCode, templateHash, deadLetteredAt, entryId).
     """
     groups = (
-        visible(
+        _aggregate(
+            Clusters,
             caller,
-            Entry.error_code,
-            Entry.template_hash,
-            func.count().label("n"),
-            _pending_count().label("pending"),
-            func.min(Entry.dead_lettered_at).label("first"),
-            func.max(Entry.dead_lettered_at).label("last"),
+            Clusters.error_code,
+            Clusters.template_hash,
+            _total(Clusters.entries).label("n"),
+            _total(Clusters.pending).label("pending"),
+            func.min(Clusters.first_seen).label("first"),
+            func.max(Clusters.last_seen).label("last"),
         )
-        .group_by(Entry.error_code, Entry.template_hash)
+        .group_by(Clusters.error_code, Clusters.template_hash)
         .cte("groups")
     )
     # The tenth largest count: no group below it can be in the top ten.
@@ -227,8 +245,8 @@ async def _top_clusters(session: AsyncSession, caller: Caller) -> list[ErrorClus
             cluster = clusters[(code, hash_)] = ErrorCluster(
                 error_code=code,
                 template=tmpl,
-                count=n,
-                pending=pending,
+                count=int(n),
+                pending=int(pending),
                 sample_entry_ids=[],
                 first_seen=first,
                 last_seen=last,
