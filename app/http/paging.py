@@ -178,7 +178,13 @@ async def fetch_page(
     """One page of ``stmt`` in ``keyset`` order and the token of the next page (None at the end).
 
     ``stmt`` selects one entity (``scalars``) or rows with a column named after each sort column
-    (a grouped query keyed by its group columns)."""
+    (a grouped query keyed by its group columns). An entity's page comes back as plain rows of its
+    table's columns, read by attribute like the entity (every model names its attributes after its
+    columns): a page is only read, and ORM instances (identity map, instance state) would cost about
+    as much again as the query itself."""
+    if scalars:
+        entity = stmt.column_descriptions[0]["entity"]
+        stmt = stmt.with_only_columns(*entity.__table__.columns)
     if token is not None:
         last = codec.decode(token, scope)
         if len(last) != len(keyset.columns):
@@ -188,7 +194,7 @@ async def fetch_page(
         stmt = stmt.where(row_key < last_key if keyset.descending else row_key > last_key)
     order = [c.desc() if keyset.descending else c.asc() for c in keyset.columns]
     result = await session.execute(stmt.order_by(*order).limit(limit + 1))
-    rows = list(result.scalars() if scalars else result.all())
+    rows = list(result.all())
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
