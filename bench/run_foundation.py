@@ -144,7 +144,7 @@ async def seed_sources(dsn: str) -> int:
         await connection.close()
 
 
-def signing_key(folder: Path) -> tuple[Path, str]:
+def signing_key(folder: Path, scope: str = "orch:read") -> tuple[Path, str]:
     """A JWKS file with one ES256 key, and a token for the bench tenant signed with it."""
     private = ec.generate_private_key(ec.SECP256R1())
     jwk = json.loads(ECAlgorithm.to_jwk(private))
@@ -160,7 +160,7 @@ def signing_key(folder: Path) -> tuple[Path, str]:
         "iat": now,
         "nbf": now,
         "exp": now + 3600,
-        "scope": "orch:read",
+        "scope": scope,
         "tenant": TENANT,
     }
     return jwks_path, jwt.encode(claims, private, algorithm="ES256", headers={"kid": "bench-es256"})
@@ -250,6 +250,7 @@ class Load:
     headers: dict[str, str] = field(default_factory=dict)
     expect: int = 200
     follow_etag: bool = False
+    path: str = PATH
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def rps(self) -> float:
@@ -293,7 +294,7 @@ def run_wrk(
     }
     argv = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-        "-s", str(BENCH / "wrk.lua"), load.server.url + PATH,
+        "-s", str(BENCH / "wrk.lua"), load.server.url + load.path,
     ]  # fmt: skip
     opened, cpu = (sessions.count() if sessions else 0), load.server.cpu_seconds()
     out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
@@ -502,24 +503,16 @@ def main() -> None:
         run(args, env.admin_url, env.redis_url, env.db_name, env.prefix, env.workdir, env.servers)
 
 
-def run(
-    args: argparse.Namespace,
-    admin_url: str,
-    redis_url: str,
-    db_name: str,
-    prefix: str,
-    workdir: Path,
-    servers: list[Server],
-) -> dict[str, Any]:
-    pg_dsn = with_database(admin_url, db_name)
-    gateway_url = pg_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-    jwks_path, token = signing_key(workdir)
+def gateway_settings(
+    pg_dsn: str, redis_url: str, prefix: str, jwks_path: Path, workdir: Path
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment of any benchmark process, and the gateway's production settings on top."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")}
     base_env["PYTHONPATH"] = str(ROOT)
     gateway_env = {
         **base_env,
         "JOBGATE_ENV": "prod",
-        "JOBGATE_DATABASE_URL": gateway_url,
+        "JOBGATE_DATABASE_URL": pg_dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
         "JOBGATE_REDIS_URL": redis_url,
         "JOBGATE_REDIS_PREFIX": prefix,
         "JOBGATE_AUTH_JWKS_FILE": str(jwks_path),
@@ -529,8 +522,11 @@ def run(
         "JOBGATE_RATE_LIMIT": "1000000/second",
         "JOBGATE_DATA_DIR": str(workdir / "data"),
     }
+    return base_env, gateway_env
 
-    print(f"database {db_name}, Redis prefix {prefix}")
+
+def prepare_tenant(gateway_env: dict[str, str]) -> None:
+    """Migrate the throwaway database and register the bench tenant."""
     for argv in (["db", "upgrade"], ["tenants", "add", TENANT, "--workspace", TENANT]):
         done = subprocess.run(
             [PYTHON, "-m", "app.cli", *argv],
@@ -542,16 +538,38 @@ def run(
         )
         if done.returncode != 0:
             fail(f"jobgate {' '.join(argv)} failed:\n{done.stdout}{done.stderr}")
+
+
+def new_server(servers: list[Server], workdir: Path, name: str, env: dict[str, str], *argv: str) -> Server:
+    """A server on a free port (``{port}`` in ``argv``), stopped with the environment."""
+    port = free_port()
+    argv_ = [a.replace("{port}", str(port)) for a in argv]
+    s = Server(name, port, argv_, env, workdir / f"{name}.log")
+    servers.append(s)
+    return s
+
+
+def run(
+    args: argparse.Namespace,
+    admin_url: str,
+    redis_url: str,
+    db_name: str,
+    prefix: str,
+    workdir: Path,
+    servers: list[Server],
+) -> dict[str, Any]:
+    pg_dsn = with_database(admin_url, db_name)
+    jwks_path, token = signing_key(workdir)
+    base_env, gateway_env = gateway_settings(pg_dsn, redis_url, prefix, jwks_path, workdir)
+
+    print(f"database {db_name}, Redis prefix {prefix}")
+    prepare_tenant(gateway_env)
     started = time.monotonic()
     tenant_id = asyncio.run(seed_sources(pg_dsn))
     print(f"seeded {SOURCES:,} sources for tenant {TENANT!r} in {time.monotonic() - started:.1f} s")
 
     def server(name: str, env: dict[str, str], *argv: str) -> Server:
-        port = free_port()
-        argv_ = [a.replace("{port}", str(port)) for a in argv]
-        s = Server(name, port, argv_, env, workdir / f"{name}.log")
-        servers.append(s)
-        return s
+        return new_server(servers, workdir, name, env, *argv)
 
     gateway = server(
         "gateway", gateway_env, PYTHON, "-m", "app.cli", "serve", "--port", "{port}", "--workers", "1"
