@@ -37,6 +37,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -67,6 +68,7 @@ QUOTAS = 8
 BATCH_FRESH = 10
 SAMPLE_SECONDS = 2.0
 REQUEST_TIMEOUT = 30.0
+PROBLEM_LINE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^Traceback")
 
 # Share of the requests per kind; replays draw distinct pending entries.
 MIX = {
@@ -104,15 +106,15 @@ def entries_needed(rate: float, seconds: int) -> int:
 
 async def seed_entries(dsn: str, tenant_id: int, entries: int) -> None:
     """``entries`` failed ``demo.noop`` jobs and their pending dead-letter entries, spread over
-    the last 10 hours in 50 error clusters (as bench/replay_pending.py builds them). Their source
-    is not on the first page of sources, so replays (which count jobs on it) leave that page's
-    ETag alone."""
+    the last 10 hours in 50 error clusters, three categories and 50 sources (as
+    bench/replay_pending.py builds them). None of the sources is on the first page of sources, so
+    replays (which count jobs on their source) leave that page's ETag alone."""
     connection = await asyncpg.connect(dsn)
     try:
         await connection.execute(
             "INSERT INTO jobs (tenant_id, job_id, source_id, job_type, payload, priority, status, attempt, "
             "max_attempts, run_after, cancel_requested, created_at, updated_at, finished_at) "
-            "SELECT $1, 'job-' || n, 'src-099999', 'demo.noop', jsonb_build_object('n', n), 0, 'failed', 3, 3, "
+            "SELECT $1, 'job-' || n, 'src-0999' || (50 + n % 50), 'demo.noop', jsonb_build_object('n', n), 0, 'failed', 3, 3, "
             "now() - interval '11 hours', false, now() - interval '11 hours', now(), now() "
             "FROM generate_series(1, $2) AS n",
             tenant_id,
@@ -122,7 +124,7 @@ async def seed_entries(dsn: str, tenant_id: int, entries: int) -> None:
             "INSERT INTO dead_letter_entries (tenant_id, entry_id, job_id, job_type, source_id, category, "
             "error_code, message, error_template, template_hash, payload, attempts, status, replay_count, "
             "first_dead_lettered_at, dead_lettered_at, updated_at) "
-            "SELECT $1, 'dle-' || lpad(n::text, 7, '0'), 'job-' || n, 'demo.noop', 'src-099999', "
+            "SELECT $1, 'dle-' || lpad(n::text, 7, '0'), 'job-' || n, 'demo.noop', 'src-0999' || (50 + n % 50), "
             "(ARRAY['transient', 'upstream', 'validation'])[1 + n % 3], 'soak.error-' || (n % 50), "
             "'upstream timed out after ' || n || ' ms', 'upstream timed out after <n> ms', "
             "lpad(to_hex(n % 50), 16, '0'), jsonb_build_object('n', n), 3, 'pending', 0, "
@@ -208,6 +210,42 @@ class MemorySampler(threading.Thread):
                 "samples": len(samples),
             }
         return out
+
+
+# --- what the database waits for --------------------------------------------------------------
+
+
+async def sample_database_waits(dsn: str, halt: asyncio.Event) -> dict[str, Any]:
+    """Once a second, the benchmark database's active backends by wait event (``Lock:tuple`` and
+    ``Lock:transactionid`` are row locks: writers queueing behind one another), and which
+    statements wait for a lock."""
+    connection = await asyncpg.connect(dsn)
+    waits: Counter[str] = Counter()
+    waiting_statements: Counter[str] = Counter()
+    samples = busiest = 0
+    try:
+        while not halt.is_set():
+            rows = await connection.fetch(
+                "SELECT coalesce(wait_event_type || ':' || wait_event, 'on CPU') AS wait, "
+                "regexp_replace(left(query, 70), '\\s+', ' ', 'g') AS statement FROM pg_stat_activity "
+                "WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()"
+            )
+            samples += 1
+            busiest = max(busiest, len(rows))
+            waits.update(r["wait"] for r in rows)
+            waiting_statements.update(r["statement"] for r in rows if r["wait"].startswith("Lock:"))
+            try:
+                await asyncio.wait_for(halt.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+    finally:
+        await connection.close()
+    return {
+        "samples": samples,
+        "most_active_backends": busiest,
+        "mean_active_backends_by_wait": {w: round(n / max(1, samples), 2) for w, n in waits.most_common(12)},
+        "statements_waiting_for_a_lock": dict(waiting_statements.most_common(8)),
+    }
 
 
 # --- the workload ------------------------------------------------------------------------------
@@ -643,6 +681,14 @@ def print_report(result: dict[str, Any]) -> None:
         f"{checks['audit_rows_of_unknown_requests']}; quotas checked {checks['quotas_checked']}, not in the last "
         f"applied state: {len(checks['quotas_not_in_last_applied_state'])}"
     )
+    waits = result["database_waits"]
+    print(
+        f"database: at most {waits['most_active_backends']} active backends; mean by wait: "
+        f"{waits['mean_active_backends_by_wait']}"
+    )
+    for statement, count in waits["statements_waiting_for_a_lock"].items():
+        print(f"  waiting for a lock in {count:>5} samples: {statement}")
+    print(f"server log lines at WARNING or above: {result['server_logs']['problems']}")
     print(f"\n{'process':<40}{'post-warm-up MB':>16}{'last window MB':>16}{'growth MB':>11}{'max MB':>9}")
     for name, row in result["memory"].items():
         print(
@@ -672,6 +718,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds excluded from memory growth (default 30)")
     parser.add_argument("--max-in-flight", type=int, default=64, help="bound of outstanding requests (default 64)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the mix (default 1)")
+    parser.add_argument(
+        "--pool-size", type=int, default=20, help="database connections per gateway (default 20, the product's)"
+    )
     args = parser.parse_args()
     with rf.bench_environment() as env:
         document = run(args, env)
@@ -688,8 +737,7 @@ def run(args: argparse.Namespace, env: rf.BenchEnvironment) -> dict[str, Any]:
         **base_env,
         "JOBGATE_ENV": "prod",
         "JOBGATE_DATABASE_URL": pg_dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
-        # Three processes on a PostgreSQL shared with other work: small fixed pools.
-        "JOBGATE_DATABASE_POOL_SIZE": "8",
+        "JOBGATE_DATABASE_POOL_SIZE": str(args.pool_size),
         "JOBGATE_REDIS_URL": env.redis_url,
         "JOBGATE_REDIS_PREFIX": env.prefix,
         "JOBGATE_AUTH_JWKS_FILE": str(jwks_path),
@@ -721,6 +769,7 @@ def run(args: argparse.Namespace, env: rf.BenchEnvironment) -> dict[str, Any]:
     serve = (rf.PYTHON, "-m", "app.cli", "serve", "--port", "{port}", "--workers", "1")
     gateways = [server("gateway-a", *serve), server("gateway-b", *serve)]
     worker = server("worker", rf.PYTHON, "-m", "app.cli", "worker", "--concurrency", "8", "--worker-id", "soak")
+    worker.env = {**gateway_env, "JOBGATE_DATABASE_POOL_SIZE": "8"}  # its 8 jobs at once, the steps, the claims
     for s in env.servers:
         s.start()
     for g in gateways:
@@ -738,12 +787,14 @@ def run(args: argparse.Namespace, env: rf.BenchEnvironment) -> dict[str, Any]:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     results_dir = rf.BENCH / "results"
     results_dir.mkdir(exist_ok=True)
+    result["server_logs"] = keep_logs(env.servers, results_dir / f"soak-{stamp}-logs")
     document = {
         "benchmark": "soak",
         "when": stamp,
         "command": " ".join([".venv/bin/python", "bench/soak.py", *sys.argv[1:]]),
         "settings": {"seconds": args.seconds, "rate": args.rate, "warmup_s": args.warmup,
                      "max_in_flight": args.max_in_flight, "seed": args.seed, "mix": MIX,
+                     "gateway_pool_size": args.pool_size, "worker_pool_size": 8,
                      "entries_seeded": entry_count, "sources_seeded": rf.SOURCES, "quotas": QUOTAS},
         "machine": {**machine(), "load_average_at_start": result.pop("load_average_at_start")},
         **result,
@@ -758,6 +809,20 @@ def run(args: argparse.Namespace, env: rf.BenchEnvironment) -> dict[str, Any]:
         f"({document['elapsed_s']:.0f} s in all)"
     )
     return document
+
+
+def keep_logs(servers: list[rf.Server], folder: Path) -> dict[str, Any]:
+    """Copies the servers' logs (the work folder is removed at the end) and counts the lines that
+    report a problem."""
+    folder.mkdir(exist_ok=True)
+    problems: dict[str, int] = {}
+    for server in servers:
+        text = server.log.read_text(errors="replace") if server.log.exists() else ""
+        (folder / server.log.name).write_text(text)
+        problems[server.name] = sum(
+            1 for line in text.splitlines() if PROBLEM_LINE.search(line)
+        )
+    return {"folder": str(folder.relative_to(ROOT)), "problems": problems}
 
 
 async def create_quotas(client: httpx.AsyncClient, auth: dict[str, str]) -> tuple[list[QuotaModel], set[str]]:
@@ -796,7 +861,11 @@ async def soak(
         cpu_before = {s.name: s.cpu_seconds() for s in [*gateways, worker]}
         client_cpu_before = time.process_time()
         print(f"soak: {args.rate:g} req/s for {args.seconds} s over two gateways (load average {load_at_start})")
+        halt_waits = asyncio.Event()
+        waits_task = asyncio.create_task(sample_database_waits(pg_dsn, halt_waits))
         driven = await drive(workload, args.rate, args.seconds, args.max_in_flight)
+        halt_waits.set()
+        database_waits = await waits_task
         load_end = time.monotonic() - started
         cpu = {s.name: round(s.cpu_seconds() - cpu_before[s.name], 1) for s in [*gateways, worker]}
         cpu["client (this process)"] = round(time.process_time() - client_cpu_before, 1)
@@ -845,6 +914,7 @@ async def soak(
         "routes": per_route(outcomes),
         "load": load,
         "side_effects": checks,
+        "database_waits": database_waits,
         "memory": memory,
         "memory_samples": {name: samples for name, samples in sampler.samples.items()},
         "verdict": verdict,
