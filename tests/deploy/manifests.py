@@ -213,11 +213,40 @@ def worker_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:
             f"the worker's terminationGracePeriodSeconds {spec.get('terminationGracePeriodSeconds', 30)} is below "
             f"2 x JOBGATE_WORKER_SHUTDOWN_GRACE_SECONDS + 5 = {2 * grace + 5:g}"
         )
+    concurrency = int(option(container.get("args", []), "--concurrency") or 8)
+    pool = int(settings_env(files, "worker").get("JOBGATE_DATABASE_POOL_SIZE") or 20)
+    if pool < worker_connections(concurrency):
+        problems.append(f"the worker's pool of {pool} is below the {worker_connections(concurrency)} connections its loops may hold")
     job = find(files, "Job", "jobgate-migrate")
     migrate = job["spec"]["template"]["spec"]["containers"][0]
     if migrate.get("args") != ["db", "upgrade"] or migrate.get("command"):
         problems.append("the migration Job must run `jobgate db upgrade`")
     return problems
+
+
+def worker_connections(concurrency: int) -> int:
+    """What one worker's loops may hold at once (app/engine/worker.py): outcome writes, bounded by
+    a semaphore of 8, plus the claim, the heartbeat and one per background step (app/engine/steps.py)."""
+    from app.engine.steps import background_steps
+
+    return min(concurrency, 8) + 2 + len(background_steps())
+
+
+def connection_budget(files: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """The most PostgreSQL connections the manifests can open: every gateway pod the HPA allows
+    plus the rollout's surge pod, every worker plus its surge pod, and the migration Job."""
+    gateway = find(files, "Deployment", "jobgate-gateway")
+    worker = find(files, "Deployment", "jobgate-worker")
+    hpa = find(files, "HorizontalPodAutoscaler", "jobgate-gateway")
+    gateway_args = gateway["spec"]["template"]["spec"]["containers"][0]["args"]
+    processes = int(option(gateway_args, "--workers") or 1)
+
+    def surge(deployment: dict[str, Any]) -> int:
+        return int(deployment["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 1))
+
+    gateways = (hpa["spec"]["maxReplicas"] + surge(gateway)) * processes * int(settings_env(files, "gateway")["JOBGATE_DATABASE_POOL_SIZE"])
+    workers = (worker["spec"]["replicas"] + surge(worker)) * int(settings_env(files, "worker")["JOBGATE_DATABASE_POOL_SIZE"])
+    return {"gateways": gateways, "workers": workers, "migrate": 1, "total": gateways + workers + 1}
 
 
 def pod_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -9,6 +9,8 @@ import pytest
 
 from tests.deploy.manifests import (
     KUBERNETES_VERSION,
+    ROOT,
+    connection_budget,
     find,
     gateway_problems,
     kustomization_problems,
@@ -155,6 +157,17 @@ def test_a_worker_killed_before_its_drain_ends_is_reported() -> None:
     assert worker_problems(files) == [
         "the worker's terminationGracePeriodSeconds 15 is below 2 x JOBGATE_WORKER_SHUTDOWN_GRACE_SECONDS + 5 = 25"
     ]
+
+
+def test_a_worker_pool_smaller_than_its_loops_is_reported() -> None:
+    files = mutated(FILES, lambda f: _worker_spec(f)["containers"][0]["env"][0].update(value="10"))
+    assert worker_problems(files) == ["the worker's pool of 10 is below the 13 connections its loops may hold"]
+
+
+def test_the_connection_budget_in_the_docs_is_the_manifests_budget() -> None:
+    budget = connection_budget(FILES)
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    assert f"**{budget['total']}** connections" in docs, budget
 
 
 def test_a_kustomization_applying_the_secret_template_is_reported() -> None:
