@@ -419,8 +419,21 @@ def compose_problems(compose: dict[str, Any], nginx_conf: str) -> list[str]:
     multiproc = _environment(services["gateway"]).get("PROMETHEUS_MULTIPROC_DIR")
     if not multiproc or multiproc not in (services["gateway"].get("tmpfs") or []):
         problems.append("the gateway must set PROMETHEUS_MULTIPROC_DIR to a tmpfs of its own")
+    gateway_grace = float(_environment(services["gateway"]).get("JOBGATE_SHUTDOWN_GRACE_SECONDS") or 30)
+    worker_grace = float(_environment(services["worker"]).get("JOBGATE_WORKER_SHUTDOWN_GRACE_SECONDS") or 10)
+    for name, needed in (("gateway", gateway_grace + 5), ("worker", 2 * worker_grace + 5)):
+        given = _seconds(services[name].get("stop_grace_period", "10s"))
+        if given < needed:
+            problems.append(f"{name}'s stop_grace_period {given:g} s is below the {needed:g} s its shutdown may take")
     problems += _inline_secret_problems(services)
     return problems
+
+
+def _seconds(duration: str | int) -> float:
+    """A compose duration such as ``1m30s`` or ``40s``."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", str(duration))
+    return sum(float(n) * units[u] for n, u in parts) if parts else float(duration)
 
 
 def _inline_secret_problems(services: dict[str, Any]) -> list[str]:

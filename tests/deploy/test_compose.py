@@ -51,6 +51,10 @@ BROKEN = {
         lambda c: services(c)["gateway"]["environment"].pop("PROMETHEUS_MULTIPROC_DIR"),
         "the gateway must set PROMETHEUS_MULTIPROC_DIR to a tmpfs of its own",
     ),
+    "workers killed before their drain ends": (
+        lambda c: services(c)["worker"].update(stop_grace_period="10s"),
+        "worker's stop_grace_period 10 s is below the 25 s its shutdown may take",
+    ),
     "migrate does not migrate": (
         lambda c: services(c)["migrate"].update(command=["jobgate seed --demo"]),
         "the migrate service must run `jobgate db upgrade`",
