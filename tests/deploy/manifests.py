@@ -10,8 +10,9 @@ import ast
 import copy
 import re
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -50,13 +51,19 @@ def _names_built_by_helpers(tree: ast.Module) -> set[str]:
             for inner in ast.walk(scope):
                 if isinstance(inner, ast.JoinedStr) and inner.values:
                     first = inner.values[0]
-                    if isinstance(first, ast.Constant) and re.fullmatch(r"JOBGATE_(?:[A-Z0-9]+_)*", str(first.value)):
+                    if isinstance(first, ast.Constant) and re.fullmatch(
+                        r"JOBGATE_(?:[A-Z0-9]+_)*", str(first.value)
+                    ):
                         helpers.setdefault(name, first.value)
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in helpers:
             for arg in node.args:
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and re.fullmatch(r"[A-Z][A-Z0-9_]*", arg.value):
+                if (
+                    isinstance(arg, ast.Constant)
+                    and isinstance(arg.value, str)
+                    and re.fullmatch(r"[A-Z][A-Z0-9_]*", arg.value)
+                ):
                     names.add(helpers[node.func.id] + arg.value)
                     break
     return names
@@ -67,7 +74,9 @@ def _names_built_by_helpers(tree: ast.Module) -> set[str]:
 
 def load_k8s(directory: Path = K8S) -> dict[str, list[dict[str, Any]]]:
     """File name -> its documents."""
-    return {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(directory.glob("*.yaml"))}
+    return {
+        p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(directory.glob("*.yaml"))
+    }
 
 
 def resources(files: dict[str, list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
@@ -108,17 +117,29 @@ def mutated(doc: Any, edit: Any) -> Any:
 # --- Kubernetes ----------------------------------------------------------------------------------
 
 
-def settings_coverage_problems(files: dict[str, list[dict[str, Any]]], compose: dict[str, Any], code: set[str]) -> list[str]:
-    """Every setting of the code is in the ConfigMap or the Secret (compose may add more, never
-    fewer), and nothing there is a setting the code does not know."""
+def settings_coverage_problems(
+    files: dict[str, list[dict[str, Any]]], compose: dict[str, Any], code: set[str]
+) -> list[str]:
+    """Every setting of the code is in the ConfigMap or the Secret, and nothing there or in compose
+    (which sets only what its development stack needs) is a name the code does not read."""
     config = set(find(files, "ConfigMap", "jobgate-config").get("data", {}))
     secret = find(files, "Secret", "jobgate-secrets")
     secret_keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
-    problems = [f"{name} is read by app/ but set by neither the ConfigMap nor the Secret" for name in sorted(code - config - secret_keys)]
-    problems += [f"{name} is in the ConfigMap or Secret but app/ never reads it" for name in sorted((config | secret_keys) - code)]
+    problems = [
+        f"{name} is read by app/ but set by neither the ConfigMap nor the Secret"
+        for name in sorted(code - config - secret_keys)
+    ]
+    problems += [
+        f"{name} is in the ConfigMap or Secret but app/ never reads it"
+        for name in sorted((config | secret_keys) - code)
+    ]
     problems += [f"{name} is in both the ConfigMap and the Secret" for name in sorted(config & secret_keys)]
-    problems += [f"{name} holds a credential and belongs in the Secret" for name in sorted(SECRET_KEYS & config)]
-    compose_names = {n for s in compose["services"].values() for n in _environment(s) if n.startswith("JOBGATE_")}
+    problems += [
+        f"{name} holds a credential and belongs in the Secret" for name in sorted(SECRET_KEYS & config)
+    ]
+    compose_names = {
+        n for s in compose["services"].values() for n in _environment(s) if n.startswith("JOBGATE_")
+    }
     problems += [f"compose sets {name}, which app/ never reads" for name in sorted(compose_names - code)]
     return problems
 
@@ -138,7 +159,9 @@ def gateway_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:
     port = option(args, "--port")
     ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
     if port is None or int(port) not in ports.values():
-        problems.append(f"the gateway serves on --port {port} but declares container ports {sorted(ports.values())}")
+        problems.append(
+            f"the gateway serves on --port {port} but declares container ports {sorted(ports.values())}"
+        )
     if option(args, "--host") != "0.0.0.0":
         problems.append("the gateway must listen on 0.0.0.0 inside the pod")
     for probe_name, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
@@ -146,18 +169,24 @@ def gateway_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:
         if probe is None or probe.get("path") != path:
             problems.append(f"the gateway's {probe_name} must GET {path}")
         elif ports.get(probe["port"], probe["port"]) != (int(port) if port else None):
-            problems.append(f"the gateway's {probe_name} asks port {probe['port']}, not the serving port {port}")
+            problems.append(
+                f"the gateway's {probe_name} asks port {probe['port']}, not the serving port {port}"
+            )
     readiness = container.get("readinessProbe", {})
     if readiness.get("timeoutSeconds", 1) < 5:  # /readyz spends up to 2 s on PostgreSQL, then 2 s on Redis
         problems.append("the readiness timeout must cover /readyz's two 2 s checks (at least 5 s)")
     resources_ = container.get("resources", {})
-    if not {"cpu", "memory"} <= set(resources_.get("requests", {})) or "memory" not in resources_.get("limits", {}):
+    if not {"cpu", "memory"} <= set(resources_.get("requests", {})) or "memory" not in resources_.get(
+        "limits", {}
+    ):
         problems.append("the gateway needs cpu and memory requests and a memory limit")
     workers = int(option(args, "--workers") or 1)
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     multiproc = env.get("PROMETHEUS_MULTIPROC_DIR")
     if multiproc is None:
-        problems.append("the gateway must set PROMETHEUS_MULTIPROC_DIR (app/metrics.py adds the processes up)")
+        problems.append(
+            "the gateway must set PROMETHEUS_MULTIPROC_DIR (app/metrics.py adds the processes up)"
+        )
     elif not _is_emptydir_mount(spec, container, multiproc):
         problems.append(f"PROMETHEUS_MULTIPROC_DIR {multiproc} is not an emptyDir mount")
     if workers < 1:
@@ -200,7 +229,9 @@ def worker_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:
     problems: list[str] = []
     deployment = find(files, "Deployment", "jobgate-worker")
     spec = deployment["spec"]["template"]["spec"]
-    if not _matches(deployment["spec"]["selector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"]):
+    if not _matches(
+        deployment["spec"]["selector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"]
+    ):
         problems.append("the worker Deployment's selector does not match its pod labels")
     container = spec["containers"][0]
     if container.get("args", [])[:1] != ["worker"] or container.get("command"):
@@ -216,7 +247,9 @@ def worker_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:
     concurrency = int(option(container.get("args", []), "--concurrency") or 8)
     pool = int(settings_env(files, "worker").get("JOBGATE_DATABASE_POOL_SIZE") or 20)
     if pool < worker_connections(concurrency):
-        problems.append(f"the worker's pool of {pool} is below the {worker_connections(concurrency)} connections its loops may hold")
+        problems.append(
+            f"the worker's pool of {pool} is below the {worker_connections(concurrency)} connections its loops may hold"
+        )
     job = find(files, "Job", "jobgate-migrate")
     migrate = job["spec"]["template"]["spec"]["containers"][0]
     if migrate.get("args") != ["db", "upgrade"] or migrate.get("command"):
@@ -244,8 +277,14 @@ def connection_budget(files: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
     def surge(deployment: dict[str, Any]) -> int:
         return int(deployment["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 1))
 
-    gateways = (hpa["spec"]["maxReplicas"] + surge(gateway)) * processes * int(settings_env(files, "gateway")["JOBGATE_DATABASE_POOL_SIZE"])
-    workers = (worker["spec"]["replicas"] + surge(worker)) * int(settings_env(files, "worker")["JOBGATE_DATABASE_POOL_SIZE"])
+    gateways = (
+        (hpa["spec"]["maxReplicas"] + surge(gateway))
+        * processes
+        * int(settings_env(files, "gateway")["JOBGATE_DATABASE_POOL_SIZE"])
+    )
+    workers = (worker["spec"]["replicas"] + surge(worker)) * int(
+        settings_env(files, "worker")["JOBGATE_DATABASE_POOL_SIZE"]
+    )
     return {"gateways": gateways, "workers": workers, "migrate": 1, "total": gateways + workers + 1}
 
 
@@ -273,11 +312,16 @@ def pod_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:
             if not _is_emptydir_mount(spec, container, "/tmp"):
                 problems.append(f"{name} needs an emptyDir at /tmp (the root filesystem is read-only)")
             images.add(container["image"])
-            refs = {(r.get("configMapRef") or {}).get("name") or (r.get("secretRef") or {}).get("name") for r in container.get("envFrom", [])}
+            refs = {
+                (r.get("configMapRef") or {}).get("name") or (r.get("secretRef") or {}).get("name")
+                for r in container.get("envFrom", [])
+            }
             if not {"jobgate-config", "jobgate-secrets"} <= refs:
                 problems.append(f"{name} must take its settings from jobgate-config and jobgate-secrets")
             if jwks_file and not _mounts_configmap_key(spec, container, jwks_file):
-                problems.append(f"{name} does not mount JOBGATE_AUTH_JWKS_FILE {jwks_file} (the settings refuse a missing file)")
+                problems.append(
+                    f"{name} does not mount JOBGATE_AUTH_JWKS_FILE {jwks_file} (the settings refuse a missing file)"
+                )
     if len(images) != 1:
         problems.append(f"every pod must run the same image, found {sorted(images)}")
     return problems
@@ -287,9 +331,16 @@ def kustomization_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:
     kustomization = files["kustomization.yaml"][0]
     listed = set(kustomization.get("resources", []))
     present = set(files) - {"kustomization.yaml"}
-    problems = [f"{name} is not listed in kustomization.yaml" for name in sorted(present - listed - TEMPLATES)]
-    problems += [f"kustomization.yaml lists {name}, which does not exist" for name in sorted(listed - present)]
-    problems += [f"kustomization.yaml applies the template {name} (it would overwrite the real one)" for name in sorted(listed & TEMPLATES)]
+    problems = [
+        f"{name} is not listed in kustomization.yaml" for name in sorted(present - listed - TEMPLATES)
+    ]
+    problems += [
+        f"kustomization.yaml lists {name}, which does not exist" for name in sorted(listed - present)
+    ]
+    problems += [
+        f"kustomization.yaml applies the template {name} (it would overwrite the real one)"
+        for name in sorted(listed & TEMPLATES)
+    ]
     return problems
 
 
@@ -318,7 +369,9 @@ def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def _volume(spec: dict[str, Any], container: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def _volume(
+    spec: dict[str, Any], container: dict[str, Any], path: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     for mount in container.get("volumeMounts", []):
         if mount["mountPath"].rstrip("/") == path.rstrip("/") and mount["name"] in volumes:
@@ -367,34 +420,45 @@ def _command(service: dict[str, Any]) -> list[str]:
 JOBGATE_SERVICES = ("migrate", "gateway", "worker")
 _DEV_MARK = "dev-only"
 _USERINFO = re.compile(r"://[^/@:]*:([^/@]+)@")
-_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE", re.I)
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE", re.IGNORECASE)
 
 
 def compose_problems(compose: dict[str, Any], nginx_conf: str) -> list[str]:
     services = compose.get("services", {})
-    problems = [f"compose has no {name} service" for name in ("postgres", "redis", "proxy", *JOBGATE_SERVICES) if name not in services]
+    problems = [
+        f"compose has no {name} service"
+        for name in ("postgres", "redis", "proxy", *JOBGATE_SERVICES)
+        if name not in services
+    ]
     if problems:
         return problems
     if not str(services["postgres"].get("image", "")).startswith("postgres:16"):
         problems.append("compose must run postgres:16")
     if not str(services["redis"].get("image", "")).startswith("redis:7"):
         problems.append("compose must run redis:7")
-    builds = {name: (services[name].get("image"), repr(services[name].get("build"))) for name in JOBGATE_SERVICES}
+    builds = {
+        name: (services[name].get("image"), repr(services[name].get("build"))) for name in JOBGATE_SERVICES
+    }
     if len(set(builds.values())) != 1 or None in {image for image, _ in builds.values()}:
         problems.append(f"migrate, gateway and worker must use one image built one way: {builds}")
-    migrate = " ".join(services["migrate"].get("entrypoint") or []) + " " + " ".join(_command(services["migrate"]))
-    if "jobgate db upgrade" not in migrate and not _command(services["migrate"])[:2] == ["db", "upgrade"]:
+    migrate = [*(services["migrate"].get("entrypoint") or []), *_command(services["migrate"])]
+    if "jobgate db upgrade" not in " ".join(migrate) and migrate[:2] != ["db", "upgrade"]:
         problems.append("the migrate service must run `jobgate db upgrade`")
     for name in ("gateway", "worker"):
         depends = services[name].get("depends_on") or {}
-        if not isinstance(depends, dict) or depends.get("migrate", {}).get("condition") != "service_completed_successfully":
+        if (
+            not isinstance(depends, dict)
+            or depends.get("migrate", {}).get("condition") != "service_completed_successfully"
+        ):
             problems.append(f"{name} must wait for migrate with condition service_completed_successfully")
         for store in ("postgres", "redis"):
             if not isinstance(depends, dict) or depends.get(store, {}).get("condition") != "service_healthy":
                 problems.append(f"{name} must wait for a healthy {store}")
         if int((services[name].get("deploy") or {}).get("replicas", 1)) != 2:
             problems.append(f"compose must run two {name} replicas (deploy.replicas: 2)")
-    if (services["migrate"].get("depends_on") or {}).get("postgres", {}).get("condition") != "service_healthy":
+    if (services["migrate"].get("depends_on") or {}).get("postgres", {}).get(
+        "condition"
+    ) != "service_healthy":
         problems.append("migrate must wait for a healthy postgres")
     gateway_command = _command(services["gateway"])
     if gateway_command[:1] != ["serve"] or option(gateway_command, "--host") != "0.0.0.0":
@@ -411,7 +475,7 @@ def compose_problems(compose: dict[str, Any], nginx_conf: str) -> list[str]:
         problems.append(f"the gateway's health check must ask /healthz on port {port}")
     if (services["proxy"].get("depends_on") or {}).get("gateway", {}).get("condition") != "service_healthy":
         problems.append("the proxy must wait for healthy gateways")
-    upstreams = re.findall(r"^\s*server\s+([^\s;:]+):(\d+)", nginx_conf, re.M)
+    upstreams = re.findall(r"^\s*server\s+([^\s;:]+):(\d+)", nginx_conf, re.MULTILINE)
     if upstreams != [("gateway", port)]:
         problems.append(f"nginx's upstream must be the gateway service on port {port}, found {upstreams}")
     if not re.search(r"proxy_pass\s+http://jobgate_gateway\s*;", nginx_conf):
@@ -424,7 +488,9 @@ def compose_problems(compose: dict[str, Any], nginx_conf: str) -> list[str]:
     for name, needed in (("gateway", gateway_grace + 5), ("worker", 2 * worker_grace + 5)):
         given = _seconds(services[name].get("stop_grace_period", "10s"))
         if given < needed:
-            problems.append(f"{name}'s stop_grace_period {given:g} s is below the {needed:g} s its shutdown may take")
+            problems.append(
+                f"{name}'s stop_grace_period {given:g} s is below the {needed:g} s its shutdown may take"
+            )
     problems += _inline_secret_problems(services)
     return problems
 
@@ -487,8 +553,8 @@ def image_problems(dockerfile: str, dockerignore: str, gateway_port: int) -> lis
         return ["the Dockerfile must have a builder stage and a runtime stage"]
     final = stages[-1]
     problems: list[str] = []
-    preamble = re.split(r"^FROM\s", dockerfile, maxsplit=1, flags=re.M)[0]
-    args = dict(m.groups() for m in re.finditer(r"^ARG\s+(\w+)=(\S+)", preamble, re.M))
+    preamble = re.split(r"^FROM\s", dockerfile, maxsplit=1, flags=re.MULTILINE)[0]
+    args = dict(m.groups() for m in re.finditer(r"^ARG\s+(\w+)=(\S+)", preamble, re.MULTILINE))
     base = final[0][1].split()[0]
     base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), base)
     version = re.search(r"python:(\d+)\.(\d+)", base)
@@ -499,7 +565,9 @@ def image_problems(dockerfile: str, dockerignore: str, gateway_port: int) -> lis
             problems.append(f"the runtime stage installs build tools: RUN {rest[:80]}")
     users = [rest for instruction, rest in final if instruction == "USER"]
     if not users or not re.fullmatch(r"[1-9]\d*(:[1-9]\d*)?", users[-1]):
-        problems.append("the runtime stage must switch to a fixed non-root numeric USER (runAsNonRoot verifies UIDs)")
+        problems.append(
+            "the runtime stage must switch to a fixed non-root numeric USER (runAsNonRoot verifies UIDs)"
+        )
     if not any(i == "COPY" and "--from=" in r for i, r in final):
         problems.append("the runtime stage must copy the built environment from the builder stage")
     checks = [rest for instruction, rest in final if instruction == "HEALTHCHECK"]
@@ -509,9 +577,16 @@ def image_problems(dockerfile: str, dockerignore: str, gateway_port: int) -> lis
     cmd = [json.loads(r) for i, r in final if i == "CMD"]
     if entrypoint[-1:] != [["jobgate"]]:
         problems.append('the image\'s ENTRYPOINT must be ["jobgate"]')
-    if not cmd or cmd[-1][:1] != ["serve"] or option(cmd[-1], "--port") != str(gateway_port) or option(cmd[-1], "--host") != "0.0.0.0":
+    if (
+        not cmd
+        or cmd[-1][:1] != ["serve"]
+        or option(cmd[-1], "--port") != str(gateway_port)
+        or option(cmd[-1], "--host") != "0.0.0.0"
+    ):
         problems.append(f"the image's CMD must be serve --host 0.0.0.0 --port {gateway_port}")
-    ignored = {line.strip() for line in dockerignore.splitlines() if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip() for line in dockerignore.splitlines() if line.strip() and not line.startswith("#")
+    }
     for needed in (".jobgate", ".venv", ".git"):
         if needed not in ignored:
             problems.append(f"the build context must ignore {needed}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -69,4 +70,6 @@ def test_a_broken_compose_file_is_reported(edit: Callable[[dict], None], problem
 
 def test_a_proxy_upstream_on_another_port_is_reported() -> None:
     problems = compose_problems(COMPOSE, NGINX.replace("server gateway:8080", "server gateway:8000"))
-    assert problems == ["nginx's upstream must be the gateway service on port 8080, found [('gateway', '8000')]"]
+    assert problems == [
+        "nginx's upstream must be the gateway service on port 8080, found [('gateway', '8000')]"
+    ]

@@ -9,7 +9,14 @@ from tests.deploy.manifests import DEPLOY, find, image_problems, load_k8s, optio
 DOCKERFILE = (DEPLOY / "Dockerfile").read_text()
 IGNORE = (DEPLOY / "Dockerfile.dockerignore").read_text()
 # The port the Kubernetes gateway serves on: the image's default command must agree with it.
-PORT = int(option(find(load_k8s(), "Deployment", "jobgate-gateway")["spec"]["template"]["spec"]["containers"][0]["args"], "--port"))
+PORT = int(
+    option(
+        find(load_k8s(), "Deployment", "jobgate-gateway")["spec"]["template"]["spec"]["containers"][0][
+            "args"
+        ],
+        "--port",
+    )
+)
 
 
 def test_image_is_multi_stage_non_root_with_a_python_health_check() -> None:
@@ -28,7 +35,9 @@ BROKEN = {
         "the runtime stage must switch to a fixed non-root numeric USER (runAsNonRoot verifies UIDs)",
     ),
     "compilers at run time": (
-        _runtime_stage_edit("COPY --from=builder", "RUN apt-get update && apt-get install -y gcc\nCOPY --from=builder"),
+        _runtime_stage_edit(
+            "COPY --from=builder", "RUN apt-get update && apt-get install -y gcc\nCOPY --from=builder"
+        ),
         "the runtime stage installs build tools: RUN apt-get update && apt-get install -y gcc",
     ),
     "health check on another port": (
@@ -56,9 +65,13 @@ def test_a_broken_dockerfile_is_reported(dockerfile: str, problem: str) -> None:
 
 
 def test_a_build_context_carrying_the_development_keys_is_reported() -> None:
-    assert image_problems(DOCKERFILE, IGNORE.replace(".jobgate\n", ""), PORT) == ["the build context must ignore .jobgate"]
+    assert image_problems(DOCKERFILE, IGNORE.replace(".jobgate\n", ""), PORT) == [
+        "the build context must ignore .jobgate"
+    ]
 
 
 def test_a_single_stage_image_is_reported() -> None:
     single = DOCKERFILE.rpartition("\nFROM ")[0]
-    assert image_problems(single, IGNORE, PORT) == ["the Dockerfile must have a builder stage and a runtime stage"]
+    assert image_problems(single, IGNORE, PORT) == [
+        "the Dockerfile must have a builder stage and a runtime stage"
+    ]

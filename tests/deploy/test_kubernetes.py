@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -52,7 +53,10 @@ def test_every_kind_the_deployment_needs_is_there() -> None:
 
 
 def test_a_misspelt_field_fails_strict_validation() -> None:
-    broken = mutated(find(FILES, "Deployment", "jobgate-gateway"), lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readynessProbe={}))
+    broken = mutated(
+        find(FILES, "Deployment", "jobgate-gateway"),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readynessProbe={}),
+    )
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
 
@@ -91,15 +95,23 @@ BROKEN_GATEWAYS = {
         "the gateway serves on --port 9000 but declares container ports [8080]",
     ),
     "service selects another component": (
-        _set(lambda f: find(f, "Service", "jobgate-gateway")["spec"]["selector"], **{"app.kubernetes.io/component": "api"}),
+        _set(
+            lambda f: find(f, "Service", "jobgate-gateway")["spec"]["selector"],
+            **{"app.kubernetes.io/component": "api"},
+        ),
         "the Service's selector does not select the gateway pods",
     ),
     "autoscaler targets the worker": (
-        _set(lambda f: find(f, "HorizontalPodAutoscaler", "jobgate-gateway")["spec"]["scaleTargetRef"], name="jobgate-worker"),
+        _set(
+            lambda f: find(f, "HorizontalPodAutoscaler", "jobgate-gateway")["spec"]["scaleTargetRef"],
+            name="jobgate-worker",
+        ),
         "the HPA scales Deployment jobgate-worker, not the gateway Deployment",
     ),
     "disruption budget selects every jobgate pod": (
-        lambda f: find(f, "PodDisruptionBudget", "jobgate-gateway")["spec"]["selector"]["matchLabels"].pop("app.kubernetes.io/component"),
+        lambda f: find(f, "PodDisruptionBudget", "jobgate-gateway")["spec"]["selector"]["matchLabels"].pop(
+            "app.kubernetes.io/component"
+        ),
         "the PodDisruptionBudget also selects the worker pods",
     ),
     "grace shorter than the shutdown": (
@@ -136,9 +148,13 @@ BROKEN_PODS = {
         "every pod must run the same image, found ['registry.example.com/stella/jobgate:0.1.0', 'registry.example.com/stella/jobgate:0.2.0']",
     ),
     "no JWKS mount in the migration Job": (
-        lambda f: find(f, "Job", "jobgate-migrate")["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].pop(),
-        "Job jobgate-migrate container migrate does not mount JOBGATE_AUTH_JWKS_FILE /etc/jobgate/jwks/jwks.json "
-        "(the settings refuse a missing file)",
+        lambda f: find(f, "Job", "jobgate-migrate")["spec"]["template"]["spec"]["containers"][0][
+            "volumeMounts"
+        ].pop(),
+        (
+            "Job jobgate-migrate container migrate does not mount JOBGATE_AUTH_JWKS_FILE "
+            "/etc/jobgate/jwks/jwks.json (the settings refuse a missing file)"
+        ),
     ),
     "no secret reference": (
         lambda f: _worker_spec(f)["containers"][0]["envFrom"].pop(),
@@ -161,7 +177,9 @@ def test_a_worker_killed_before_its_drain_ends_is_reported() -> None:
 
 def test_a_worker_pool_smaller_than_its_loops_is_reported() -> None:
     files = mutated(FILES, lambda f: _worker_spec(f)["containers"][0]["env"][0].update(value="10"))
-    assert worker_problems(files) == ["the worker's pool of 10 is below the 13 connections its loops may hold"]
+    assert worker_problems(files) == [
+        "the worker's pool of 10 is below the 13 connections its loops may hold"
+    ]
 
 
 def test_the_connection_budget_in_the_docs_is_the_manifests_budget() -> None:

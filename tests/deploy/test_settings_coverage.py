@@ -54,7 +54,9 @@ def test_a_new_setting_without_a_deploy_entry_is_reported() -> None:
 
 
 def test_a_deploy_entry_the_code_does_not_read_is_reported() -> None:
-    files = mutated(FILES, lambda f: find(f, "ConfigMap", "jobgate-config")["data"].update(JOBGATE_RATE_LIMT="1/second"))
+    files = mutated(
+        FILES, lambda f: find(f, "ConfigMap", "jobgate-config")["data"].update(JOBGATE_RATE_LIMT="1/second")
+    )
     assert settings_coverage_problems(files, COMPOSE, CODE) == [
         "JOBGATE_RATE_LIMT is in the ConfigMap or Secret but app/ never reads it"
     ]
@@ -63,7 +65,9 @@ def test_a_deploy_entry_the_code_does_not_read_is_reported() -> None:
 def test_a_credential_in_the_configmap_is_reported() -> None:
     def leak(files: dict) -> None:
         secret = find(files, "Secret", "jobgate-secrets")["stringData"]
-        find(files, "ConfigMap", "jobgate-config")["data"]["JOBGATE_CURSOR_SECRET"] = secret.pop("JOBGATE_CURSOR_SECRET")
+        find(files, "ConfigMap", "jobgate-config")["data"]["JOBGATE_CURSOR_SECRET"] = secret.pop(
+            "JOBGATE_CURSOR_SECRET"
+        )
 
     assert settings_coverage_problems(mutated(FILES, leak), COMPOSE, CODE) == [
         "JOBGATE_CURSOR_SECRET holds a credential and belongs in the Secret"
