@@ -528,7 +528,7 @@ async def check_database(dsn: str, workload: Workload, setup_traces: set[str]) -
     try:
         tenant_id = workload.tenant_id
         jobs = await connection.fetch(
-            "SELECT replay_of_entry_id AS entry, job_id, status FROM jobs "
+            "SELECT replay_of_entry_id AS entry, job_id, status, attempt FROM jobs "
             "WHERE tenant_id = $1 AND replay_of_entry_id IS NOT NULL",
             tenant_id,
         )
@@ -599,6 +599,8 @@ async def check_database(dsn: str, workload: Workload, setup_traces: set[str]) -
         "replays_accepted": len(workload.accepted),
         "replay_jobs_in_database": len(jobs),
         "replay_jobs_by_status": dict(statuses),
+        # A worker that could not record an outcome leaves the lease to expire: the job runs again.
+        "replay_jobs_by_attempt": dict(sorted(Counter(j["attempt"] for j in jobs).items())),
         "accepted_replays_not_exactly_one_job": replay_problems[:20],
         "accepted_replays_not_exactly_one_job_count": len(replay_problems),
         "entries_with_two_or_more_replay_jobs": doubled,
@@ -670,7 +672,7 @@ def print_report(result: dict[str, Any]) -> None:
     checks = result["side_effects"]
     print(
         f"replays accepted {checks['replays_accepted']:,}, replay jobs in the database {checks['replay_jobs_in_database']:,} "
-        f"{checks['replay_jobs_by_status']}; not exactly one job: {checks['accepted_replays_not_exactly_one_job_count']}; "
+        f"{checks['replay_jobs_by_status']}, by attempt {checks['replay_jobs_by_attempt']}; not exactly one job: {checks['accepted_replays_not_exactly_one_job_count']}; "
         f"entries with two jobs: {len(checks['entries_with_two_or_more_replay_jobs'])}; jobs never seen accepted: "
         f"{checks['replay_jobs_the_client_never_saw_accepted_count']}; idempotent retries {checks['idempotent_retries']} "
         f"(wrong: {len(checks['idempotent_retries_not_answering_the_first_job'])})"
