@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -119,15 +124,46 @@ def serve(host: str, port: int, workers: int, demo: bool) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
-    Granian(
-        "app.server:create_app",
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        workers=workers,
-        factory=True,
-        log_access=False,
-    ).serve()
+    from app.logs import granian_log_config
+
+    with metrics_directory(workers):
+        # SIGTERM: granian closes the listening socket, then each worker finishes its in-flight
+        # requests; a worker still busy after the grace is killed.
+        Granian(
+            "app.server:create_app",
+            address=host,
+            port=port,
+            interface=Interfaces.ASGI,
+            workers=workers,
+            factory=True,
+            log_access=False,  # the gateway writes its own access log (app/http/observability.py)
+            log_dictconfig=granian_log_config(settings.log_format),
+            workers_kill_timeout=max(1, math.ceil(settings.shutdown_grace_seconds)),
+        ).serve()
+
+
+@contextmanager
+def metrics_directory(workers: int) -> Iterator[None]:
+    """Several server processes write their metrics to ``PROMETHEUS_MULTIPROC_DIR``, which must
+    be set before any of them starts: a fresh directory (removed at exit) when it is unset, else
+    the given one, emptied first (samples of an earlier run would be added to this one's)."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if workers <= 1 and not given:
+        yield
+        return
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    created = tempfile.mkdtemp(prefix="jobgate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(created, ignore_errors=True)
 
 
 @main.group()
@@ -230,9 +266,15 @@ def token(tenant: tuple[str, ...], scope: str, subject: str, ttl: str, jkt: str 
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1000), help="Jobs run at once.")
 @click.option("--worker-id", default=None, help="Lease owner name (default: host-pid).")
 @click.option("--tenant", "tenants", multiple=True, help="Only claim this tenant's jobs (repeat for several).")
-def worker(concurrency: int, worker_id: str | None, tenants: tuple[str, ...]) -> None:
+@click.option("--metrics-port", default=None, type=click.IntRange(1, 65535), help="Serve /metrics on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+def worker(
+    concurrency: int, worker_id: str | None, tenants: tuple[str, ...], metrics_port: int | None, metrics_host: str
+) -> None:
     """Run a job worker (JOBGATE_WORKER_* settings); SIGTERM stops it gracefully."""
     import signal
+
+    from app import metrics
 
     from app.engine.config import load_worker_config
     from app.engine.handlers import load_handlers
@@ -247,12 +289,15 @@ def worker(concurrency: int, worker_id: str | None, tenants: tuple[str, ...]) ->
     except SettingsError as exc:
         click.echo(f"jobgate: invalid setting: {exc}", err=True)
         sys.exit(2)
-    configure_logging()
+    configure_logging(settings.log_format, settings.log_level)
+    if metrics_port is not None:
+        metrics.serve_process_metrics(metrics_host, metrics_port)
 
     async def work() -> None:
         runtime = Runtime.create(settings)
         if settings.is_sqlite:
             await upgrade(runtime.engine)
+        unwatch_pool = metrics.watch_pool(runtime.engine)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -262,6 +307,8 @@ def worker(concurrency: int, worker_id: str | None, tenants: tuple[str, ...]) ->
             await Worker(runtime, config, handlers, worker_id=worker_id, concurrency=concurrency, tenants=tenants).run(stop)
         finally:
             await runtime.stop()
+            unwatch_pool()
+            metrics.process_exiting()
 
     asyncio.run(work())
 

@@ -1,11 +1,42 @@
-"""Prometheus metrics. Labels are route templates and small enums, never raw paths or tenants."""
+"""Prometheus metrics. Labels are route templates and small enums, never raw paths or tenants.
+
+Every process writes its own samples; with ``PROMETHEUS_MULTIPROC_DIR`` set (``jobgate serve
+--workers N`` sets one up) they go to files there and :func:`render` adds up all processes. The
+job gauges (queued and running jobs per job type) are not kept by any process: the scraped
+process reads them from the database, at most every :data:`JOB_GAUGE_TTL_SECONDS`.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import event, func, select
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from app.runtime import Runtime
+
+log = logging.getLogger("jobgate.metrics")
+
+UNMATCHED = "unmatched"  # the route label of a path no route matched (a 404 from the router)
+JOB_GAUGE_TTL_SECONDS = 5.0
+MAX_JOB_TYPE_LABELS = 100  # beyond this, the smallest job types are summed as "other"
 
 REQUESTS = Counter("jobgate_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -21,11 +52,172 @@ RATE_LIMIT_FAIL_OPEN = Counter(
 )
 AUDIT_FAILURES = Counter("jobgate_audit_failures_total", "Refusal audit rows that could not be written")
 
+DEAD_LETTERED = Counter(
+    "jobgate_deadletter_entries_total",
+    "Jobs dead-lettered (a new entry, or a replayed entry that failed again)",
+    ["job_type", "category"],
+)
+REPLAY_ENTRIES = Counter(
+    "jobgate_replay_entries_total",
+    "Dead-letter entries handled by replay-by-filter runs",
+    ["outcome"],  # replayed | failed | skipped
+)
+RECONCILER_ACTIONS = Counter(
+    "jobgate_reconciler_actions_total",
+    "What the reconciler did",
+    ["action"],  # reconciled_run | canceled_pack_run | canceled_job
+)
+WORKER_JOBS = Counter(
+    "jobgate_worker_jobs_total",
+    "Job attempts ended by this worker, by outcome",
+    ["job_type", "outcome"],  # succeeded | failed | cancel | shutdown | lost
+)
+POOL_CHECKED_OUT = Gauge(
+    "jobgate_db_pool_checked_out",
+    "Database connections in use, summed over live processes",
+    multiprocess_mode="livesum",
+)
+POOL_SIZE = Gauge(
+    "jobgate_db_pool_size",
+    "Database connections the pools may hold, summed over live processes",
+    multiprocess_mode="livesum",
+)
 
-def render() -> bytes:
-    """The exposition text; aggregates all processes when PROMETHEUS_MULTIPROC_DIR is set."""
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(method, route, str(status)).inc()
+    LATENCY.labels(method, route).observe(seconds)
+
+
+def count_replays(replayed: int = 0, failed: int = 0, skipped: int = 0) -> None:
+    for outcome, amount in (("replayed", replayed), ("failed", failed), ("skipped", skipped)):
+        if amount > 0:
+            REPLAY_ENTRIES.labels(outcome).inc(amount)
+
+
+def count_reconciled(summary: dict[str, Any]) -> None:
+    """The reconciler pass's summary (``reconcile_once``) as action counters."""
+    for action, key in (
+        ("reconciled_run", "reconciled_runs"),
+        ("canceled_pack_run", "canceled_pack_runs"),
+        ("canceled_job", "canceled_jobs"),
+    ):
+        if summary.get(key):
+            RECONCILER_ACTIONS.labels(action).inc(summary[key])
+
+
+def watch_pool(engine: AsyncEngine) -> Callable[[], None]:
+    """Keep the pool gauges of this process up to date (connection checkout and checkin events);
+    returns the function that stops watching."""
+    sync_engine = engine.sync_engine
+    size_of = getattr(sync_engine.pool, "size", None)
+    size = size_of() if callable(size_of) else 0
+    POOL_SIZE.inc(size)
+
+    def checked_out(*_: Any) -> None:
+        POOL_CHECKED_OUT.inc()
+
+    def checked_in(*_: Any) -> None:
+        POOL_CHECKED_OUT.dec()
+
+    event.listen(sync_engine, "checkout", checked_out)
+    event.listen(sync_engine, "checkin", checked_in)
+
+    def unwatch() -> None:
+        event.remove(sync_engine, "checkout", checked_out)
+        event.remove(sync_engine, "checkin", checked_in)
+        POOL_SIZE.dec(size)
+
+    return unwatch
+
+
+def process_exiting() -> None:
+    """A cleanly stopping process takes its live gauges out of the multi-process sum."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(os.getpid())
+
+
+def _process_registry() -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    return generate_latest(DEFAULT_REGISTRY)
+        return registry
+    return DEFAULT_REGISTRY
+
+
+def serve_process_metrics(host: str, port: int) -> None:
+    """A /metrics endpoint of its own (a worker process; it has no HTTP server otherwise)."""
+    start_http_server(port, addr=host, registry=_process_registry())
+
+
+# --- job gauges, read from the database at scrape time ----------------------------------------
+
+
+class JobGauges:
+    """Queued (pending or scheduled) and running (leased or running) jobs per job type, all tenants.
+
+    One grouped query over the two partial indexes of live jobs, cached for a few seconds so that
+    frequent scrapes (or several scrapers) cannot load the database.
+    """
+
+    def __init__(self, ttl_seconds: float = JOB_GAUGE_TTL_SECONDS) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.read_at = float("-inf")
+        self.queued: dict[str, int] = {}
+        self.running: dict[str, int] = {}
+
+    async def refresh(self, runtime: Runtime) -> None:
+        if time.monotonic() - self.read_at < self.ttl_seconds:
+            return
+        from app.storage.models import Job
+
+        statement = (
+            select(Job.job_type, Job.status, func.count())
+            .where(Job.status.in_(("pending", "scheduled", "leased", "running")))
+            .group_by(Job.job_type, Job.status)
+        )
+        queued: dict[str, int] = {}
+        running: dict[str, int] = {}
+        async with runtime.read_sessions() as session:
+            for job_type, status, count in await session.execute(statement):
+                target = queued if status in ("pending", "scheduled") else running
+                target[job_type] = target.get(job_type, 0) + count
+        self.queued, self.running = _bounded(queued), _bounded(running)
+        self.read_at = time.monotonic()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for name, help_text, values in (
+            ("jobgate_jobs_queued", "Jobs waiting to be claimed (pending or scheduled), per job type", self.queued),
+            ("jobgate_jobs_running", "Jobs leased or running, per job type", self.running),
+        ):
+            family = GaugeMetricFamily(name, help_text, labels=["job_type"])
+            for job_type, count in sorted(values.items()):
+                family.add_metric([job_type], count)
+            yield family
+
+
+def _bounded(counts: dict[str, int]) -> dict[str, int]:
+    if len(counts) <= MAX_JOB_TYPE_LABELS:
+        return counts
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    kept = dict(ranked[: MAX_JOB_TYPE_LABELS - 1])
+    kept["other"] = sum(count for _, count in ranked[MAX_JOB_TYPE_LABELS - 1 :])
+    return kept
+
+
+JOB_GAUGES = JobGauges()
+
+
+async def render(runtime: Runtime | None = None) -> bytes:
+    """The exposition text: every process's samples (all of them under PROMETHEUS_MULTIPROC_DIR)
+    and, given the runtime, the job gauges."""
+    text = generate_latest(_process_registry())
+    if runtime is not None:
+        try:
+            await JOB_GAUGES.refresh(runtime)
+        except Exception as exc:  # noqa: BLE001 - a scrape still answers; the gauges keep their last values
+            log.warning("job gauges not refreshed (%s)", type(exc).__name__)
+        jobs = CollectorRegistry(auto_describe=False)
+        jobs.register(JOB_GAUGES)  # type: ignore[arg-type]
+        text += generate_latest(jobs)
+    return text

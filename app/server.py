@@ -1,7 +1,8 @@
 """The composition root: ``create_app()`` builds the gateway from its settings.
 
-A request enters through the envelope middleware (``app/security/envelope.py``), which decides
-the caller, tenant and scope; routes live in their domain packages; errors become problem
+A request enters through the request observer (``app/http/observability.py``: metrics, access
+log, span), then the envelope middleware (``app/security/envelope.py``), which decides the
+caller, tenant and scope; routes live in their domain packages; errors become problem
 details in ``app/http/problems.py``; every JSON response is encoded in ``app/http/caching.py``.
 """
 
@@ -28,9 +29,11 @@ from app.domain.operations import routes as operations
 from app.domain.packruns import routes as packruns
 from app.domain.quotas import routes as quotas
 from app.domain.sources import routes as sources
+from app import metrics
 from app.engine import embedded
 from app.http.caching import GatewayResponse
 from app.http.links import add_links
+from app.http.observability import RequestObserver
 from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
 from app.http.openapi import close_strict_objects
 from app.http.problems import problem_exception_handler
@@ -40,6 +43,7 @@ from app.runtime import Runtime
 from app.http.tracing import ensure_trace_id
 from app.security.envelope import Envelope, EnvelopeMiddleware
 from app.settings import Settings, load_settings
+from app.telemetry import Tracing, configure_tracing
 
 VERSION = "0.1.0"
 PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES, *operations.ROUTES]
@@ -68,20 +72,29 @@ async def _echo_trace_id(message: Message, scope: Scope) -> None:
         message["headers"] = headers
 
 
-def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
+def create_app(
+    settings: Settings | None = None, *, runtime: Runtime | None = None, tracing: Tracing | None = None
+) -> Litestar:
+    """``tracing`` defaults to what the ``OTEL_*`` variables ask for (``app/telemetry.py``)."""
     settings = settings or load_settings()
-    configure_logging()
+    configure_logging(settings.log_format, settings.log_level)
     runtime = runtime or Runtime.create(settings)
+    tracing = tracing or configure_tracing()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
+        unwatch_pool = metrics.watch_pool(runtime.engine)
         stop_worker = await embedded.start(runtime)  # the embedded default runs its worker in-process
         try:
             yield
         finally:
             await stop_worker()
             await runtime.stop()
+            unwatch_pool()
+            metrics.process_exiting()
+            if tracing is not None:
+                tracing.shutdown()
 
     app = Litestar(
         route_handlers=[*PUBLIC_ROUTES, *PROTECTED_ROUTES],
@@ -132,4 +145,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     close_strict_objects(app)
     add_links(app)
+    # Outside the router, so that requests no route matches are observed too.
+    app.asgi_handler = RequestObserver(app.asgi_handler, tracing)
     return app

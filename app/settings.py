@@ -55,6 +55,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     database_pool_size: int = 20
     embedded_worker: bool = False
+    log_format: str = "json"
+    log_level: str = "INFO"
+    shutdown_grace_seconds: float = 30.0
     uses_dev_keys: bool = False
     uses_dev_cursor_secret: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -221,6 +224,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if not 1 <= pool_size <= 500:
         raise SettingsError("JOBGATE_DATABASE_POOL_SIZE must be between 1 and 500")
 
+    log_format = get("LOG_FORMAT", "json")
+    if log_format not in {"json", "text"}:
+        raise SettingsError(f"JOBGATE_LOG_FORMAT must be json or text (got {log_format!r})")
+    log_level = get("LOG_LEVEL", "INFO").upper()
+    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise SettingsError(f"JOBGATE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {log_level!r})")
+    try:
+        shutdown_grace = float(get("SHUTDOWN_GRACE_SECONDS", "30"))
+    except ValueError:
+        raise SettingsError("JOBGATE_SHUTDOWN_GRACE_SECONDS must be a number") from None
+    if not 1 <= shutdown_grace <= 3600:
+        raise SettingsError("JOBGATE_SHUTDOWN_GRACE_SECONDS must be between 1 and 3600")
+
     prefix = get("REDIS_PREFIX", "jobgate:")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
         raise SettingsError("JOBGATE_REDIS_PREFIX must be 1-64 characters of [A-Za-z0-9_.:-]")
@@ -243,6 +259,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         rate_limit=_parse_rate(get("RATE_LIMIT", "600/minute")),
         max_body_bytes=max_body,
         database_pool_size=pool_size,
+        log_format=log_format,
+        log_level=log_level,
+        shutdown_grace_seconds=shutdown_grace,
         uses_dev_keys=uses_dev_keys,
         uses_dev_cursor_secret=cursor_raw is None,
     )

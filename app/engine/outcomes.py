@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import metrics
 from app.domain.deadletter.templates import error_template, template_hash
 from app.domain.packruns import progress
 from app.engine.dispatcher import Claimed
@@ -283,6 +284,7 @@ async def dead_letter(
         .execution_options(synchronize_session=False)
     )
     await session.flush()
+    metrics.DEAD_LETTERED.labels(job.job_type, category).inc()
 
 
 async def heartbeat(

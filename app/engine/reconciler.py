@@ -26,6 +26,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import metrics
 from app.domain.operations import ledger, queries
 from app.domain.operations.lifecycle import RunFacts, evidence_time, reconcile_due, threshold_of
 from app.domain.operations.thresholds import Thresholds, configured
@@ -89,6 +90,7 @@ async def reconcile_once(
         summary["housekeeping_run_ids"].append(done.pop("housekeeping_run_id"))
         for key, value in done.items():
             summary[key] += value
+    metrics.count_reconciled(summary)
     return summary
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import metrics
 from app.domain.deadletter import replay
 from app.domain.operations import ledger
 from app.storage.models import ACTIVE_RUN_STATUSES, OperationRun
@@ -73,6 +74,7 @@ def _take_tokens(context: dict[str, Any], now: datetime, wanted: int) -> tuple[i
 
 def _finish(run: OperationRun, counts: dict[str, int], now: datetime) -> None:
     counts["skipped"] = max(0, counts["matched"] - counts["replayed"] - counts["failed"])
+    metrics.count_replays(failed=counts["failed"], skipped=counts["skipped"])
     if counts["failed"] == 0:
         outcome = "succeeded"
     else:
@@ -121,6 +123,7 @@ async def _advance(session: AsyncSession, run: OperationRun, now: datetime) -> i
     chunk = chunk.order_by(*replay.PROCESSING_ORDER).limit(taken).with_for_update(skip_locked=True)
     done = await replay.replay_entries(session, selection=chunk, now=now, **scope)
     replayed = len(done)
+    metrics.count_replays(replayed=replayed)
     counts["replayed"] += replayed
     context["tokens"] = tokens + (taken - replayed)  # tokens not used are given back
     context["errors"] = 0

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from app import metrics
 from app.engine import dispatcher, outcomes
 from app.engine.config import WorkerConfig
 from app.engine.dispatcher import Claimed
@@ -191,6 +192,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a handler bug fails the attempt, not the worker
             outcome = "failed"
             failure = JobFailure("handler.error", "internal", f"{type(exc).__name__}: {exc}", retryable=True)
+        metrics.WORKER_JOBS.labels(job.job_type, outcome).inc()
         try:
             if outcome == "succeeded" and job.pack_run_id is None and job.replay_of_entry_id is None:
                 done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

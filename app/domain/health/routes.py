@@ -64,8 +64,8 @@ async def readyz(request: Request[Any, Any, Any]) -> Readiness:
 
 
 @get("/metrics", **PUBLIC, summary="Prometheus metrics", tags=["health"], media_type="text/plain; version=0.0.4")
-async def metrics_endpoint() -> Response[bytes]:
-    return Response(content=metrics.render(), media_type="text/plain; version=0.0.4")
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return Response(content=await metrics.render(request.app.state.runtime), media_type="text/plain; version=0.0.4")
 
 
 ROUTES = [healthz, readyz, metrics_endpoint]
