@@ -8,10 +8,12 @@ anywhere else fails verification. Tokens older than :data:`TOKEN_MAX_AGE` are st
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
 import time
+from collections import namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +21,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar.params import Parameter
-from sqlalchemy import ColumnElement, Select, tuple_
+from sqlalchemy import ColumnElement, Select, Table, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.http.problems import Problem
@@ -164,6 +166,11 @@ class Keyset:
         return ",".join(f"{c.key} {direction}" for c in self.columns)
 
 
+@functools.cache
+def _record_type(table: Table) -> type[tuple[Any, ...]]:
+    return namedtuple(f"{table.name}_row", [c.key for c in table.columns])  # type: ignore[misc]
+
+
 async def fetch_page(
     session: AsyncSession,
     stmt: Select[Any],
@@ -178,13 +185,15 @@ async def fetch_page(
     """One page of ``stmt`` in ``keyset`` order and the token of the next page (None at the end).
 
     ``stmt`` selects one entity (``scalars``) or rows with a column named after each sort column
-    (a grouped query keyed by its group columns). An entity's page comes back as plain rows of its
-    table's columns, read by attribute like the entity (every model names its attributes after its
-    columns): a page is only read, and ORM instances (identity map, instance state) would cost about
-    as much again as the query itself."""
+    (a grouped query keyed by its group columns). An entity's page comes back as named tuples of
+    its table's columns, read by attribute like the entity (every model names its attributes after
+    its columns): a page is only read, and ORM instances (identity map, instance state) cost about as
+    much again as the query itself, while a SQLAlchemy ``Row`` answers each attribute read ten times
+    slower than a named tuple."""
+    record = None
     if scalars:
-        entity = stmt.column_descriptions[0]["entity"]
-        stmt = stmt.with_only_columns(*entity.__table__.columns)
+        table = stmt.column_descriptions[0]["entity"].__table__
+        stmt, record = stmt.with_only_columns(*table.columns), _record_type(table)
     if token is not None:
         last = codec.decode(token, scope)
         if len(last) != len(keyset.columns):
@@ -194,7 +203,7 @@ async def fetch_page(
         stmt = stmt.where(row_key < last_key if keyset.descending else row_key > last_key)
     order = [c.desc() if keyset.descending else c.asc() for c in keyset.columns]
     result = await session.execute(stmt.order_by(*order).limit(limit + 1))
-    rows = list(result.all())
+    rows = [record._make(row) for row in result] if record is not None else list(result.all())
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
