@@ -6,11 +6,19 @@ change, so a completed change and its stored answer can never be separated. Same
 request replays the stored answer; a different request with the key is 422; a request while the
 first is still running is 409. A failed first request releases the key. Keys are scoped to
 (tenant, subject) and kept for :data:`RETENTION`.
+
+When the database is away as a request ends (an outage is also why it failed), its key cannot
+be released then: it is released in the background as soon as the database answers again, and
+at the latest before the next claim of the same key in this process, so that a client retrying
+after ``Retry-After`` is not refused with 409 for the whole :data:`LOCK`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,8 +33,11 @@ from app.http.problems import Problem
 from app.security.caller import Caller
 from app.storage.models import IdempotencyRecord
 
+log = logging.getLogger("jobgate.idempotency")
+
 RETENTION = timedelta(hours=24)
 LOCK = timedelta(seconds=60)
+SETTLE_RETRY_SECONDS = 0.25
 _KEPT_HEADERS = {b"content-type", b"location", b"etag", b"cache-control"}
 
 
@@ -94,9 +105,19 @@ async def complete_in(
     )
 
 
+_Ident = tuple[int, str, str]
+
+
+def _ident(caller: Caller) -> _Ident:
+    return (caller.tenant.id, caller.subject, caller.idempotency_key or "")
+
+
 class IdempotencyStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        # Requests that ended while the database was away, by key: settled later (see the module doc).
+        self._unsettled: dict[_Ident, tuple[Caller, Captured]] = {}
+        self._retries: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def fingerprint(scope: Scope, body: bytes) -> str:
@@ -110,6 +131,7 @@ class IdempotencyStore:
 
     async def claim(self, caller: Caller, fingerprint: str) -> StoredResponse | None:
         """Claim the key; return the stored response when the first request already completed."""
+        await self._settle_unsettled(_ident(caller))
         now = datetime.now(UTC)
         values = dict(
             tenant_id=caller.tenant.id,
@@ -175,6 +197,40 @@ class IdempotencyStore:
 
     async def settle(self, caller: Caller, captured: Captured) -> None:
         """After the response: release the key of a failed request; store a response not yet stored."""
+        try:
+            await self._settle(caller, captured)
+        except Exception as exc:  # noqa: BLE001 - the response is sent; settling is retried
+            log.warning("idempotency key not settled, retrying in the background (%s)", type(exc).__name__)
+            self._unsettled[_ident(caller)] = (caller, captured)
+            task = asyncio.create_task(self._settle_later(_ident(caller)))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _settle_unsettled(self, ident: _Ident) -> None:
+        """Settle the request left unsettled under ``ident``, if any (raises while the database is
+        away). Taking it out of the map first means one settling at a time, never after a new claim."""
+        pending = self._unsettled.pop(ident, None)
+        if pending is None:
+            return
+        try:
+            await self._settle(*pending)
+        except Exception:
+            self._unsettled.setdefault(ident, pending)
+            raise
+
+    async def _settle_later(self, ident: _Ident) -> None:
+        pending = self._unsettled.get(ident)
+        deadline = time.monotonic() + LOCK.total_seconds()  # past the lock the key can be taken over anyway
+        while ident in self._unsettled and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_RETRY_SECONDS)
+            try:
+                await self._settle_unsettled(ident)
+            except Exception:  # noqa: BLE001, S112 - still away; try again
+                continue
+        if pending is not None and self._unsettled.get(ident) is pending:
+            del self._unsettled[ident]
+
+    async def _settle(self, caller: Caller, captured: Captured) -> None:
         async with self._sessions.begin() as session:
             if captured.status >= 400:
                 await session.execute(

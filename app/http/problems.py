@@ -145,12 +145,17 @@ _UNAVAILABLE_DRIVER_ERRORS = frozenset(
         "TooManyConnectionsError",
         "CannotConnectNowError",
         "ConnectionDoesNotExistError",
+        "ConnectionFailureError",
         "InterfaceError",
         "AdminShutdownError",
         "CrashShutdownError",
         "QueryCanceledError",
     }
 )
+# The same by SQLSTATE (class 08 connection exception, 53 insufficient resources, 57P operator
+# intervention such as "the database system is starting up", 57014 query canceled): SQLAlchemy's
+# asyncpg adapter raises most of them as its generic ``Error`` with the driver's error as cause.
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "57014")
 
 
 def _sqlstate(exc: Exception) -> str:
@@ -159,6 +164,17 @@ def _sqlstate(exc: Exception) -> str:
     orig = exc.orig
     state = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
     return state if isinstance(state, str) else ""
+
+
+def _database_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, (OperationalError, PoolTimeoutError, OSError, ConnectionError)):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES):
+        return True
+    drivers = (type(exc.orig).__name__, type(getattr(exc.orig, "__cause__", None)).__name__)
+    return any(name in _UNAVAILABLE_DRIVER_ERRORS for name in drivers)
 
 
 def to_problem(exc: Exception) -> Problem:
@@ -202,10 +218,7 @@ def to_problem(exc: Exception) -> Problem:
             return Problem(415, "unsupported_media_type", "Send the body as application/json.")
         if status < 500:
             return Problem(status, f"http_{status}", sanitize(str(exc.detail))[:300], headers=exc.headers)
-    if isinstance(exc, (OperationalError, PoolTimeoutError, OSError, ConnectionError)) or (
-        isinstance(exc, DBAPIError)
-        and (exc.connection_invalidated or type(exc.orig).__name__ in _UNAVAILABLE_DRIVER_ERRORS)
-    ):
+    if _database_unavailable(exc):
         return Problem(
             503,
             "service_unavailable",

@@ -1,0 +1,147 @@
+"""PostgreSQL restarted under a steady load of reads and replays: during the outage the gateway
+answers 503 problems with Retry-After (never a 500, never a hang), it recovers within 10 s of the
+database returning without being restarted, and no replay is applied twice or loses its audit row."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import pytest
+from sqlalchemy import select
+
+from app.storage.models import AuditRecord, DeadLetterEntry, Job
+from tests.api.rows import Rows
+from tests.drills.load import REQUEST_TIMEOUT, Load
+from tests.engine.conftest import eventually
+
+ENTRIES = 400  # more than the load gets through: replays are in flight throughout
+RECOVERY_SECONDS = 10.0
+OUTAGE_SECONDS = 3.0
+LOAD_DEADLINE = 60.0
+
+
+async def _pending_entries(runtime, tenant: str, count: int) -> list[str]:
+    rows = await Rows.of(runtime, tenant)
+    source = rows.source()
+    entries = [rows.entry(f"connection refused by 10.0.0.{n}", source_id=source.source_id) for n in range(count)]
+    await rows.add(source, *entries)
+    return [e.entry_id for e in entries]
+
+
+def _restart_fast(postgres) -> Callable[[Load], Awaitable[float]]:
+    async def outage(load: Load) -> float:
+        await asyncio.to_thread(postgres.restart, "fast")
+        return time.monotonic()
+
+    return outage
+
+
+def _stop_immediate_then_start(postgres) -> Callable[[Load], Awaitable[float]]:
+    """Crash-stop, keep the database away until the load has met the outage, then start it."""
+
+    async def outage(load: Load) -> float:
+        down = time.monotonic()
+        await asyncio.to_thread(postgres.stop, "immediate")
+
+        async def outage_long_enough() -> bool:
+            met = sum(1 for a in load.since(down) if a.status == 503) >= 20
+            return met and time.monotonic() - down >= OUTAGE_SECONDS
+
+        await eventually(outage_long_enough, timeout=OUTAGE_SECONDS + 10)
+        await asyncio.to_thread(postgres.start)
+        return time.monotonic()
+
+    return outage
+
+
+@pytest.fixture(scope="module")
+def gateway(drill_services):  # type: ignore[no-untyped-def]
+    """One gateway process for both drills of the module: it is never restarted."""
+    from tests.conftest import GatewayProcess, free_port
+
+    process = GatewayProcess(drill_services.env, free_port())
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        print(process.output()[-4000:])  # shown when the drill fails
+        process.stop()
+
+
+@pytest.mark.parametrize("restart", [_restart_fast, _stop_immediate_then_start], ids=["fast", "immediate"])
+async def test_postgres_outage_answers_503_then_recovers_with_every_replay_applied_once(
+    restart, drill_services, drill_runtime, drill_factory, gateway
+):
+    tenant = await drill_factory.tenant()
+    entry_ids = await _pending_entries(drill_runtime, tenant, ENTRIES)
+    load = Load(
+        urls=[gateway.url],
+        headers=lambda: drill_factory.headers(tenant, reason="drill: replay after the database restart"),
+        entry_ids=entry_ids,
+        reads=["/jobengine/deadletter?limit=20", "/jobengine/jobs?limit=20", "/jobengine/deadletter/stats"],
+    )
+    running = asyncio.create_task(load.run(LOAD_DEADLINE))
+    try:
+        await eventually(lambda: _count(lambda: sum(a.ok for a in load.answers) >= 20), timeout=20)
+        down = time.monotonic()
+        back = await restart(drill_services.postgres)(load)
+
+        async def replays_accepted_again() -> bool:
+            return sum(1 for a in load.since(back) if a.kind == "replay" and a.status == 202) >= 10
+
+        async def recovered_and_done() -> bool:
+            return load.settled_after(back)
+
+        try:
+            await eventually(replays_accepted_again, timeout=RECOVERY_SECONDS)
+            load.drain()
+            await eventually(recovered_and_done, timeout=RECOVERY_SECONDS)
+        except AssertionError:
+            raise AssertionError(f"not recovered: {_summary(load, back)}") from None
+    finally:
+        load.stop()
+        await running
+
+    failures = [a for a in load.answers if not a.ok]
+    unexpected = [a for a in failures if not a.is_unavailable_problem]
+    assert unexpected == [], f"answers other than 503 problems with Retry-After: {unexpected[:5]}"
+    assert all(a.ended - a.started < REQUEST_TIMEOUT for a in load.answers)
+    assert all(a.ended >= down for a in failures), "a failure before the outage began"
+    last_failure = max((a.ended for a in failures), default=back)
+    print(f"outage {back - down:.2f}s, {len(failures)} 503s, last one {last_failure - back:.2f}s after the "
+          f"database returned, {len(load.answers)} requests")
+    assert last_failure - back <= RECOVERY_SECONDS
+
+    await drill_runtime.engine.dispose()  # the test's own pool held connections of the old server
+    async with drill_runtime.sessions() as session:
+        tenant_id = (await drill_runtime.tenants.get(tenant)).id
+        entries = (await session.execute(select(DeadLetterEntry).where(DeadLetterEntry.tenant_id == tenant_id))).scalars()
+        jobs = (await session.execute(select(Job).where(Job.tenant_id == tenant_id))).scalars()
+        audits = (await session.execute(
+            select(AuditRecord).where(AuditRecord.tenant_id == tenant_id, AuditRecord.action == "deadletter.replay")
+        )).scalars().all()
+    replayed = set(load.accepted)
+    assert replayed == load.attempted and len(replayed) >= 20
+    assert {(e.entry_id, e.status, e.replay_count) for e in entries} == {
+        (e, "replaying", 1) if e in replayed else (e, "pending", 0) for e in entry_ids
+    }
+    assert Counter(j.replay_of_entry_id for j in jobs) == Counter(replayed)  # one replay job per replay
+    applied = Counter(a.idempotency_key for a in audits if a.result_status == 202 and a.result_code is None)
+    assert applied == Counter(Load.key_of(e) for e in replayed)  # every 202 audited once, none twice
+    assert {a.target for a in audits if a.result_code is None} == replayed
+
+
+async def _count(predicate: Callable[[], bool]) -> bool:
+    return predicate()
+
+
+def _summary(load: Load, back: float) -> str:
+    after = Counter((a.kind, a.status, a.code, a.error) for a in load.since(back))
+    waiting = load.attempted - set(load.accepted)
+    answers = {e: [(round(a.started - back, 2), a.status, a.code, a.error) for a in load.answers
+                   if a.key == Load.key_of(e)] for e in sorted(waiting)[:3]}
+    return (f"{len(load.accepted)}/{ENTRIES} replays accepted; answers since the database returned: {dict(after)}; "
+            f"{len(waiting)} attempted, not accepted: {answers}")
