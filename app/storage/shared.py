@@ -54,6 +54,11 @@ class SharedStore(Protocol):
     async def close(self) -> None: ...
 
 
+# A Redis call waits at most this long; after a failure, calls fail at once for the pause.
+REDIS_TIMEOUT_SECONDS = 0.5
+PAUSE_AFTER_FAILURE_SECONDS = 2.0
+
+
 class StoreUnavailable(ConnectionError):
     """Redis failed recently; calls fail at once until the pause is over."""
 
@@ -62,7 +67,15 @@ class RedisStore:
     """After a failure, calls fail immediately for :attr:`pause` seconds instead of each waiting for
     the timeout again, so a Redis outage costs requests at most one timeout per pause."""
 
-    def __init__(self, url: str, prefix: str, *, timeout: float = 0.5, pause: float = 2.0, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self,
+        url: str,
+        prefix: str,
+        *,
+        timeout: float = REDIS_TIMEOUT_SECONDS,
+        pause: float = PAUSE_AFTER_FAILURE_SECONDS,
+        clock=time.monotonic,
+    ) -> None:
         self.prefix = prefix
         self.pause = pause
         self._clock = clock
