@@ -30,9 +30,19 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.database_pool_size,
         max_overflow=0,
         pool_timeout=5,
+        # No ping per checkout (a round trip on every request): a connection broken by a database
+        # restart fails its request with a disconnect error, which makes SQLAlchemy discard every
+        # connection of the pool opened before it; the restart drills (tests/drills) show the
+        # gateway serving again as soon as the database accepts connections.
         pool_pre_ping=False,
         pool_recycle=1800,
-        connect_args={"command_timeout": 10, "server_settings": {"application_name": "jobgate"}},
+        connect_args={
+            # asyncpg waits 60 s for a connection by default: a database host that does not answer
+            # would hold requests far past any client's patience instead of answering 503.
+            "timeout": 5,
+            "command_timeout": 10,
+            "server_settings": {"application_name": "jobgate"},
+        },
     )
 
 

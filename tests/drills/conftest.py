@@ -15,7 +15,7 @@ from app.runtime import Runtime
 from app.settings import load_settings
 from tests.conftest import Factory, GatewayProcess, free_port
 from tests.drills.services import DrillPostgres, DrillRedis
-from tests.engine.conftest import FAST, WorkerProcess
+from tests.engine.conftest import FAST, WorkerProcess, log_path  # noqa: F401 - a fixture of the drills too
 from tests.support.keys import TestKeys
 
 

@@ -1,4 +1,5 @@
-"""The worker end to end: real `jobgate worker` processes on the test database."""
+"""The worker end to end: real `jobgate worker` processes on the test database. (A worker killed
+mid-job is a fault drill: tests/drills/test_worker_kill.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import Counter
 from app.domain.deadletter.templates import error_template, template_hash
 from tests.engine.conftest import eventually
 from tests.engine.handlers import read_log
-from tests.engine.support import entries_of, job, jobs_of, submit
+from tests.engine.support import entries_of, jobs_of, submit
 
 
 async def test_failing_jobs_dead_letter_with_their_categories_codes_and_templates(client, factory, runtime, workers):
@@ -71,31 +72,3 @@ async def test_each_job_runs_exactly_once_across_two_workers(client, factory, ru
     assert starts == Counter({job_id: 1 for job_id in submitted})
     assert {j.attempt for j in await jobs_of(runtime, tenant)} == {1}
     assert len({worker for *_, worker in read_log(log_path)}) == 2  # both workers took part
-
-
-async def test_job_of_a_killed_worker_is_claimed_again_after_its_lease_expires(
-    client, factory, runtime, workers, log_path
-):
-    tenant = await factory.tenant()
-    source = await factory.source(client, tenant)
-    submitted = await submit(client, factory, tenant, source["sourceId"], "test.record",
-                             payload={"log": log_path, "firstAttemptSeconds": 60, "seconds": 0})
-    first = workers(tenant, JOBGATE_WORKER_LEASE_SECONDS="1.5")
-    await eventually(lambda: _started(log_path, 1))
-    first.kill()  # SIGKILL: no release, the lease must run out
-    killed = await job(runtime, tenant, submitted["jobId"])
-    assert killed.status == "running" and killed.lease_owner == first.worker_id
-    second = workers(tenant, JOBGATE_WORKER_LEASE_SECONDS="1.5")
-
-    async def finished():
-        current = await job(runtime, tenant, submitted["jobId"])
-        return current if current.status == "succeeded" else None
-
-    done = await eventually(finished, timeout=30)
-    runs = read_log(log_path)
-    assert [(kind, attempt) for kind, _, attempt, _, _ in runs] == [("start", 1), ("start", 2), ("end", 2)]
-    assert runs[1][4] == second.worker_id and done.attempt == 2 and done.lease_owner is None
-
-
-async def _started(path, count):
-    return len([r for r in read_log(path) if r[0] == "start"]) >= count
