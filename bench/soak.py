@@ -53,9 +53,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -137,22 +134,6 @@ async def seed_entries(dsn: str, tenant_id: int, entries: int) -> None:
         await connection.execute("ANALYZE")
     finally:
         await connection.close()
-
-
-def operator_token(folder: Path) -> tuple[Path, str]:
-    """A JWKS file with one ES256 key and an operator token for the bench tenant. As
-    ``rf.signing_key``, which mints a read-only token; the soak needs the operator scopes."""
-    private = ec.generate_private_key(ec.SECP256R1())
-    jwk = json.loads(ECAlgorithm.to_jwk(private))
-    jwk.update(kid="soak-es256", alg="ES256", use="sig")
-    jwks_path = folder / "jwks.json"
-    jwks_path.write_text(json.dumps({"keys": [{k: v for k, v in jwk.items() if k != "d"}]}))
-    now = int(time.time())
-    claims = {
-        "iss": rf.ISSUER, "aud": rf.AUDIENCE, "sub": "soak-operator", "client_id": "soak",
-        "iat": now, "nbf": now, "exp": now + 4 * 3600, "scope": SCOPES, "tenant": rf.TENANT,
-    }  # fmt: skip
-    return jwks_path, jwt.encode(claims, private, algorithm="ES256", headers={"kid": "soak-es256"})
 
 
 # --- memory ------------------------------------------------------------------------------------
@@ -724,6 +705,8 @@ def main() -> None:
         "--pool-size", type=int, default=20, help="database connections per gateway (default 20, the product's)"
     )
     args = parser.parse_args()
+    if args.seconds > 3000:
+        parser.error("--seconds at most 3000: the benchmark token (rf.signing_key) is valid for one hour")
     with rf.bench_environment() as env:
         document = run(args, env)
     sys.exit(0 if all(document["verdict"].values()) else 1)
@@ -732,31 +715,13 @@ def main() -> None:
 def run(args: argparse.Namespace, env: rf.BenchEnvironment) -> dict[str, Any]:
     begun = time.monotonic()
     pg_dsn = rf.with_database(env.admin_url, env.db_name)
-    jwks_path, token = operator_token(env.workdir)
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")}
-    base_env["PYTHONPATH"] = str(ROOT)
-    gateway_env = {
-        **base_env,
-        "JOBGATE_ENV": "prod",
-        "JOBGATE_DATABASE_URL": pg_dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
-        "JOBGATE_DATABASE_POOL_SIZE": str(args.pool_size),
-        "JOBGATE_REDIS_URL": env.redis_url,
-        "JOBGATE_REDIS_PREFIX": env.prefix,
-        "JOBGATE_AUTH_JWKS_FILE": str(jwks_path),
-        "JOBGATE_AUTH_ISSUER": rf.ISSUER,
-        "JOBGATE_AUTH_AUDIENCE": rf.AUDIENCE,
-        "JOBGATE_CURSOR_SECRET": "bench:" + uuid.uuid4().hex,
-        # The soak measures the gateway, not the per-tenant budget (600/minute by default).
-        "JOBGATE_RATE_LIMIT": "1000000/second",
-        "JOBGATE_DATA_DIR": str(env.workdir / "data"),
-    }
+    jwks_path, token = rf.signing_key(env.workdir, scope=SCOPES)
+    _, gateway_env = rf.gateway_settings(pg_dsn, env.redis_url, env.prefix, jwks_path, env.workdir)
+    # The product's pool size by default; the rate limit is raised by gateway_settings: the soak
+    # measures the gateway, not the per-tenant budget (600/minute by default).
+    gateway_env["JOBGATE_DATABASE_POOL_SIZE"] = str(args.pool_size)
     print(f"database {env.db_name}, Redis prefix {env.prefix}")
-    for argv in (["db", "upgrade"], ["tenants", "add", rf.TENANT, "--workspace", rf.TENANT]):
-        done = subprocess.run(
-            [rf.PYTHON, "-m", "app.cli", *argv], cwd=ROOT, env=gateway_env, capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            rf.fail(f"jobgate {' '.join(argv)} failed:\n{done.stdout}{done.stderr}")
+    rf.prepare_tenant(gateway_env)
     tenant_id = asyncio.run(rf.seed_sources(pg_dsn))
     entry_count = entries_needed(args.rate, args.seconds)
     asyncio.run(seed_entries(pg_dsn, tenant_id, entry_count))
