@@ -244,6 +244,14 @@ def worker_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:
             f"the worker's terminationGracePeriodSeconds {spec.get('terminationGracePeriodSeconds', 30)} is below "
             f"2 x JOBGATE_WORKER_SHUTDOWN_GRACE_SECONDS + 5 = {2 * grace + 5:g}"
         )
+    metrics_port = option(container.get("args", []), "--metrics-port")
+    declared = {p["containerPort"] for p in container.get("ports", [])}
+    if metrics_port is None or int(metrics_port) not in declared:
+        problems.append(
+            f"the worker must serve its metrics (--metrics-port {metrics_port}) on a declared port"
+        )
+    if option(container.get("args", []), "--metrics-host") != "0.0.0.0":
+        problems.append("the worker's metrics must listen on 0.0.0.0 to be scraped")
     concurrency = int(option(container.get("args", []), "--concurrency") or 8)
     pool = int(settings_env(files, "worker").get("JOBGATE_DATABASE_POOL_SIZE") or 20)
     if pool < worker_connections(concurrency):

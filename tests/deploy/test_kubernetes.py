@@ -175,6 +175,13 @@ def test_a_worker_killed_before_its_drain_ends_is_reported() -> None:
     ]
 
 
+def test_a_worker_without_a_scrapable_metrics_port_is_reported() -> None:
+    files = mutated(FILES, lambda f: _worker_spec(f)["containers"][0].pop("ports"))
+    assert worker_problems(files) == [
+        "the worker must serve its metrics (--metrics-port 9100) on a declared port"
+    ]
+
+
 def test_a_worker_pool_smaller_than_its_loops_is_reported() -> None:
     files = mutated(FILES, lambda f: _worker_spec(f)["containers"][0]["env"][0].update(value="10"))
     assert worker_problems(files) == [
