@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -341,10 +342,8 @@ class IdempotencyRecord(Base):
 
 
 class DeadLetterCount(Base):
-    """Entries per (tenant, project, category, status); maintained by triggers (migration 0004).
-
-    ``project_key`` is the project id, or '' for entries without a project.
-    """
+    """Entries per (tenant, project, category, status), in stripes summed by readers; maintained by
+    triggers (migration 0004, which explains the stripes). ``project_key`` is the project id, or ''."""
 
     __tablename__ = "dead_letter_counts"
 
@@ -352,12 +351,13 @@ class DeadLetterCount(Base):
     project_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     category: Mapped[str] = mapped_column(String(64), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    stripe: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     entries: Mapped[int] = mapped_column(BigInteger)
 
 
 class DeadLetterCluster(Base):
-    """Entries per (tenant, project, errorCode, templateHash) with pending count and min/max
-    ``dead_lettered_at``; maintained by triggers (migration 0004)."""
+    """Entries and pending entries per (tenant, project, errorCode, templateHash), in stripes summed
+    by readers; maintained by triggers (migration 0004)."""
 
     __tablename__ = "dead_letter_clusters"
 
@@ -365,7 +365,6 @@ class DeadLetterCluster(Base):
     project_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     error_code: Mapped[str] = mapped_column(String(128), primary_key=True)
     template_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    stripe: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     entries: Mapped[int] = mapped_column(BigInteger)
     pending: Mapped[int] = mapped_column(BigInteger)
-    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, text, update
 
 from app.domain.deadletter.templates import error_template, template_hash
 from app.storage.models import DeadLetterCluster, DeadLetterCount, DeadLetterEntry
@@ -30,36 +30,34 @@ async def entries_of(runtime: Any, tenant_id: int) -> list[DeadLetterEntry]:
 
 
 async def assert_aggregates_match_entries(runtime: Any, tenant_id: int) -> list[DeadLetterEntry]:
-    """Both aggregate tables equal a grouping of the tenant's entries computed here."""
+    """Both aggregate tables, summed over their stripes, equal a grouping of the tenant's entries
+    computed here, and no all-zero row is left behind."""
     entries = await entries_of(runtime, tenant_id)
     want_counts = Counter((e.project_id or "", e.category, e.status) for e in entries)
-    groups: dict[tuple[str, str, str], list[DeadLetterEntry]] = defaultdict(list)
+    want_clusters: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for e in entries:
-        groups[(e.project_id or "", e.error_code, e.template_hash)].append(e)
-    want_clusters = {
-        key: (
-            len(group),
-            sum(e.status == "pending" for e in group),
-            min(e.dead_lettered_at for e in group),
-            max(e.dead_lettered_at for e in group),
-        )
-        for key, group in groups.items()
-    }
+        totals = want_clusters[(e.project_id or "", e.error_code, e.template_hash)]
+        totals[0] += 1
+        totals[1] += e.status == "pending"
     async with runtime.sessions() as session:
-        counts = {
-            (r.project_key, r.category, r.status): r.entries
-            for r in (
-                await session.execute(select(DeadLetterCount).where(DeadLetterCount.tenant_id == tenant_id))
-            ).scalars()
-        }
-        clusters = {
-            (r.project_key, r.error_code, r.template_hash): (r.entries, r.pending, r.first_seen, r.last_seen)
-            for r in (
-                await session.execute(select(DeadLetterCluster).where(DeadLetterCluster.tenant_id == tenant_id))
-            ).scalars()
-        }
-    assert counts == dict(want_counts)
-    assert clusters == want_clusters
+        count_rows = list(
+            (await session.execute(select(DeadLetterCount).where(DeadLetterCount.tenant_id == tenant_id))).scalars()
+        )
+        cluster_rows = list(
+            (await session.execute(select(DeadLetterCluster).where(DeadLetterCluster.tenant_id == tenant_id))).scalars()
+        )
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for r in count_rows:
+        counts[(r.project_key, r.category, r.status)] += r.entries
+    clusters: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for r in cluster_rows:
+        totals = clusters[(r.project_key, r.error_code, r.template_hash)]
+        totals[0] += r.entries
+        totals[1] += r.pending
+    assert {k: v for k, v in counts.items() if v} == dict(want_counts)
+    assert {k: v for k, v in clusters.items() if v != [0, 0]} == dict(want_clusters)
+    assert all(r.entries for r in count_rows)
+    assert all(r.entries or r.pending for r in cluster_rows)
     return entries
 
 
@@ -235,7 +233,7 @@ async def test_aggregates_follow_deletes_and_drop_emptied_rows(client, factory, 
                 )
             ).scalars()
         )
-    assert codes == {"E_IO", "E_TIMEOUT"}
+    assert codes == {"E_IO", "E_TIMEOUT"}  # the emptied cluster's rows are gone
     await assert_stats_match_entries(client, factory, tenant, entries)
     async with runtime.sessions.begin() as session:
         await session.execute(delete(DeadLetterEntry).where(DeadLetterEntry.tenant_id == rows.tenant_id))
@@ -259,6 +257,62 @@ async def test_concurrent_writers_of_one_cluster_keep_the_counts_exact(client, f
     await asyncio.gather(*(insert(n) for n in range(20)), *(replay(e) for e in seeded))
     entries = await assert_aggregates_match_entries(runtime, rows.tenant_id)
     assert Counter(e.status for e in entries) == {"pending": 20, "replaying": 10}
+    await assert_stats_match_entries(client, factory, tenant, entries)
+
+
+async def _connections_on_two_stripes(runtime: Any) -> tuple[Any, Any, list[Any]]:
+    """Two connections whose writes land on different aggregate stripes (backend ids mod 64)."""
+    async def stripe(connection: Any) -> int:
+        value = (await connection.execute(text("SELECT pg_backend_pid() % 64"))).scalar_one()
+        await connection.commit()
+        return value
+
+    opened = [await runtime.engine.connect()]
+    first_stripe = await stripe(opened[0])
+    while True:
+        other = await runtime.engine.connect()
+        opened.append(other)
+        if await stripe(other) != first_stripe:
+            return opened[0], other, opened
+
+
+async def test_writers_of_one_cluster_do_not_wait_for_each_other(client, factory, runtime):
+    """A replay left uncommitted on one connection does not hold up another connection's changes to
+    entries of the same cluster, category and status; an entry added through one connection and
+    removed through the other leaves nothing in the sums."""
+    tenant, rows = await tenant_rows(runtime, factory)
+    seeded = await seed(rows)
+    first, second, opened = await _connections_on_two_stripes(runtime)
+    try:
+        holder = await first.begin()
+        await first.execute(
+            update(DeadLetterEntry)
+            .where(DeadLetterEntry.tenant_id == rows.tenant_id, DeadLetterEntry.entry_id == seeded[1].entry_id)
+            .values(status="replaying")
+        )
+        async with second.begin():
+            await second.execute(text("SET LOCAL lock_timeout = '2s'"))
+            await second.execute(
+                update(DeadLetterEntry)
+                .where(DeadLetterEntry.tenant_id == rows.tenant_id, DeadLetterEntry.entry_id == seeded[9].entry_id)
+                .values(status="replaying")
+            )
+        await holder.commit()
+        added = rows.entry("echo failed after 5 ms", error_code="E_ECHO", category="echo")
+        values = {c.key: getattr(added, c.key) for c in DeadLetterEntry.__table__.columns}
+        async with first.begin():
+            await first.execute(insert(DeadLetterEntry).values({k: v for k, v in values.items() if v is not None}))
+        async with second.begin():
+            await second.execute(
+                delete(DeadLetterEntry).where(
+                    DeadLetterEntry.tenant_id == rows.tenant_id, DeadLetterEntry.entry_id == added.entry_id
+                )
+            )
+    finally:
+        for connection in opened:
+            await connection.close()
+    entries = await assert_aggregates_match_entries(runtime, rows.tenant_id)
+    assert Counter(e.status for e in entries) == {"pending": 8, "replaying": 2}
     await assert_stats_match_entries(client, factory, tenant, entries)
 
 

@@ -133,14 +133,15 @@ def _total(column):  # type: ignore[no-untyped-def]
 
 async def stats(session: AsyncSession, caller: Caller, now: datetime | None = None) -> DeadLetterStats:
     now = now or datetime.now(UTC)
-    # Totals by status and by category: the maintained counts, one row per (project, category,
-    # status), kept exact by triggers on the entries.
+    # Totals by status and by category: the maintained counts (rows per project, category, status
+    # and writer stripe), kept exact by triggers on the entries.
     by_status = StatusTotals()
     per_status: dict[str, int] = {}
     per_category: dict[str, list[int]] = {}
     for category, status, count in await session.execute(
         _aggregate(Counts, caller, Counts.category, Counts.status, _total(Counts.entries))
         .group_by(Counts.category, Counts.status)
+        .having(func.sum(Counts.entries) != 0)
         .order_by(Counts.category, Counts.status)
     ):
         count = int(count)
@@ -181,11 +182,12 @@ async def stats(session: AsyncSession, caller: Caller, now: datetime | None = No
 async def _top_clusters(session: AsyncSession, caller: Caller) -> list[ErrorCluster]:
     """The ten largest (errorCode, template) groups, ties by template, with three sample ids.
 
-    One statement: the groups (count, pending, first/last seen) are the maintained cluster rows
-    (migration 0004) summed over projects; the template is read from one entry of each group that
-    can still make the top ten (the hash is derived from errorCode and template, so every entry of a
-    group carries the same template); the three newest entries of each of the ten groups are a
-    backward range scan of (tenant, errorCode, templateHash, deadLetteredAt, entryId).
+    One statement: the groups (count, pending) are the maintained cluster rows (migration 0004)
+    summed over projects and stripes; the template is read from one entry of each group that can
+    still make the top ten (the hash is derived from errorCode and template, so every entry of a
+    group carries the same template); first and last seen of each of the ten groups are a forward
+    and a backward seek of (tenant, errorCode, templateHash, deadLetteredAt, entryId), and its three
+    newest entries a backward range scan of the same index.
     """
     groups = (
         _aggregate(
@@ -195,10 +197,9 @@ async def _top_clusters(session: AsyncSession, caller: Caller) -> list[ErrorClus
             Clusters.template_hash,
             _total(Clusters.entries).label("n"),
             _total(Clusters.pending).label("pending"),
-            func.min(Clusters.first_seen).label("first"),
-            func.max(Clusters.last_seen).label("last"),
         )
         .group_by(Clusters.error_code, Clusters.template_hash)
+        .having(func.sum(Clusters.entries) > 0)
         .cte("groups")
     )
     # The tenth largest count: no group below it can be in the top ten.
@@ -206,14 +207,20 @@ async def _top_clusters(session: AsyncSession, caller: Caller) -> list[ErrorClus
         select(groups.c.n).order_by(groups.c.n.desc()).offset(TOP_CLUSTERS - 1).limit(1)
         .correlate(None).scalar_subquery()
     )
-    template = (
-        visible(caller, Entry.error_template.label("template"))
-        .where(Entry.error_code == groups.c.error_code, Entry.template_hash == groups.c.template_hash)
-        .limit(1)
-        .lateral("template")
-    )
+
+    def in_group(*columns: Any):  # type: ignore[no-untyped-def]
+        return visible(caller, *columns).where(
+            Entry.error_code == groups.c.error_code, Entry.template_hash == groups.c.template_hash
+        )
+
+    template = in_group(Entry.error_template.label("template")).limit(1).lateral("template")
     top = (
-        select(groups, template.c.template)
+        select(
+            groups,
+            template.c.template,
+            in_group(func.min(Entry.dead_lettered_at)).scalar_subquery().label("first"),
+            in_group(func.max(Entry.dead_lettered_at)).scalar_subquery().label("last"),
+        )
         .select_from(groups.join(template, true()))
         .where(groups.c.n >= func.coalesce(cutoff, 0))
         .order_by(groups.c.n.desc(), template.c.template.asc(), groups.c.error_code.asc())
