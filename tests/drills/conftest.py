@@ -71,16 +71,30 @@ def drill_factory(drill_runtime: Runtime, keys: TestKeys) -> Factory:
     return Factory(drill_runtime, keys)
 
 
+@pytest.fixture(scope="module")
+def drill_gateway(drill_services: DrillServices) -> Iterator[GatewayProcess]:
+    """One gateway process for every drill of a module: the drills show it is never restarted."""
+    gateway = GatewayProcess(drill_services.env, free_port())
+    try:
+        gateway.wait_ready()
+        yield gateway
+    finally:
+        print(gateway.output()[-4000:])  # shown when a drill fails
+        gateway.stop()
+
+
 @pytest.fixture
-def start_gateway(drill_services: DrillServices) -> Iterator[Callable[..., GatewayProcess]]:
-    """``start_gateway(**env)``: a ``jobgate serve`` process on the drill services, ready."""
+def start_gateways(drill_services: DrillServices) -> Iterator[Callable[..., list[GatewayProcess]]]:
+    """``start_gateways(count=1, **env)``: that many ``jobgate serve`` processes on the drill
+    services, started side by side, each ready."""
     started: list[GatewayProcess] = []
 
-    def start(**overrides: str) -> GatewayProcess:
-        gateway = GatewayProcess({**drill_services.env, **overrides}, free_port())
-        started.append(gateway)
-        gateway.wait_ready()
-        return gateway
+    def start(count: int = 1, **overrides: str) -> list[GatewayProcess]:
+        gateways = [GatewayProcess({**drill_services.env, **overrides}, free_port()) for _ in range(count)]
+        started.extend(gateways)
+        for gateway in gateways:
+            gateway.wait_ready()
+        return gateways
 
     yield start
     for gateway in started:

@@ -57,28 +57,14 @@ def _stop_immediate_then_start(postgres) -> Callable[[Load], Awaitable[float]]:
     return outage
 
 
-@pytest.fixture(scope="module")
-def gateway(drill_services):  # type: ignore[no-untyped-def]
-    """One gateway process for both drills of the module: it is never restarted."""
-    from tests.conftest import GatewayProcess, free_port
-
-    process = GatewayProcess(drill_services.env, free_port())
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        print(process.output()[-4000:])  # shown when the drill fails
-        process.stop()
-
-
 @pytest.mark.parametrize("restart", [_restart_fast, _stop_immediate_then_start], ids=["fast", "immediate"])
 async def test_postgres_outage_answers_503_then_recovers_with_every_replay_applied_once(
-    restart, drill_services, drill_runtime, drill_factory, gateway
+    restart, drill_services, drill_runtime, drill_factory, drill_gateway
 ):
     tenant = await drill_factory.tenant()
     entry_ids = await _pending_entries(drill_runtime, tenant, ENTRIES)
     load = Load(
-        urls=[gateway.url],
+        urls=[drill_gateway.url],
         headers=lambda: drill_factory.headers(tenant, reason="drill: replay after the database restart"),
         entry_ids=entry_ids,
         reads=["/jobengine/deadletter?limit=20", "/jobengine/jobs?limit=20", "/jobengine/deadletter/stats"],

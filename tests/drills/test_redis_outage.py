@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from app.storage.shared import PAUSE_AFTER_FAILURE_SECONDS, REDIS_TIMEOUT_SECONDS
-from tests.conftest import GatewayProcess, free_port
+from tests.conftest import GatewayProcess
 from tests.engine.conftest import eventually
 from tests.support.keys import DPoPKey
 
@@ -65,24 +65,13 @@ class Gateway:
         return sum(float(value) for value in _FAIL_OPEN.findall(text))
 
 
-@pytest.fixture(scope="module")
-def gateway_process(drill_services) -> Iterator[GatewayProcess]:  # type: ignore[no-untyped-def]
-    process = GatewayProcess(drill_services.env, free_port())
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        print(process.output()[-4000:])  # shown when the drill fails
-        process.stop()
-
-
 @pytest_asyncio.fixture(loop_scope="session")
-async def gateway(gateway_process, drill_factory) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+async def gateway(drill_gateway, drill_factory) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
     tenant = await drill_factory.tenant()
     dpop_key = DPoPKey.generate()
     token = drill_factory.keys.token(tenant=tenant, scope="orch:read", cnf={"jkt": dpop_key.thumbprint})
-    async with httpx.AsyncClient(base_url=gateway_process.url, timeout=10) as client:
-        gateway = Gateway(gateway_process, client, drill_factory.headers(tenant, reason=None), dpop_key, token)
+    async with httpx.AsyncClient(base_url=drill_gateway.url, timeout=10) as client:
+        gateway = Gateway(drill_gateway, client, drill_factory.headers(tenant, reason=None), dpop_key, token)
         assert (await gateway.read()).status == 200
         assert (await gateway.dpop_read()).status == 200
         yield gateway

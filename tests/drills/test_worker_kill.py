@@ -17,8 +17,8 @@ LEASE = "3"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def gateway_client(start_gateway) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
-    gateway = start_gateway()
+async def gateway_client(start_gateways) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+    [gateway] = start_gateways()
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         yield client
 
