@@ -194,20 +194,45 @@ class Worker:
             failure = JobFailure("handler.error", "internal", f"{type(exc).__name__}: {exc}", retryable=True)
         metrics.WORKER_JOBS.labels(job.job_type, outcome).inc()
         try:
-            if outcome == "succeeded" and job.pack_run_id is None and job.replay_of_entry_id is None:
-                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._successes.append((job, done))
-                self._success_ready.set()
-                await done
-            else:
-                async with self._writes:
-                    await self._record(job, outcome, failure)
+            await self._write_outcome(job, outcome, failure)
         except Exception:  # the lease expires and the job runs again
             log.exception("could not record the outcome of job %s", job.job_id)
         finally:
             self.running.pop((job.tenant_id, job.job_id), None)
             self.completed += 1
             self._slot_freed.set()
+
+    async def _write_outcome(self, job: Claimed, outcome: str, failure: JobFailure | None) -> None:
+        """Record the outcome, retrying with backoff for up to one lease.
+
+        An outcome that is not written makes the job run again once its lease expires, so a brief
+        database outage (a restart, a failover, a timed-out statement) is waited out instead. The
+        heartbeat keeps the lease while the job is still listed as running, and every outcome
+        statement is guarded by the lease owner and the status, so a retry after a write that did
+        commit changes nothing.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.lease_seconds
+        delay, batched = 0.1, True
+        while True:
+            try:
+                if batched and outcome == "succeeded" and job.pack_run_id is None and job.replay_of_entry_id is None:
+                    done: asyncio.Future[None] = loop.create_future()
+                    self._successes.append((job, done))
+                    self._success_ready.set()
+                    await done
+                else:
+                    async with self._writes:
+                        await self._record(job, outcome, failure)
+                return
+            except Exception as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                log.warning(
+                    "recording the outcome of job %s failed (%s); retrying in %.1f s", job.job_id, type(exc).__name__, delay
+                )
+            await asyncio.sleep(delay)
+            delay, batched = min(delay * 2, 2.0), False  # a retry is written on its own
 
     async def _record(self, job: Claimed, outcome: str, failure: JobFailure | None) -> None:
         async with self.runtime.sessions() as session:

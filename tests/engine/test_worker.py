@@ -3,7 +3,10 @@ mid-job is a fault drill: tests/drills/test_worker_kill.py.)"""
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
+
+from sqlalchemy import text
 
 from app.domain.deadletter.templates import error_template, template_hash
 from tests.engine.conftest import eventually
@@ -72,3 +75,52 @@ async def test_each_job_runs_exactly_once_across_two_workers(client, factory, ru
     assert starts == Counter({job_id: 1 for job_id in submitted})
     assert {j.attempt for j in await jobs_of(runtime, tenant)} == {1}
     assert len({worker for *_, worker in read_log(log_path)}) == 2  # both workers took part
+
+
+async def test_an_outcome_refused_twice_by_the_database_is_recorded_and_the_job_runs_once(
+    client, factory, runtime, workers, log_path
+):
+    """The database refuses the first two attempts to record a success (a trigger raising, as a
+    failover or a timed-out statement would); the worker retries and the job neither runs again
+    nor stays leased."""
+    tenant = await factory.tenant()
+    source = await factory.source(client, tenant)
+    refusals = f"outcome_refusals_{uuid.uuid4().hex[:8]}"
+    function = f"refuse_outcome_{uuid.uuid4().hex[:8]}"
+    async with runtime.engine.begin() as conn:
+        await conn.execute(text(f"CREATE SEQUENCE {refusals}"))
+        await conn.execute(
+            text(
+                f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.status = 'succeeded' AND nextval('{refusals}') <= 2 THEN "
+                f"RAISE EXCEPTION 'outcome refused for the test'; END IF; RETURN NEW; END $$"
+            )
+        )
+        tenant_row = await conn.execute(text("SELECT id FROM tenants WHERE key = :k"), {"k": tenant})
+        await conn.execute(
+            text(
+                f"CREATE TRIGGER {function} BEFORE UPDATE ON jobs FOR EACH ROW "
+                f"WHEN (NEW.tenant_id = {tenant_row.scalar_one()}) EXECUTE FUNCTION {function}()"
+            )
+        )
+    try:
+        worker = workers(tenant)
+        await worker.ready()
+        job_id = (await submit(client, factory, tenant, source["sourceId"], "test.record",
+                               payload={"log": log_path}))["jobId"]
+
+        async def succeeded():
+            return next(j for j in await jobs_of(runtime, tenant) if j.job_id == job_id).status == "succeeded"
+
+        await eventually(succeeded, timeout=20)
+        async with runtime.engine.connect() as conn:
+            assert (await conn.execute(text(f"SELECT last_value FROM {refusals}"))).scalar_one() == 3
+        (done,) = await jobs_of(runtime, tenant)
+        assert (done.attempt, done.lease_owner) == (1, None)
+        assert [kind for kind, *_ in read_log(log_path)] == ["start", "end"]
+        assert worker.output().count(f"recording the outcome of job {job_id} failed") == 2
+    finally:
+        async with runtime.engine.begin() as conn:
+            await conn.execute(text(f"DROP TRIGGER IF EXISTS {function} ON jobs"))
+            await conn.execute(text(f"DROP FUNCTION IF EXISTS {function}()"))
+            await conn.execute(text(f"DROP SEQUENCE IF EXISTS {refusals}"))
