@@ -144,12 +144,13 @@ class DrillRedis:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.root), "--protected-mode", "no"],
-            stdout=open(self.root / "redis.log", "ab"),  # noqa: SIM115 - closed with the process
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.root / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(self.root), "--protected-mode", "no"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         client = self.client()
         deadline = time.monotonic() + timeout
         while True:
