@@ -92,8 +92,10 @@ class Load:
 
     async def _client(self, n: int, deadline: float) -> None:
         base = self.urls[n % len(self.urls)]
-        reads = itertools.cycle(self.reads[n % len(self.reads):] + self.reads[: n % len(self.reads)])
-        async with httpx.AsyncClient(base_url=base, timeout=REQUEST_TIMEOUT, headers=self.headers()) as client:
+        reads = itertools.cycle(self.reads[n % len(self.reads) :] + self.reads[: n % len(self.reads)])
+        async with httpx.AsyncClient(
+            base_url=base, timeout=REQUEST_TIMEOUT, headers=self.headers()
+        ) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 tick = time.monotonic() + PACE_SECONDS
                 await self._replay_next(client)
@@ -114,7 +116,9 @@ class Load:
         self.attempted.add(entry_id)
         self._in_flight += 1
         try:
-            answer = await self._send(client, "replay", "POST", f"/jobengine/deadletter/{entry_id}/replay", key=key)
+            answer = await self._send(
+                client, "replay", "POST", f"/jobengine/deadletter/{entry_id}/replay", key=key
+            )
         finally:
             self._in_flight -= 1
         if answer.status == 202:
@@ -123,8 +127,9 @@ class Load:
             wait = float(answer.retry_after) if answer.retry_after and answer.retry_after.isdigit() else 1.0
             self._retries.append((time.monotonic() + wait, entry_id))
 
-    async def _send(self, client: httpx.AsyncClient, kind: str, method: str, path: str, *,
-                    key: str | None = None) -> Answer:
+    async def _send(
+        self, client: httpx.AsyncClient, kind: str, method: str, path: str, *, key: str | None = None
+    ) -> Answer:
         headers = {"Idempotency-Key": key} if key else {}
         started = time.monotonic()
         try:
@@ -136,9 +141,14 @@ class Load:
             if response.headers.get("content-type", "").startswith("application/problem+json"):
                 code = response.json().get("code")
             answer = Answer(
-                kind, started, time.monotonic(), response.status_code,
+                kind,
+                started,
+                time.monotonic(),
+                response.status_code,
                 content_type=response.headers.get("content-type", ""),
-                retry_after=response.headers.get("retry-after"), code=code, key=key,
+                retry_after=response.headers.get("retry-after"),
+                code=code,
+                key=key,
                 replayed=response.headers.get("idempotent-replayed") == "true",
             )
         self.answers.append(answer)

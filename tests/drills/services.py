@@ -51,8 +51,12 @@ def _missing(what: str) -> None:
 
 def pg_bin_dir() -> Path:
     configured = os.environ.get("JOBGATE_TEST_PG_BIN")
-    candidates = [configured] if configured else sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True
+    candidates = (
+        [configured]
+        if configured
+        else sorted(
+            glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True
+        )
     )
     if not configured and shutil.which("pg_ctl"):
         candidates.append(str(Path(shutil.which("pg_ctl")).parent))  # type: ignore[arg-type]
@@ -91,23 +95,50 @@ class DrillPostgres:
                 _missing(f"running as root, but the user {user!r} to run PostgreSQL as does not exist")
             self.root.chmod(0o755)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
-            self._as_user = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+            self._as_user = [
+                "setpriv",
+                f"--reuid={entry.pw_uid}",
+                f"--regid={entry.pw_gid}",
+                "--clear-groups",
+            ]
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [*self._as_user, *args]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=self.root, timeout=60)
+        done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=self.root, timeout=60)
         if check and done.returncode != 0:
-            raise RuntimeError(f"{' '.join(args[:2])} failed: {done.stdout[-1000:]} {done.stderr[-1000:]}\n"
-                               f"{self.server_log()}")
+            raise RuntimeError(
+                f"{' '.join(args[:2])} failed: {done.stdout[-1000:]} {done.stderr[-1000:]}\n"
+                f"{self.server_log()}"
+            )
         return done
 
     def _pg_ctl(self, action: str, *options: str, check: bool = True) -> None:
-        self._run(str(self.bin / "pg_ctl"), action, "-D", str(self.data), "-l", str(self.log), "-w", "-t", "30",
-                  *options, check=check)
+        self._run(
+            str(self.bin / "pg_ctl"),
+            action,
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "30",
+            *options,
+            check=check,
+        )
 
     def init(self) -> None:
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                  "--encoding=UTF8", "--locale=C", "--no-sync")
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(_PG_CONF.format(port=self.port))
 
@@ -121,8 +152,14 @@ class DrillPostgres:
         self._pg_ctl("restart", "-m", mode)
 
     def migrate(self, env: dict[str, str]) -> None:
-        subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], env={**os.environ, **env},
-                       check=True, capture_output=True, cwd=ROOT, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "db", "upgrade"],
+            env={**os.environ, **env},
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+            timeout=120,
+        )
 
     def server_log(self) -> str:
         return self.log.read_text()[-3000:] if self.log.exists() else ""
@@ -146,8 +183,21 @@ class DrillRedis:
     def start(self, timeout: float = 10.0) -> None:
         with open(self.root / "redis.log", "ab") as log:
             self.process = subprocess.Popen(
-                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(self.root), "--protected-mode", "no"],
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.root),
+                    "--protected-mode",
+                    "no",
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -159,7 +209,9 @@ class DrillRedis:
                 break
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {(self.root / 'redis.log').read_text()[-1000:]}")
+                    raise RuntimeError(
+                        f"redis-server did not start: {(self.root / 'redis.log').read_text()[-1000:]}"
+                    )
                 time.sleep(0.05)
             finally:
                 client.close()

@@ -20,7 +20,7 @@ def _as_sqlalchemy_raises_it(driver_error: Exception) -> DBAPIError:
             raise driver_error
         except Exception as exc:
             raise DBAPI.Error(exc.args[0], exc) from exc
-    except Exception as adapted:
+    except Exception as adapted:  # noqa: BLE001 - whatever the adapter raised is what the gateway sees
         return DBAPIError.instance("SELECT 1", None, adapted, DBAPI.Error)
 
 
@@ -29,7 +29,9 @@ def _as_sqlalchemy_raises_it(driver_error: Exception) -> DBAPIError:
     [
         asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
         asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
-        asyncpg.exceptions.CrashShutdownError("terminating connection because of crash of another server process"),
+        asyncpg.exceptions.CrashShutdownError(
+            "terminating connection because of crash of another server process"
+        ),
         asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
         asyncpg.exceptions.ConnectionFailureError("connection failure"),
         asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),
@@ -43,5 +45,7 @@ def test_database_that_cannot_serve_now_is_503_with_retry_after(driver_error):
 
 
 def test_an_error_of_the_query_itself_stays_500():
-    problem = to_problem(_as_sqlalchemy_raises_it(asyncpg.exceptions.UndefinedTableError('relation "x" does not exist')))
+    problem = to_problem(
+        _as_sqlalchemy_raises_it(asyncpg.exceptions.UndefinedTableError('relation "x" does not exist'))
+    )
     assert (problem.status, problem.code) == (500, "internal_error")

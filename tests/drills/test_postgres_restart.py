@@ -26,7 +26,9 @@ LOAD_DEADLINE = 60.0
 async def _pending_entries(runtime, tenant: str, count: int) -> list[str]:
     rows = await Rows.of(runtime, tenant)
     source = rows.source()
-    entries = [rows.entry(f"connection refused by 10.0.0.{n}", source_id=source.source_id) for n in range(count)]
+    entries = [
+        rows.entry(f"connection refused by 10.0.0.{n}", source_id=source.source_id) for n in range(count)
+    ]
     await rows.add(source, *entries)
     return [e.entry_id for e in entries]
 
@@ -67,10 +69,16 @@ async def test_postgres_outage_answers_503_then_recovers_with_every_replay_appli
         urls=[drill_gateway.url],
         headers=lambda: drill_factory.headers(tenant, reason="drill: replay after the database restart"),
         entry_ids=entry_ids,
-        reads=["/jobengine/deadletter?limit=20", "/jobengine/jobs?limit=20", "/jobengine/deadletter/stats", "/readyz"],
+        reads=[
+            "/jobengine/deadletter?limit=20",
+            "/jobengine/jobs?limit=20",
+            "/jobengine/deadletter/stats",
+            "/readyz",
+        ],
     )
     running = asyncio.create_task(load.run(LOAD_DEADLINE))
     try:
+
         async def warmed_up() -> bool:
             return sum(a.ok for a in load.answers) >= 20
 
@@ -102,19 +110,31 @@ async def test_postgres_outage_answers_503_then_recovers_with_every_replay_appli
     last_failure = max((a.ended for a in failures), default=back)
     after = [a for a in failures if a.started >= back]
     stored = sum(1 for a in load.accepted.values() if a.replayed)  # applied, but the first answer was a 503
-    print(f"outage {back - down:.2f}s, {len(failures)} 503s ({len(after)} begun after the database returned, the "
-          f"last ending {last_failure - back:.2f}s after), {len(load.answers)} requests, "
-          f"{stored} replays answered from their stored response")
+    print(
+        f"outage {back - down:.2f}s, {len(failures)} 503s ({len(after)} begun after the database returned, "
+        f"the last ending {last_failure - back:.2f}s after), {len(load.answers)} requests, "
+        f"{stored} replays answered from their stored response"
+    )
     assert last_failure - back <= RECOVERY_SECONDS
 
     await drill_runtime.engine.dispose()  # the test's own pool held connections of the old server
     async with drill_runtime.sessions() as session:
         tenant_id = (await drill_runtime.tenants.get(tenant)).id
-        entries = (await session.execute(select(DeadLetterEntry).where(DeadLetterEntry.tenant_id == tenant_id))).scalars()
+        entries = (
+            await session.execute(select(DeadLetterEntry).where(DeadLetterEntry.tenant_id == tenant_id))
+        ).scalars()
         jobs = (await session.execute(select(Job).where(Job.tenant_id == tenant_id))).scalars()
-        audits = (await session.execute(
-            select(AuditRecord).where(AuditRecord.tenant_id == tenant_id, AuditRecord.action == "deadletter.replay")
-        )).scalars().all()
+        audits = (
+            (
+                await session.execute(
+                    select(AuditRecord).where(
+                        AuditRecord.tenant_id == tenant_id, AuditRecord.action == "deadletter.replay"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
     replayed = set(load.accepted)
     assert replayed == load.attempted and len(replayed) >= 20
     assert {(e.entry_id, e.status, e.replay_count) for e in entries} == {
@@ -129,7 +149,15 @@ async def test_postgres_outage_answers_503_then_recovers_with_every_replay_appli
 def _summary(load: Load, back: float) -> str:
     after = Counter((a.kind, a.status, a.code, a.error) for a in load.since(back))
     waiting = load.attempted - set(load.accepted)
-    answers = {e: [(round(a.started - back, 2), a.status, a.code, a.error) for a in load.answers
-                   if a.key == Load.key_of(e)] for e in sorted(waiting)[:3]}
-    return (f"{len(load.accepted)}/{ENTRIES} replays accepted; answers since the database returned: {dict(after)}; "
-            f"{len(waiting)} attempted, not accepted: {answers}")
+    answers = {
+        e: [
+            (round(a.started - back, 2), a.status, a.code, a.error)
+            for a in load.answers
+            if a.key == Load.key_of(e)
+        ]
+        for e in sorted(waiting)[:3]
+    }
+    return (
+        f"{len(load.accepted)}/{ENTRIES} replays accepted; answers since the database returned: "
+        f"{dict(after)}; {len(waiting)} attempted, not accepted: {answers}"
+    )

@@ -57,8 +57,12 @@ class Gateway:
         response = await self.client.get(READ, headers=headers)
         seconds = time.monotonic() - started
         problem = response.headers.get("content-type", "").startswith("application/problem+json")
-        return Timed(response.status_code, seconds, response.json()["code"] if problem else None,
-                     response.headers.get("retry-after"))
+        return Timed(
+            response.status_code,
+            seconds,
+            response.json()["code"] if problem else None,
+            response.headers.get("retry-after"),
+        )
 
     async def fail_open_count(self) -> float:
         text = (await self.client.get("/metrics")).text
@@ -94,7 +98,9 @@ def _assert_fails_open_and_closed(reads: list[Timed], dpop: list[Timed]) -> None
     slowest = max(r.seconds for r in reads + dpop)
     print(f"{len(reads)} reads and {len(dpop)} DPoP reads, slowest {slowest:.3f}s (bound {bound}s)")
     assert slowest <= bound
-    assert all((d.status, d.code) == (503, "replay_store_unavailable") and d.retry_after for d in dpop), dpop[:3]
+    assert all((d.status, d.code) == (503, "replay_store_unavailable") and d.retry_after for d in dpop), dpop[
+        :3
+    ]
 
 
 async def _assert_normal_again(gateway: Gateway) -> None:
@@ -137,4 +143,3 @@ async def test_redis_paused_does_not_slow_reads_beyond_its_timeout_and_refuses_d
     _assert_fails_open_and_closed(reads, dpop)
     assert await gateway.fail_open_count() > before
     await _assert_normal_again(gateway)
-

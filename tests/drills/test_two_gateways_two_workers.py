@@ -28,9 +28,10 @@ SINGLE_CALLS = 12  # concurrent replays of each single entry
 @pytest_asyncio.fixture(loop_scope="session")
 async def clients(start_gateways) -> AsyncIterator[list[httpx.AsyncClient]]:  # type: ignore[no-untyped-def]
     gateways = start_gateways(2)
-    async with httpx.AsyncClient(base_url=gateways[0].url, timeout=30) as a, httpx.AsyncClient(
-        base_url=gateways[1].url, timeout=30
-    ) as b:
+    async with (
+        httpx.AsyncClient(base_url=gateways[0].url, timeout=30) as a,
+        httpx.AsyncClient(base_url=gateways[1].url, timeout=30) as b,
+    ):
         yield [a, b]
 
 
@@ -46,21 +47,41 @@ async def test_two_gateways_and_two_workers_replay_each_entry_exactly_once(
 
     fail_until = datetime.now(UTC) + FLAKY_UNTIL
     submissions = [
-        (n, code, {"errorCode": code, "category": "transient", "message": f"mirror {n} timed out",
-                   "failUntil": fail_until.isoformat()})
+        (
+            n,
+            code,
+            {
+                "errorCode": code,
+                "category": "transient",
+                "message": f"mirror {n} timed out",
+                "failUntil": fail_until.isoformat(),
+            },
+        )
         for n, code in enumerate(code for code, count in GROUPS.items() for _ in range(count))
     ]
-    await asyncio.gather(*(
-        submit(clients[n % 2], factory, tenant, source["sourceId"], "demo.flaky", payload=payload, maxAttempts=1)
-        for n, _, payload in submissions
-    ))
+    await asyncio.gather(
+        *(
+            submit(
+                clients[n % 2],
+                factory,
+                tenant,
+                source["sourceId"],
+                "demo.flaky",
+                payload=payload,
+                maxAttempts=1,
+            )
+            for n, _, payload in submissions
+        )
+    )
 
     async def all_dead_lettered():
         entries = await entries_of(runtime, tenant)
         return entries if len(entries) == len(submissions) else None
 
     entries = await eventually(all_dead_lettered, timeout=30)
-    assert datetime.now(UTC) < fail_until, "the first runs must dead-letter before the handler starts to succeed"
+    assert datetime.now(UTC) < fail_until, (
+        "the first runs must dead-letter before the handler starts to succeed"
+    )
     ids = {code: sorted(e.entry_id for e in entries if e.error_code == code) for code in GROUPS}
 
     async def handler_succeeds_now():
@@ -74,12 +95,26 @@ async def test_two_gateways_and_two_workers_replay_each_entry_exactly_once(
     batches = [batch[:12], list(reversed(batch[4:]))]  # overlapping by 8
     singles = [(entry_id, n) for entry_id in ids["drill.single"] for n in range(SINGLE_CALLS)]
     pending, batched, single = await asyncio.gather(
-        asyncio.gather(*(clients[n % 2].post("/jobengine/deadletter/replay/pending", json=pending_body,
-                                             headers=headers) for n in range(4))),
-        asyncio.gather(*(clients[n].post("/jobengine/deadletter/replay/batch", json={"entryIds": b},
-                                         headers=headers) for n, b in enumerate(batches))),
-        asyncio.gather(*(clients[n % 2].post(f"/jobengine/deadletter/{entry_id}/replay", headers=headers)
-                         for entry_id, n in singles)),
+        asyncio.gather(
+            *(
+                clients[n % 2].post(
+                    "/jobengine/deadletter/replay/pending", json=pending_body, headers=headers
+                )
+                for n in range(4)
+            )
+        ),
+        asyncio.gather(
+            *(
+                clients[n].post("/jobengine/deadletter/replay/batch", json={"entryIds": b}, headers=headers)
+                for n, b in enumerate(batches)
+            )
+        ),
+        asyncio.gather(
+            *(
+                clients[n % 2].post(f"/jobengine/deadletter/{entry_id}/replay", headers=headers)
+                for entry_id, n in singles
+            )
+        ),
     )
 
     assert [r.status_code for r in pending] == [202] * 4, [r.text for r in pending]
@@ -88,7 +123,9 @@ async def test_two_gateways_and_two_workers_replay_each_entry_exactly_once(
     run_ids = {r.json()["operationRunId"] for r in pending}
     assert sum(not r.json()["deduplicated"] for r in pending) == len(run_ids)
     assert [r.status_code for r in batched] == [200, 200], [r.text for r in batched]
-    by_batches = [r["entryId"] for resp in batched for r in resp.json()["results"] if r["outcome"] == "replayed"]
+    by_batches = [
+        r["entryId"] for resp in batched for r in resp.json()["results"] if r["outcome"] == "replayed"
+    ]
     assert sorted(by_batches) == batch  # each entry by exactly one of the two batches
     accepted = Counter(entry_id for (entry_id, _), r in zip(singles, single) if r.status_code == 202)
     assert accepted == Counter(ids["drill.single"])  # one 202 per entry
@@ -99,7 +136,9 @@ async def test_two_gateways_and_two_workers_replay_each_entry_exactly_once(
 
     async def all_replayed():
         current = await entries_of(runtime, tenant)
-        return current if sorted(e.entry_id for e in current if e.status == "replayed") == replayed_ids else None
+        return (
+            current if sorted(e.entry_id for e in current if e.status == "replayed") == replayed_ids else None
+        )
 
     final = {e.entry_id: e for e in await eventually(all_replayed, timeout=30)}
     jobs = await jobs_of(runtime, tenant)
@@ -107,15 +146,21 @@ async def test_two_gateways_and_two_workers_replay_each_entry_exactly_once(
     assert Counter(j.replay_of_entry_id for j in replay_jobs) == Counter(replayed_ids)  # exactly one each
     for job in replay_jobs:
         assert (job.job_type, job.status, job.attempt) == ("demo.flaky", "succeeded", 1)  # ran once
-        assert (final[job.replay_of_entry_id].replay_count, final[job.replay_of_entry_id].last_replay_job_id) == (
-            1, job.job_id)
+        assert (
+            final[job.replay_of_entry_id].replay_count,
+            final[job.replay_of_entry_id].last_replay_job_id,
+        ) == (1, job.job_id)
     assert len(jobs) == len(submissions) + len(replayed_ids)
     for entry_id in ids["drill.untouched"]:
         assert (final[entry_id].status, final[entry_id].replay_count) == ("pending", 0)
 
     async def runs_completed():
         async with runtime.sessions() as session:
-            runs = (await session.execute(select(OperationRun).where(OperationRun.id.in_(run_ids)))).scalars().all()
+            runs = (
+                (await session.execute(select(OperationRun).where(OperationRun.id.in_(run_ids))))
+                .scalars()
+                .all()
+            )
         return runs if all(run.status == "completed" for run in runs) else None
 
     runs = await eventually(runs_completed)
@@ -125,7 +170,11 @@ async def test_two_gateways_and_two_workers_replay_each_entry_exactly_once(
     assert totals == Counter(matched=16, replayed=16)  # and nothing skipped or failed
     async with runtime.sessions() as session:
         info = await runtime.tenants.get(tenant)
-        audits = (await session.execute(select(AuditRecord).where(AuditRecord.tenant_id == info.id))).scalars().all()
+        audits = (
+            (await session.execute(select(AuditRecord).where(AuditRecord.tenant_id == info.id)))
+            .scalars()
+            .all()
+        )
     audited = Counter((a.action, a.result_status) for a in audits)
     assert audited[("deadletter.replay", 202)] == len(ids["drill.single"])
     assert audited[("deadletter.replay", 409)] == len(singles) - len(ids["drill.single"])

@@ -28,8 +28,14 @@ async def test_job_of_a_sigkilled_worker_runs_again_after_its_lease_expires_and_
 ):
     tenant = await drill_factory.tenant()
     source = await drill_factory.source(gateway_client, tenant)
-    submitted = await submit(gateway_client, drill_factory, tenant, source["sourceId"], "test.record",
-                             payload={"log": log_path, "firstAttemptSeconds": 60, "seconds": 0.2})
+    submitted = await submit(
+        gateway_client,
+        drill_factory,
+        tenant,
+        source["sourceId"],
+        "test.record",
+        payload={"log": log_path, "firstAttemptSeconds": 60, "seconds": 0.2},
+    )
     first = start_worker(tenant, JOBGATE_WORKER_LEASE_SECONDS=LEASE)
     await eventually(lambda: _lines(log_path, "start", 1))
     second = start_worker(tenant, JOBGATE_WORKER_LEASE_SECONDS=LEASE)
@@ -47,15 +53,20 @@ async def test_job_of_a_sigkilled_worker_runs_again_after_its_lease_expires_and_
     done = await eventually(succeeded, timeout=float(LEASE) + 20)
     runs = read_log(log_path)
     assert [(kind, attempt, worker) for kind, _, attempt, _, worker in runs] == [
-        ("start", 1, first.worker_id), ("start", 2, second.worker_id), ("end", 2, second.worker_id)
+        ("start", 1, first.worker_id),
+        ("start", 2, second.worker_id),
+        ("end", 2, second.worker_id),
     ]
     taken_again = runs[1][3]
     print(f"taken again {taken_again - lease_ran_out:.2f}s after the lease ran out")
     assert taken_again >= lease_ran_out - 0.05  # never while the killed worker's lease held
     assert (done.attempt, done.lease_owner) == (2, None)
     assert await entries_of(drill_runtime, tenant) == []  # it completed, it did not dead-letter
-    counts = (await gateway_client.get(f"/jobengine/sources/{source['sourceId']}",
-                                       headers=drill_factory.headers(tenant))).json()["jobCounts"]
+    counts = (
+        await gateway_client.get(
+            f"/jobengine/sources/{source['sourceId']}", headers=drill_factory.headers(tenant)
+        )
+    ).json()["jobCounts"]
     assert counts == {"submitted": 1, "active": 0, "failed": 0}
 
 
