@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 from sqlalchemy import select
 
+from app.http.idempotency import Captured, IdempotencyStore
+from app.http.problems import Problem
+from app.security.caller import Caller
 from app.storage.models import AuditRecord, DeadLetterEntry, Job
 from tests.api.rows import Rows
 from tests.drills.load import REQUEST_TIMEOUT, Load
@@ -144,6 +147,42 @@ async def test_postgres_outage_answers_503_then_recovers_with_every_replay_appli
     applied = Counter(a.idempotency_key for a in audits if a.result_status == 202 and a.result_code is None)
     assert applied == Counter(Load.key_of(e) for e in replayed)  # every 202 audited once, none twice
     assert {a.target for a in audits if a.result_code is None} == replayed
+
+
+@pytest.mark.parametrize("claimed_by", ["same process", "another process"])
+async def test_key_of_a_request_that_failed_while_the_database_was_away_is_free_once_it_is_back(
+    claimed_by, drill_services, drill_runtime, drill_factory
+):
+    tenant = await drill_factory.tenant()
+    caller = Caller(
+        subject="drill",
+        client_id=None,
+        scopes=frozenset(),
+        granted_tenants=(tenant,),
+        tenant=await drill_runtime.tenants.get(tenant),
+        project=None,
+        trace_id="drill-trace-0001",
+        idempotency_key="drill-key-1",
+    )
+    first = IdempotencyStore(drill_runtime.sessions)
+    assert await first.claim(caller, "request-1") is None
+    await asyncio.to_thread(drill_services.postgres.stop, "fast")
+    try:
+        await first.settle(caller, Captured(status=503))  # the key cannot be released now
+    finally:
+        await asyncio.to_thread(drill_services.postgres.start)
+        await drill_runtime.engine.dispose()  # the test's pool held connections of the old server
+    retrying = first if claimed_by == "same process" else IdempotencyStore(drill_runtime.sessions)
+
+    async def claimed_again() -> bool:
+        try:
+            return await retrying.claim(caller, "request-1") is None
+        except Problem as problem:
+            assert problem.code == "idempotency_in_flight"
+            return False
+
+    # The lock of an abandoned claim is 60 s; the released key is free long before that.
+    await eventually(claimed_again, timeout=5)
 
 
 def _summary(load: Load, back: float) -> str:
