@@ -31,5 +31,8 @@ def background_steps() -> list[Step]:
     from app.engine.reconciler import reconcile_step
 
     steps.append(Step("reconcile", 30.0, reconcile_step))
+    from app.domain.deadletter.aggregates import fold_stripes
+
+    steps.append(Step("fold_aggregate_stripes", 60.0, fold_stripes))
     # Steps register here as their modules land.
     return steps

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, text, update
 
+from app.domain.deadletter.aggregates import fold_stripes
 from app.domain.deadletter.templates import error_template, template_hash
 from app.storage.models import DeadLetterCluster, DeadLetterCount, DeadLetterEntry
 from tests.api.rows import Rows, ago, tenant_rows
@@ -225,6 +226,7 @@ async def test_aggregates_follow_deletes_and_drop_emptied_rows(client, factory, 
         )
     entries = await assert_aggregates_match_entries(runtime, rows.tenant_id)
     assert "E_DENIED" not in {e.error_code for e in entries}
+    await fold_stripes(runtime)
     async with runtime.sessions() as session:
         codes = set(
             (
@@ -233,7 +235,7 @@ async def test_aggregates_follow_deletes_and_drop_emptied_rows(client, factory, 
                 )
             ).scalars()
         )
-    assert codes == {"E_IO", "E_TIMEOUT"}  # the emptied cluster's rows are gone
+    assert codes == {"E_IO", "E_TIMEOUT"}  # once folded, the emptied cluster's rows are gone
     await assert_stats_match_entries(client, factory, tenant, entries)
     async with runtime.sessions.begin() as session:
         await session.execute(delete(DeadLetterEntry).where(DeadLetterEntry.tenant_id == rows.tenant_id))
@@ -314,6 +316,32 @@ async def test_writers_of_one_cluster_do_not_wait_for_each_other(client, factory
     entries = await assert_aggregates_match_entries(runtime, rows.tenant_id)
     assert Counter(e.status for e in entries) == {"pending": 8, "replaying": 2}
     await assert_stats_match_entries(client, factory, tenant, entries)
+    assert len(await stripes_of(runtime, rows.tenant_id)) > 1
+
+    # The workers' fold moves every stripe into stripe 0 and drops what sums to zero (the echo
+    # entry's +1 and -1); the sums do not change.
+    assert await fold_stripes(runtime) > 0
+    assert await stripes_of(runtime, rows.tenant_id) == {0}
+    async with runtime.sessions() as session:
+        echo = (
+            await session.execute(
+                select(DeadLetterCluster).where(
+                    DeadLetterCluster.tenant_id == rows.tenant_id, DeadLetterCluster.error_code == "E_ECHO"
+                )
+            )
+        ).scalars().all()
+    assert echo == []
+    entries = await assert_aggregates_match_entries(runtime, rows.tenant_id)
+    await assert_stats_match_entries(client, factory, tenant, entries)
+
+
+async def stripes_of(runtime: Any, tenant_id: int) -> set[int]:
+    async with runtime.sessions() as session:
+        counts = await session.execute(select(DeadLetterCount.stripe).where(DeadLetterCount.tenant_id == tenant_id))
+        clusters = await session.execute(
+            select(DeadLetterCluster.stripe).where(DeadLetterCluster.tenant_id == tenant_id)
+        )
+        return set(counts.scalars()) | set(clusters.scalars())
 
 
 async def test_later_instants_only_widen_the_cluster_range(client, factory, runtime):
