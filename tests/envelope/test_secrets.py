@@ -6,10 +6,12 @@ import io
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import app.http.mutation as mutation_module
 from app.domain.audit.service import audit_row
-from app.security.sanitize import SanitizingFilter, sanitize
+from app.security.sanitize import SanitizingFilter, sanitize, sanitize_everywhere
 from tests.conftest import make_app, serving
 from tests.envelope import audit_rows
 
@@ -217,3 +219,20 @@ async def test_unreachable_database_with_a_password_in_its_url_leaks_it_nowhere(
     assert [r.status_code for r in responses] == [503, 503, 503]
     assert all(r.headers["content-type"].startswith("application/problem+json") for r in responses)
     _assert_clean(*(r.text for r in responses), logs.text)
+
+
+# --- the word pre-check changes nothing ------------------------------------------------------------
+
+_FRAGMENTS = (
+    "Bearer ", "bEaReR ", "DPOP ", "basic ", "eyJhbGciOiJFUzI1NiJ9", ".", "-", "_", "=", ": ", "://", "@", "/",
+    "password", "PassWord", "paſſword", "passwd", "PWD", "secret", "ApI_kEy", "api-key", "access_token",
+    "refresh-token", "token", "[SQL: ", "[parameters: ", "-----BEGIN ", "PRIVATE KEY-----", "-----END ",
+    "example.com", "user", "Kelvin K", "İ", "ß", " ", "\n", '"', "'", "abc123XYZ", "Zm9vYmFyYmF6cXV4",
+    "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", "pwd=", "PASSWD: ", "secret=", "Token=", "api_key=", '"password": "', "redis://:", "https://u:", "@host",
+)
+
+
+@given(st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=6)), max_size=14).map("".join))
+@settings(max_examples=1500, deadline=None)
+def test_sanitize_with_its_word_pre_check_masks_exactly_what_every_pattern_masks(text):
+    assert sanitize(text) == sanitize_everywhere(text)
