@@ -65,6 +65,7 @@ def create_db_app() -> Litestar:
     def handler(path: str, route: dict[str, Any]):  # type: ignore[no-untyped-def]
         statements, limit, key_columns = route["statements"], route["limit"], route["key_columns"]
         page_key = route["page_key"]
+        names: list[str] = []  # the page's camelCase keys, from the first answer's columns
 
         async def page() -> Response[bytes]:
             async with state.pool.acquire() as connection:
@@ -73,7 +74,9 @@ def create_db_app() -> Litestar:
                 rows = await connection.fetch(statements[-1][0], *statements[-1][1])
             more = len(rows) > limit
             rows = rows[:limit]
-            items = [{_camel(k): v for k, v in row.items()} for row in rows]
+            if rows and not names:
+                names.extend(_camel(k) for k in rows[0].keys())
+            items = [dict(zip(names, row.values())) for row in rows]
             last = rows[-1] if rows else None
             token = _token([str(last[c]) for c in key_columns]) if more and last is not None else None
             body = msgspec.json.encode({page_key: items, "continuationToken": token}, order="deterministic")

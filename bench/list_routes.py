@@ -135,7 +135,7 @@ async def capture(gateway_env: dict[str, str], token: str, paths: list[str]) -> 
     from litestar.testing import AsyncTestClient
     from sqlalchemy import event
 
-    os.environ.update(gateway_env)
+    os.environ.update({**gateway_env, "JOBGATE_LOG_LEVEL": "WARNING"})  # no access lines from the capture
     from app.server import create_app
     from app.settings import load_settings
 
