@@ -240,31 +240,36 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    def __init__(self, env: dict[str, str], port: int, *, public_url: str | None = None) -> None:
+    """``jobgate serve --port PORT ARGS`` with the test settings (plus ``overrides``); stdout and
+    stderr to one file."""
+
+    def __init__(
+        self, env: dict[str, str], port: int, *args: str, public_url: str | None = None, **overrides: str
+    ) -> None:
         """``public_url`` (default: the process's own URL) is the base of the DPoP ``htu``."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            env={**os.environ, **env, "JOBGATE_PUBLIC_URL": public_url or self.url},
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *args],
+            env={**os.environ, **env, "JOBGATE_PUBLIC_URL": public_url or self.url, **overrides},
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited: {Path(self.log.name).read_text()[-2000:]}")
+                raise AssertionError(f"gateway exited ({self.process.returncode}): {self.output()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("gateway did not become ready")
+        raise AssertionError(f"gateway not ready within {timeout} s: {self.output()[-2000:]}")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -275,7 +280,7 @@ class GatewayProcess:
         os.unlink(self.log.name)
 
     def output(self) -> str:
-        return Path(self.log.name).read_text()
+        return Path(self.log.name).read_text(errors="replace")
 
 
 @pytest.fixture(scope="session")

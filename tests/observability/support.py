@@ -4,48 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.conftest import ROOT, free_port
+from tests.conftest import GatewayProcess, free_port
 
 
-class Served:
-    """``jobgate serve ARGS`` on a free port with the test settings; stdout and stderr to one file."""
+class Served(GatewayProcess):
+    """``jobgate serve ARGS`` on a free port with the test settings (see ``GatewayProcess``)."""
 
     def __init__(self, env: dict[str, str], *args: str, **overrides: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="served-", suffix=".log", delete=False)  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *args],
-            env={**os.environ, **env, "JOBGATE_PUBLIC_URL": self.url, **overrides},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gateway exited ({self.process.returncode}): {self.output()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"gateway not ready within {timeout} s: {self.output()[-2000:]}")
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        super().__init__(env, free_port(), *args, **overrides)
 
     def json_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.output().splitlines() if line.startswith("{")]
