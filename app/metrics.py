@@ -196,6 +196,22 @@ class JobGauges:
             yield family
 
 
+_OPEN_LABEL_VALUES: dict[str, set[str]] = {}
+
+
+def open_label(kind: str, value: str) -> str:
+    """A counter's label value from an open set (job types, error categories, which submitters and
+    handlers choose): the first :data:`MAX_JOB_TYPE_LABELS` distinct values a process sees keep
+    their name, later ones count as ``other``, so no client can grow the number of series."""
+    seen = _OPEN_LABEL_VALUES.setdefault(kind, set())
+    if value in seen:
+        return value
+    if len(seen) < MAX_JOB_TYPE_LABELS:
+        seen.add(value)
+        return value
+    return "other"
+
+
 def _bounded(counts: dict[str, int]) -> dict[str, int]:
     if len(counts) <= MAX_JOB_TYPE_LABELS:
         return counts

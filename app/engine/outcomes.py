@@ -284,7 +284,9 @@ async def dead_letter(
         .execution_options(synchronize_session=False)
     )
     await session.flush()
-    metrics.DEAD_LETTERED.labels(job.job_type, category).inc()
+    metrics.DEAD_LETTERED.labels(
+        metrics.open_label("job_type", job.job_type), metrics.open_label("category", category)
+    ).inc()
 
 
 async def heartbeat(

@@ -192,7 +192,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a handler bug fails the attempt, not the worker
             outcome = "failed"
             failure = JobFailure("handler.error", "internal", f"{type(exc).__name__}: {exc}", retryable=True)
-        metrics.WORKER_JOBS.labels(job.job_type, outcome).inc()
+        metrics.WORKER_JOBS.labels(metrics.open_label("job_type", job.job_type), outcome).inc()
         try:
             await self._write_outcome(job, outcome, failure)
         except Exception:  # the lease expires and the job runs again

@@ -16,7 +16,7 @@ from app.engine.handlers import load_handlers
 from app.engine.reconciler import reconcile_once
 from app.engine.replays import advance_replays
 from app.engine.worker import Worker
-from app.metrics import JobGauges
+from app.metrics import MAX_JOB_TYPE_LABELS, JobGauges, open_label
 from app.storage.models import DeadLetterEntry, OperationRun
 from tests.conftest import make_app, serving
 from tests.observability.support import samples
@@ -176,3 +176,14 @@ async def test_job_gauges_count_queued_and_running_jobs_per_type_and_are_cached(
     assert fresh.queued[job_type] == 4
     page = (await client.get("/metrics")).text
     assert "jobgate_jobs_queued" in page and "jobgate_jobs_running" in page
+
+
+def test_open_label_values_beyond_the_bound_count_as_other():
+    """Job types and error categories come from submitters and handlers: a process names the first
+    MAX_JOB_TYPE_LABELS distinct values it sees and counts every later one as ``other``."""
+    kind = f"kind-{uuid.uuid4().hex}"
+    names = [f"type.{n}" for n in range(MAX_JOB_TYPE_LABELS)]
+    assert [open_label(kind, name) for name in names] == names
+    assert open_label(kind, "type.late") == "other"
+    assert open_label(kind, names[7]) == names[7]  # a value already seen keeps its name
+    assert open_label(f"{kind}-other-kind", "type.late") == "type.late"  # each kind is bounded alone
