@@ -34,5 +34,8 @@ def background_steps() -> list[Step]:
     from app.domain.deadletter.aggregates import fold_stripes
 
     steps.append(Step("fold_aggregate_stripes", 60.0, fold_stripes))
+    from app.http.idempotency import purge_expired
+
+    steps.append(Step("purge_idempotency_records", 60.0, purge_expired))
     # Steps register here as their modules land.
     return steps

@@ -21,10 +21,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,6 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.http.problems import Problem
 from app.security.caller import Caller
 from app.storage.models import IdempotencyRecord
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 log = logging.getLogger("jobgate.idempotency")
 
@@ -238,3 +241,28 @@ class IdempotencyStore:
                 )
             else:
                 await complete_in(session, caller, captured.status, captured.headers, bytes(captured.body))
+
+
+PURGE_BATCH = 5000
+
+
+async def purge_expired(runtime: Runtime, now: datetime | None = None) -> int:
+    """A background step of the workers: delete up to :data:`PURGE_BATCH` records past their
+    retention (a reused key replaces its expired record anyway; this keeps the table from growing
+    with keys never used again). Returns how many were deleted."""
+    now = now or datetime.now(UTC)
+    async with runtime.sessions.begin() as session:
+        expired = (
+            select(IdempotencyRecord.tenant_id, IdempotencyRecord.subject, IdempotencyRecord.key)
+            .where(IdempotencyRecord.expires_at < now)
+            .limit(PURGE_BATCH)
+        )
+        result = await session.execute(
+            delete(IdempotencyRecord)
+            .where(
+                tuple_(IdempotencyRecord.tenant_id, IdempotencyRecord.subject, IdempotencyRecord.key).in_(expired)
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount or 0
+

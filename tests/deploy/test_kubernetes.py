@@ -185,7 +185,7 @@ def test_a_worker_without_a_scrapable_metrics_port_is_reported() -> None:
 def test_a_worker_pool_smaller_than_its_loops_is_reported() -> None:
     files = mutated(FILES, lambda f: _worker_spec(f)["containers"][0]["env"][0].update(value="10"))
     assert worker_problems(files) == [
-        "the worker's pool of 10 is below the 14 connections its loops may hold"
+        "the worker's pool of 10 is below the 15 connections its loops may hold"
     ]
 
 

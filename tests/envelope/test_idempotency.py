@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from sqlalchemy import select, update
+
 from app.domain.sources import service as sources_service
+from app.http.idempotency import purge_expired
+from app.storage.models import IdempotencyRecord, Tenant
 from tests.envelope import audit_rows, source_ids
 
 SOURCES = "/jobengine/sources"
@@ -228,3 +233,30 @@ async def test_key_of_128_visible_characters_is_accepted(client, factory):
         SOURCES, json={"name": "feed", "sourceType": "scanner"}, headers=_headers(factory, tenant, key)
     )
     assert response.status_code == 201
+
+
+async def test_records_past_their_retention_are_purged_and_newer_ones_kept(client, factory, runtime):
+    """The workers' purge step deletes records whose retention is over; the record of a key used
+    within it still answers its retry."""
+    tenant = await factory.tenant()
+    body = {"name": "feed", "sourceType": "scanner"}
+    for key in ("old-key", "new-key"):
+        response = await client.post(SOURCES, json=body, headers=_headers(factory, tenant, key))
+        assert response.status_code == 201
+    async with runtime.sessions.begin() as session:
+        await session.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.key == "old-key", IdempotencyRecord.tenant_id == (
+                select(Tenant.id).where(Tenant.key == tenant).scalar_subquery()))
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    assert await purge_expired(runtime) >= 1
+
+    async def keys() -> set[str]:
+        async with runtime.sessions() as session:
+            stmt = select(IdempotencyRecord.key).join(Tenant, Tenant.id == IdempotencyRecord.tenant_id)
+            return set((await session.execute(stmt.where(Tenant.key == tenant))).scalars())
+
+    assert await keys() == {"new-key"}
+    again = await client.post(SOURCES, json=body, headers=_headers(factory, tenant, "new-key"))
+    assert again.status_code == 201 and again.headers.get("idempotent-replayed") == "true"
