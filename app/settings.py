@@ -237,6 +237,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if not 1 <= shutdown_grace <= 3600:
         raise SettingsError("JOBGATE_SHUTDOWN_GRACE_SECONDS must be between 1 and 3600")
 
+    embedded_worker = get("EMBEDDED_WORKER", "false").lower()
+    if embedded_worker not in {"true", "false"}:
+        raise SettingsError(f"JOBGATE_EMBEDDED_WORKER must be true or false (got {embedded_worker!r})")
+
     prefix = get("REDIS_PREFIX", "jobgate:")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
         raise SettingsError("JOBGATE_REDIS_PREFIX must be 1-64 characters of [A-Za-z0-9_.:-]")
@@ -258,6 +262,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cors_origins=cors,
         rate_limit=_parse_rate(get("RATE_LIMIT", "600/minute")),
         max_body_bytes=max_body,
+        embedded_worker=embedded_worker == "true",
         database_pool_size=pool_size,
         log_format=log_format,
         log_level=log_level,

@@ -60,3 +60,17 @@ async def test_embedded_worker_is_not_started_on_postgresql(runtime):
     stop = await embedded.start(runtime)
     assert not embedded.wanted(runtime)
     await stop()
+
+
+async def test_embedded_worker_setting_starts_a_worker_beside_a_postgresql_gateway(runtime):
+    import asyncio
+    import dataclasses
+
+    chosen = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, embedded_worker=True))
+    assert embedded.wanted(chosen)
+    stop = await embedded.start(chosen)
+    try:
+        assert "jobgate-embedded-worker" in {task.get_name() for task in asyncio.all_tasks()}
+    finally:
+        await stop()
+    assert "jobgate-embedded-worker" not in {task.get_name() for task in asyncio.all_tasks() if not task.done()}

@@ -66,6 +66,13 @@ def test_defaults_are_the_embedded_development_setup(data_dir):
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.cors_origins == ()
     assert [kid for kid, _ in settings.cursor_secrets] == ["dev"]
+    assert settings.embedded_worker is False
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("TRUE", True), ("false", False)])
+def test_embedded_worker_setting_is_read(data_dir, value, expected):
+    settings = load_settings({"JOBGATE_DATA_DIR": str(data_dir), "JOBGATE_EMBEDDED_WORKER": value})
+    assert settings.embedded_worker is expected
 
 
 def test_dev_cursor_secret_is_created_once_and_kept(data_dir):
@@ -127,6 +134,7 @@ def test_valid_production_settings_load(prod):
         ("JOBGATE_MAX_BODY_BYTES", "lots"),
         ("JOBGATE_MAX_BODY_BYTES", "100"),
         ("JOBGATE_REDIS_PREFIX", "has space"),
+        ("JOBGATE_EMBEDDED_WORKER", "yes please"),
     ],
 )
 def test_invalid_variable_is_refused_naming_it(data_dir, variable, value):
