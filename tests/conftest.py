@@ -12,6 +12,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -239,6 +240,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process_group(process: subprocess.Popen[Any], *, graceful: bool = True, timeout: float = 10) -> None:
+    """Stop a process started with ``start_new_session=True`` and every process of its group:
+    SIGTERM first (unless not ``graceful``), SIGKILL to the group after ``timeout``."""
+    if graceful and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # what is left of the group, also after the server exited
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait(10)
+
+
 class GatewayProcess:
     """``jobgate serve --port PORT ARGS`` with the test settings (plus ``overrides``); stdout and
     stderr to one file."""
@@ -256,6 +273,7 @@ class GatewayProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            start_new_session=True,  # granian's workers are its children: stopped with it as one group
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -271,12 +289,12 @@ class GatewayProcess:
             time.sleep(0.1)
         raise AssertionError(f"gateway not ready within {timeout} s: {self.output()[-2000:]}")
 
+    def kill(self) -> None:
+        """SIGKILL to the server and its workers (killing the server alone would orphan them)."""
+        stop_process_group(self.process, graceful=False)
+
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process_group(self.process)
         os.unlink(self.log.name)
 
     def output(self) -> str:

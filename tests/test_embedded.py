@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.seed import SOURCES, demo_id
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process_group
 
 CURL_LINE = re.compile(
     r"curl -s (?P<url>http://\S+) -H 'Authorization: Bearer (?P<token>[^']+)' -H 'X-Stella-Tenant: (?P<tenant>[^']+)'"
@@ -37,6 +37,7 @@ class EmbeddedGateway:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -71,12 +72,7 @@ class EmbeddedGateway:
         return next((m for m in map(CURL_LINE.search, list(self.lines)) if m), None)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process_group(self.process)
         self._reader.join(5)
 
 

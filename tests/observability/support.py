@@ -20,9 +20,7 @@ class Served(GatewayProcess):
         return [json.loads(line) for line in self.output().splitlines() if line.startswith("{")]
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        self.kill()
         os.unlink(self.log.name)
 
 
