@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -28,3 +29,21 @@ async def upgrade(engine: AsyncEngine) -> None:
 
     async with engine.begin() as connection:
         await connection.run_sync(_upgrade)
+
+
+@functools.cache
+def known_revisions() -> tuple[str, ...]:
+    """The migration revisions this code ships, oldest first; the last is head."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return tuple(reversed([revision.revision for revision in script.walk_revisions()]))
+
+
+def schema_behind(version: str | None) -> bool:
+    """Whether a database at ``version`` lacks migrations this code needs. A revision this code
+    does not know is a newer release's (migrations keep the previous release working, see
+    docs/deploy.md), so only a known revision before head, or none at all, is behind."""
+    revisions = known_revisions()
+    return version is None or (version in revisions and version != revisions[-1])
+
