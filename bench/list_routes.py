@@ -46,6 +46,7 @@ from bench.run_foundation import (  # noqa: E402
     bench_environment,
     fail,
     gateway_settings,
+    load_options,
     machine,
     measure,
     new_server,
@@ -175,12 +176,7 @@ async def capture(gateway_env: dict[str, str], token: str, paths: list[str]) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (default 5)")
-    parser.add_argument("--rounds", type=int, default=2, help="measurements per load, alternating order")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per load (default 2)")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: the CPU is shared)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser = load_options(__doc__, duration=5, rounds=2)
     parser.add_argument("--routes", default=",".join(ROUTES), help="comma-separated paths (default: all)")
     args = parser.parse_args()
     paths = [p for p in args.routes.split(",") if p]

@@ -487,13 +487,19 @@ def bench_environment() -> Iterator[BenchEnvironment]:
             print(f"bench: could not delete Redis keys {env.prefix}* ({exc})", file=sys.stderr)
         shutil.rmtree(env.workdir, ignore_errors=True)
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=6, help="seconds per measurement (default 6)")
-    parser.add_argument("--rounds", type=int, default=3, help="measurements per load, alternating order")
+def load_options(doc: str, *, duration: int, rounds: int) -> argparse.ArgumentParser:
+    """The options of every wrk-driven benchmark (what ``measure`` reads)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=duration, help=f"seconds per measurement (default {duration})")
+    parser.add_argument("--rounds", type=int, default=rounds, help="measurements per load, alternating order")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per load (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: the CPU is shared)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    return parser
+
+
+def main() -> None:
+    parser = load_options(__doc__, duration=6, rounds=3)
     parser.add_argument("--profile", action="store_true", help="also sample the gateway with py-spy")
     args = parser.parse_args()
 
