@@ -15,6 +15,7 @@ from app.security.tokens import TokenVerifier
 from app.settings import Settings
 from app.storage import migrate
 from app.storage.db import create_engine, session_factory
+from app.storage.reads import SESSION_INFO_KEY, DriverReads
 from app.storage.shared import SharedStore, create_store
 
 log = logging.getLogger("jobgate")
@@ -49,7 +50,10 @@ class Runtime:
             settings=settings,
             engine=engine,
             sessions=sessions,
-            read_sessions=session_factory(engine.execution_options(isolation_level="AUTOCOMMIT")),
+            read_sessions=session_factory(
+                engine.execution_options(isolation_level="AUTOCOMMIT"),
+                info={SESSION_INFO_KEY: DriverReads(engine)} if DriverReads.supports(engine) else None,
+            ),
             store=store,
             keys=keys,
             tokens=TokenVerifier(keys, issuer=settings.issuer, audience=settings.audience),

@@ -147,6 +147,7 @@ _UNAVAILABLE_DRIVER_ERRORS = frozenset(
         "ConnectionDoesNotExistError",
         "ConnectionFailureError",
         "InterfaceError",
+        "InternalClientError",
         "AdminShutdownError",
         "CrashShutdownError",
         "QueryCanceledError",
@@ -158,10 +159,18 @@ _UNAVAILABLE_DRIVER_ERRORS = frozenset(
 _UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "57014")
 
 
+def _driver_error(exc: Exception) -> bool:
+    """An error of asyncpg itself: raised by reads run with the driver (``app/storage/reads.py``)."""
+    return type(exc).__module__.startswith("asyncpg")
+
+
 def _sqlstate(exc: Exception) -> str:
-    if not isinstance(exc, DBAPIError):
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+    elif _driver_error(exc):
+        orig = exc
+    else:
         return ""
-    orig = exc.orig
     state = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
     return state if isinstance(state, str) else ""
 
@@ -169,6 +178,8 @@ def _sqlstate(exc: Exception) -> str:
 def _database_unavailable(exc: Exception) -> bool:
     if isinstance(exc, (OperationalError, PoolTimeoutError, OSError, ConnectionError)):
         return True
+    if _driver_error(exc):
+        return type(exc).__name__ in _UNAVAILABLE_DRIVER_ERRORS or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES)
     if not isinstance(exc, DBAPIError):
         return False
     if exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES):

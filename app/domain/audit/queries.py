@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.audit.schemas import AuditPage, AuditView
-from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
 from app.security.caller import Caller
 from app.storage.models import AuditRecord
 from app.instants import iso_or_none
@@ -38,6 +38,24 @@ def view(row: AuditRecord, tenant: str) -> AuditView:
     )
 
 
+FILTERS = (("action", AuditRecord.action), ("subject", AuditRecord.subject), ("target", AuditRecord.target))
+
+
+def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
+    stmt = select(AuditRecord).where(AuditRecord.tenant_id == bindparam("tenant"))
+    for name, column in (("project", AuditRecord.project_id), *FILTERS):
+        if name in present:
+            stmt = stmt.where(column == bindparam(name))
+    if "from" in present:
+        stmt = stmt.where(AuditRecord.occurred_at >= bindparam("from"))
+    if "to" in present:
+        stmt = stmt.where(AuditRecord.occurred_at < bindparam("to"))
+    return stmt
+
+
+LIST = PageQuery(_list, ORDER)
+
+
 async def list_audit(
     session: AsyncSession,
     caller: Caller,
@@ -51,19 +69,9 @@ async def list_audit(
     limit: int,
     token: str | None,
 ) -> AuditPage:
-    stmt = select(AuditRecord).where(AuditRecord.tenant_id == caller.tenant_id)
-    if caller.project is not None:
-        stmt = stmt.where(AuditRecord.project_id == caller.project)
     filters: dict[str, Any] = {"action": action, "subject": subject, "target": target}
-    for name, column in (("action", AuditRecord.action), ("subject", AuditRecord.subject), ("target", AuditRecord.target)):
-        if filters[name] is not None:
-            stmt = stmt.where(column == filters[name])
-    if occurred_from is not None:
-        stmt = stmt.where(AuditRecord.occurred_at >= occurred_from)
-    if occurred_to is not None:
-        stmt = stmt.where(AuditRecord.occurred_at < occurred_to)
+    values = {**filters, "tenant": caller.tenant_id, "project": caller.project, "from": occurred_from, "to": occurred_to}
     bound = (*sorted(filters.items()), ("from", iso_or_none(occurred_from)), ("to", iso_or_none(occurred_to)))
     scope = PageScope(caller.tenant.key, caller.project, "audit", bound, ORDER.name)
-    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    rows, next_token = await fetch_page(session, LIST, values, limit=limit, token=token, scope=scope, codec=codec)
     return AuditPage(items=[view(r, caller.tenant.key) for r in rows], continuation_token=next_token)
-

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import BigInteger, case, cast, func, select, true
+from sqlalchemy import BigInteger, bindparam, case, cast, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.deadletter.schemas import (
@@ -18,7 +19,7 @@ from app.domain.deadletter.schemas import (
     SummaryGroup,
     SummaryPage,
 )
-from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
 from app.http.problems import not_found
 from app.security.caller import Caller
 from app.storage.models import DeadLetterCluster as Clusters
@@ -81,14 +82,25 @@ class EntryFilter:
         self.dead_lettered_from = dead_lettered_from
         self.dead_lettered_to = dead_lettered_to
 
-    def apply(self, stmt):  # type: ignore[no-untyped-def]
-        for name, value in self.equals.items():
-            stmt = stmt.where(self.COLUMNS[name] == value)
-        if self.dead_lettered_from is not None:
-            stmt = stmt.where(Entry.dead_lettered_at >= self.dead_lettered_from)
-        if self.dead_lettered_to is not None:
-            stmt = stmt.where(Entry.dead_lettered_at < self.dead_lettered_to)
+    @classmethod
+    def narrowed(cls, stmt, present: frozenset[str], value: Callable[[str], Any] = bindparam):  # type: ignore[no-untyped-def]
+        """``stmt`` with the condition of each filter named in ``present``, comparing with
+        ``value(name)``: a bound parameter of that name unless given."""
+        for name, column in cls.COLUMNS.items():
+            if name in present:
+                stmt = stmt.where(column == value(name))
+        if "from" in present:
+            stmt = stmt.where(Entry.dead_lettered_at >= value("from"))
+        if "to" in present:
+            stmt = stmt.where(Entry.dead_lettered_at < value("to"))
         return stmt
+
+    def values(self) -> dict[str, Any]:
+        return {**self.equals, "from": self.dead_lettered_from, "to": self.dead_lettered_to}
+
+    def apply(self, stmt):  # type: ignore[no-untyped-def]
+        values = self.values()
+        return self.narrowed(stmt, frozenset(k for k, v in values.items() if v is not None), values.__getitem__)
 
     def binding(self) -> tuple[tuple[str, Any], ...]:
         times = (("from", iso_or_none(self.dead_lettered_from)), ("to", iso_or_none(self.dead_lettered_to)))
@@ -99,12 +111,23 @@ class EntryFilter:
 
 
 
+def _visible_bound(present: frozenset[str], *columns: Any):  # type: ignore[no-untyped-def]
+    """:func:`visible` with the tenant and project as bound parameters (for a :class:`PageQuery`)."""
+    stmt = (select(*columns) if columns else select(Entry)).where(Entry.tenant_id == bindparam("tenant"))
+    if "project" in present:
+        stmt = stmt.where(Entry.project_id == bindparam("project"))
+    return stmt
+
+
+LIST = PageQuery(lambda present: EntryFilter.narrowed(_visible_bound(present), present), ORDER)
+
+
 async def list_entries(
     session: AsyncSession, caller: Caller, codec: CursorCodec, *, filters: EntryFilter, limit: int, token: str | None
 ) -> EntryPage:
-    stmt = filters.apply(visible(caller))
+    values = {**filters.values(), "tenant": caller.tenant_id, "project": caller.project}
     scope = PageScope(caller.tenant.key, caller.project, "deadletter", filters.binding(), ORDER.name)
-    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    rows, next_token = await fetch_page(session, LIST, values, limit=limit, token=token, scope=scope, codec=codec)
     return EntryPage(items=[view(r) for r in rows], continuation_token=next_token)
 
 
@@ -262,24 +285,28 @@ async def _top_clusters(session: AsyncSession, caller: Caller) -> list[ErrorClus
     return list(clusters.values())
 
 
-async def summary(
-    session: AsyncSession, caller: Caller, codec: CursorCodec, *, limit: int, token: str | None
-) -> SummaryPage:
-    """Groups by (category, errorCode), in that order, paged by the group key."""
-    group = Keyset((Entry.category, Entry.error_code))
-    stmt = visible(
-        caller,
+SUMMARY = PageQuery(
+    lambda present: _visible_bound(
+        present,
         Entry.category,
         Entry.error_code,
         func.count().label("total"),
         _pending_count().label("pending"),
         func.min(Entry.dead_lettered_at).label("first"),
         func.max(Entry.dead_lettered_at).label("last"),
-    ).group_by(Entry.category, Entry.error_code)
-    scope = PageScope(caller.tenant.key, caller.project, "deadletter-summary", (), group.name)
-    rows, next_token = await fetch_page(
-        session, stmt, group, limit=limit, token=token, scope=scope, codec=codec, scalars=False
-    )
+    ).group_by(Entry.category, Entry.error_code),
+    Keyset((Entry.category, Entry.error_code)),
+    scalars=False,
+)
+
+
+async def summary(
+    session: AsyncSession, caller: Caller, codec: CursorCodec, *, limit: int, token: str | None
+) -> SummaryPage:
+    """Groups by (category, errorCode), in that order, paged by the group key."""
+    scope = PageScope(caller.tenant.key, caller.project, "deadletter-summary", (), SUMMARY.keyset.name)
+    values = {"tenant": caller.tenant_id, "project": caller.project}
+    rows, next_token = await fetch_page(session, SUMMARY, values, limit=limit, token=token, scope=scope, codec=codec)
     return SummaryPage(
         items=[
             SummaryGroup(

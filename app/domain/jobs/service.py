@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.jobs.schemas import JobPage, JobSummary, JobTypeCounts, JobView, StatusCounts
-from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
 from app.http.problems import not_found
 from app.security.caller import Caller
 from app.storage.models import Job
@@ -51,6 +51,20 @@ def visible(caller: Caller, *columns: Any):  # type: ignore[no-untyped-def]
     return stmt
 
 
+FILTERS = {"status": Job.status, "jobType": Job.job_type, "sourceId": Job.source_id, "packRunId": Job.pack_run_id}
+
+
+def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
+    stmt = select(Job).where(Job.tenant_id == bindparam("tenant"))
+    for name, column in (("project", Job.project_id), *FILTERS.items()):
+        if name in present:
+            stmt = stmt.where(column == bindparam(name))
+    return stmt
+
+
+LIST = PageQuery(_list, ORDER)
+
+
 async def list_jobs(
     session: AsyncSession,
     caller: Caller,
@@ -60,13 +74,12 @@ async def list_jobs(
     limit: int,
     token: str | None,
 ) -> JobPage:
-    stmt = visible(caller)
-    columns = {"status": Job.status, "jobType": Job.job_type, "sourceId": Job.source_id, "packRunId": Job.pack_run_id}
-    for name, value in filters.items():
-        if value is not None:
-            stmt = stmt.where(columns[name] == value)
+    unknown = set(filters) - set(FILTERS)
+    if unknown:
+        raise ValueError(f"unknown filters: {unknown}")
+    values = {**filters, "tenant": caller.tenant_id, "project": caller.project}
     scope = PageScope(caller.tenant.key, caller.project, "jobs", tuple(sorted(filters.items())), ORDER.name)
-    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    rows, next_token = await fetch_page(session, LIST, values, limit=limit, token=token, scope=scope, codec=codec)
     return JobPage(items=[view(r) for r in rows], continuation_token=next_token)
 
 

@@ -24,7 +24,7 @@ from app.domain.operations.schemas import (
     TenantOperationProgressOverlay,
 )
 from app.domain.operations.thresholds import Thresholds, ThresholdsError, configured
-from app.http.paging import ContinuationToken, Keyset, Limit, PageScope, fetch_page
+from app.http.paging import ContinuationToken, Keyset, Limit, PageScope, fetch_built_page
 from app.http.problems import Problem, not_found
 from app.http.routes import location, protected
 from app.security.caller import Caller
@@ -118,7 +118,7 @@ async def list_operations(
         ("tenants", sorted(seen.tenants)),
     )
     scope = PageScope(caller.tenant.key, caller.project, "operations", filters, ORDER.name)
-    rows, token = await fetch_page(
+    rows, token = await fetch_built_page(
         session, stmt, ORDER, limit=limit, token=continuation_token, scope=scope, codec=runtime.cursors
     )
     items = [service.list_item(run, service.projection(run, now, thresholds)) for run in rows]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.packruns.schemas import PackRunPage, PackRunView, StepCounts
-from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
 from app.http.problems import not_found
 from app.security.caller import Caller
 from app.storage.models import PackRun
@@ -41,6 +41,17 @@ def visible(caller: Caller):  # type: ignore[no-untyped-def]
     return stmt
 
 
+def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
+    stmt = select(PackRun).where(PackRun.tenant_id == bindparam("tenant"))
+    for name, column in (("project", PackRun.project_id), ("status", PackRun.status), ("packName", PackRun.pack_name)):
+        if name in present:
+            stmt = stmt.where(column == bindparam(name))
+    return stmt
+
+
+LIST = PageQuery(_list, ORDER)
+
+
 async def list_pack_runs(
     session: AsyncSession,
     caller: Caller,
@@ -51,15 +62,11 @@ async def list_pack_runs(
     limit: int,
     token: str | None,
 ) -> PackRunPage:
-    stmt = visible(caller)
-    if status is not None:
-        stmt = stmt.where(PackRun.status == status)
-    if pack_name is not None:
-        stmt = stmt.where(PackRun.pack_name == pack_name)
+    values = {"tenant": caller.tenant_id, "project": caller.project, "status": status, "packName": pack_name}
     scope = PageScope(
         caller.tenant.key, caller.project, "pack-runs", (("status", status), ("packName", pack_name)), ORDER.name
     )
-    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    rows, next_token = await fetch_page(session, LIST, values, limit=limit, token=token, scope=scope, codec=codec)
     return PackRunPage(items=[view(r) for r in rows], continuation_token=next_token)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import bindparam, case, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +19,7 @@ from app.domain.quotas.schemas import (
     QuotaUsage,
     QuotaView,
 )
-from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
 from app.http.problems import FieldError, Problem, not_found
 from app.security.caller import Caller
 from app.security.sanitize import sanitize
@@ -46,6 +46,17 @@ def view(quota: Quota) -> QuotaView:
     )
 
 
+def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
+    stmt = select(Quota).where(Quota.tenant_id == bindparam("tenant"))
+    for name, column in (("jobType", Quota.job_type), ("paused", Quota.paused)):
+        if name in present:
+            stmt = stmt.where(column == bindparam(name))
+    return stmt
+
+
+LIST = PageQuery(_list, ORDER)
+
+
 async def list_quotas(
     session: AsyncSession,
     caller: Caller,
@@ -56,17 +67,11 @@ async def list_quotas(
     limit: int,
     token: str | None,
 ) -> QuotaPage:
-    stmt = select(Quota).where(Quota.tenant_id == caller.tenant_id)
-    if job_type is not None:
-        stmt = stmt.where(Quota.job_type == job_type)
-    if paused is not None:
-        stmt = stmt.where(Quota.paused == paused)
+    values = {"tenant": caller.tenant_id, "jobType": job_type, "paused": paused}
     scope = PageScope(
         caller.tenant.key, None, "quotas", (("jobType", job_type), ("paused", paused)), ORDER.name
     )
-    rows, next_token = await fetch_page(
-        session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec
-    )
+    rows, next_token = await fetch_page(session, LIST, values, limit=limit, token=token, scope=scope, codec=codec)
     return QuotaPage(items=[view(r) for r in rows], continuation_token=next_token)
 
 

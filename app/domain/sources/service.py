@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.sources.schemas import JobCounts, SourceCreate, SourcePage, SourceReplace, SourceView
-from app.http.paging import CursorCodec, Keyset, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
 from app.http.problems import Problem, not_found
 from app.security.caller import Caller
 from app.storage.models import Source
@@ -40,6 +40,17 @@ def _visible(caller: Caller):  # type: ignore[no-untyped-def]
     return stmt
 
 
+def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
+    stmt = select(Source).where(Source.tenant_id == bindparam("tenant"))
+    for name, column in (("project", Source.project_id), ("sourceType", Source.source_type), ("enabled", Source.enabled)):
+        if name in present:
+            stmt = stmt.where(column == bindparam(name))
+    return stmt
+
+
+LIST = PageQuery(_list, ORDER)
+
+
 async def list_sources(
     session: AsyncSession,
     caller: Caller,
@@ -50,15 +61,11 @@ async def list_sources(
     limit: int,
     token: str | None,
 ) -> SourcePage:
-    stmt = _visible(caller)
-    if source_type is not None:
-        stmt = stmt.where(Source.source_type == source_type)
-    if enabled is not None:
-        stmt = stmt.where(Source.enabled == enabled)
+    values = {"tenant": caller.tenant_id, "project": caller.project, "sourceType": source_type, "enabled": enabled}
     scope = PageScope(
         caller.tenant.key, caller.project, "sources", (("sourceType", source_type), ("enabled", enabled)), ORDER.name
     )
-    rows, next_token = await fetch_page(session, stmt, ORDER, limit=limit, token=token, scope=scope, codec=codec)
+    rows, next_token = await fetch_page(session, LIST, values, limit=limit, token=token, scope=scope, codec=codec)
     return SourcePage(items=[view(r) for r in rows], continuation_token=next_token)
 
 

@@ -1,0 +1,191 @@
+"""Read statements run with the database driver itself, on a connection of the engine's pool.
+
+A list page costs the gateway mostly SQLAlchemy's execution path (session, execution context,
+result set-up: about three times the driver's own work for a 50-row page), not the database. On
+PostgreSQL a read :class:`~sqlalchemy.Select` is therefore compiled once per statement shape
+(SQLAlchemy's own cache key: the same shape with other values is the same compiled SQL), its
+values bound with the compiled statement's bind processors, run with asyncpg's ``fetch`` on a
+connection checked out of the engine's pool (the same pool and connection budget as every other
+query), and each column's value passed through its type's result processor, so that rows equal
+what the session would return (``tests/storage/test_reads.py`` holds the two equal statement by
+statement). Elsewhere (the embedded SQLite default) the statement runs on the session.
+
+The statement runs in the driver's autocommit mode, as every read of a GET does. A connection
+error invalidates the connection, and a disconnect every connection of the pool opened before it,
+as SQLAlchemy does itself.
+
+SQLite, and a session already inside a transaction (the read must see its writes), use the
+session; so does a statement SQLAlchemy cannot cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.util import greenlet_spawn
+
+log = logging.getLogger("jobgate.reads")
+
+COMPILED_CACHE_SIZE = 512
+# Errors of the connection rather than of the statement: the connection is not reused.
+_CONNECTION_ERRORS = (
+    "ConnectionDoesNotExistError",
+    "ConnectionFailureError",
+    "InterfaceError",
+    "InternalClientError",
+    "AdminShutdownError",
+    "CrashShutdownError",
+    "CannotConnectNowError",
+)
+
+
+class _Plan:
+    """One compiled statement shape: its SQL, parameter order and value processors."""
+
+    __slots__ = ("compiled", "sql", "positions", "binders", "results", "expanding")
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.sql: str = compiled.string
+        self.positions: Sequence[str] = compiled.positiontup or ()
+        self.binders: dict[str, Callable[[Any], Any]] = dict(compiled._bind_processors)
+        self.expanding = bool(compiled.post_compile_params or compiled.literal_execute_params)
+        dialect = compiled.dialect
+        self.results: list[Callable[[Any], Any] | None] = [
+            column.type._cached_result_processor(dialect, None) for column in compiled._result_columns
+        ]
+
+    def arguments(self, key: Any, params: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+        if key is None:  # a statement built once: every value is in ``params``
+            values = self.compiled.construct_params(params, escape_names=False, _no_postcompile=True)
+        else:  # a statement built for this request: its values are in its cache key
+            values = self.compiled.construct_params(
+                extracted_parameters=key.bindparams,
+                escape_names=False,
+                _collected_params=key.params,
+                _no_postcompile=True,
+            )
+        sql, positions, binders = self.sql, self.positions, self.binders
+        if self.expanding:
+            expanded = self.compiled._process_parameters_for_postcompile(values)
+            sql, positions, binders, values = (
+                expanded.statement,
+                expanded.positiontup or (),
+                expanded.processors,
+                expanded.parameters,
+            )
+        arguments = []
+        for name in positions:
+            value = values[name]
+            bind = binders.get(name)
+            arguments.append(value if bind is None or value is None else bind(value))
+        return sql, arguments
+
+    def rows(self, records: list[Any]) -> list[tuple[Any, ...]]:
+        results = self.results
+        if not any(results):
+            return [tuple(record) for record in records]
+        processed = [(i, p) for i, p in enumerate(results) if p is not None]
+        out = []
+        for record in records:
+            row = list(record)
+            for i, process in processed:
+                row[i] = process(row[i])
+            out.append(tuple(row))
+        return out
+
+
+class DriverReads:
+    """Runs read statements with asyncpg directly; see the module's description."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        if not self.supports(engine):
+            raise ValueError("driver reads need PostgreSQL through asyncpg")
+        self.engine = engine
+        self.dialect = engine.dialect
+        self._plans: dict[Any, Any] = {}
+
+    @staticmethod
+    def supports(engine: AsyncEngine) -> bool:
+        return engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg"
+
+    def _compile(self, stmt: Select[Any], key: Any) -> _Plan:
+        if len(self._plans) >= COMPILED_CACHE_SIZE:
+            self._plans.clear()
+        return _Plan(stmt.compile(dialect=self.dialect, cache_key=key))
+
+    def _plan(self, stmt: Select[Any], params: Mapping[str, Any] | None) -> tuple[_Plan, Any] | None:
+        if params is not None:  # built once and kept by its owner (a PageQuery's shape)
+            held = self._plans.get(id(stmt))
+            if held is None or held[0] is not stmt:
+                held = stmt, self._compile(stmt, None)
+                self._plans[id(stmt)] = held
+            return held[1], None
+        key = stmt._generate_cache_key()
+        if key is None:
+            return None
+        plan = self._plans.get(key.key)
+        if plan is None:
+            plan = self._plans[key.key] = self._compile(stmt, key)
+        return plan, key
+
+    async def rows(
+        self, session: AsyncSession, stmt: Select[Any], params: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """The rows of ``stmt`` (with ``params`` for its bound parameters) as plain tuples."""
+        planned = None if session.in_transaction() else self._plan(stmt, params)
+        if planned is None:
+            return [tuple(row) for row in await session.execute(stmt, params)]
+        plan, key = planned
+        sql, arguments = plan.arguments(key, params)
+        fairy = await self._checkout()
+        try:
+            records = await fairy.driver_connection.fetch(sql, *arguments)
+        except BaseException as error:
+            await greenlet_spawn(self._discard, fairy, error)
+            raise
+        await greenlet_spawn(fairy.close)
+        return plan.rows(records)
+
+    async def _checkout(self) -> Any:
+        """A connection of the pool; a failure to connect raises as the session's would (a
+        :class:`~sqlalchemy.exc.DBAPIError` around the driver's error)."""
+        dbapi_error = self.dialect.loaded_dbapi.Error
+        try:
+            return await self.engine.raw_connection()
+        except dbapi_error as error:
+            raise DBAPIError.instance(None, None, error, dbapi_error, dialect=self.dialect) from error
+
+    def _discard(self, fairy: Any, error: BaseException) -> None:
+        """After a failed statement: a connection error drops the connection (a disconnect also
+        every connection opened before it); any other error returns it to the pool."""
+        name = type(error).__name__
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        if (
+            isinstance(error, (OSError, asyncio.CancelledError))
+            or name in _CONNECTION_ERRORS
+            or sqlstate.startswith(("08", "57P"))
+        ):
+            self.engine.sync_engine.pool._invalidate(fairy, error)  # noqa: SLF001 - as SQLAlchemy does on a disconnect
+            log.warning("database connection dropped after %s", name)
+        fairy.close()
+
+
+SESSION_INFO_KEY = "driver_reads"
+
+
+async def read_rows(
+    session: AsyncSession, stmt: Select[Any], params: Mapping[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """The rows of a read statement: with the driver where the session's factory provides it
+    (``Runtime.read_sessions`` on PostgreSQL), else on the session."""
+    reads: DriverReads | None = session.info.get(SESSION_INFO_KEY)
+    if reads is None:
+        return [tuple(row) for row in await session.execute(stmt, params)]
+    return await reads.rows(session, stmt, params)

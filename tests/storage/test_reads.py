@@ -1,0 +1,241 @@
+"""Reads run with the driver (app/storage/reads.py) return exactly what the session returns.
+
+Each statement below runs both ways on the same rows of PostgreSQL: through
+``DriverReads.rows`` (compiled once, bound, fetched with asyncpg, result-processed) and through
+``session.execute``. They cover every list's statement shapes (filters present or not, a
+continuation key), grouped aggregates, an expanding IN, JSON, NULLs, booleans and instants. A
+connection error drops the connection, answers 503, and the next read works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from itertools import combinations
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import func, select
+
+from app.domain.audit import queries as audit
+from app.domain.deadletter import service as deadletter
+from app.domain.jobs import service as jobs
+from app.domain.packruns import service as packruns
+from app.domain.quotas import service as quotas
+from app.domain.sources import service as sources
+from app.http.paging import PageQuery
+from app.http.problems import to_problem
+from app.storage.models import Job, Source
+from app.storage.reads import SESSION_INFO_KEY, DriverReads
+from tests.api.rows import NOW, at, tenant_rows
+
+
+async def _seed(runtime: Any, factory: Any) -> tuple[Any, dict[str, Any]]:
+    _, rows = await tenant_rows(runtime, factory)
+    await rows.add(
+        *(rows.source(name=("a", "b", "a")[i % 3], project_id=(None, "p1")[i % 2], enabled=i % 3 != 0,
+                      description=None if i % 2 else f"d{i}", last_job_at=None if i % 2 else at(i))
+          for i in range(7)),
+        *(rows.quota(f"type-{i}", paused=i % 2 == 0, paused_reason=None if i % 2 else "ops") for i in range(5)),
+        *(rows.job(job_type=("scan", "export")[i % 2], status=("pending", "failed")[i % 2], created_at=at(i % 3),
+                   payload={"n": i, "nested": {"list": [i, None, "x"]}}, project_id=(None, "p1")[i % 2],
+                   pack_run_id=None if i % 3 else "pr-1")
+          for i in range(9)),
+        *(rows.entry(f"failed after {i} ms", dead_lettered_at=at(i % 4), category=("transient", "policy")[i % 2],
+                     error_code=("E1", "E2", "E3")[i % 3], status=("pending", "replayed")[i % 2])
+          for i in range(10)),
+        *(rows.pack_run(status=("queued", "failed")[i % 2], pack_name=("p", "q")[i % 2], created_at=at(i % 2))
+          for i in range(5)),
+        *(rows.audit(occurred_at=at(i % 3), subject=("tester", "alice")[i % 2], target=("q-1", None)[i % 2],
+                     project_id=(None, "p1")[i % 3 == 0])
+          for i in range(6)),
+    )
+    values = {
+        "tenant": rows.tenant_id,
+        "project": "p1",
+        "sourceType": "scanner",
+        "enabled": True,
+        "jobType": "scan",
+        "paused": True,
+        "status": "pending",
+        "sourceId": "src-a",
+        "packRunId": "pr-1",
+        "packName": "p",
+        "category": "transient",
+        "errorCode": "E1",
+        "action": "quota.pause",
+        "subject": "tester",
+        "target": "q-1",
+        "from": at(1),
+        "to": NOW + timedelta(days=1),
+    }
+    return rows, values
+
+
+def _shapes(query: PageQuery, names: list[str]) -> list[tuple[frozenset[str], bool]]:
+    """Every shape with at most two optional filters, with and without a continuation key."""
+    subsets = [frozenset(c) for n in range(3) for c in combinations(names, n)]
+    return [(present, continued) for present in subsets for continued in (False, True)]
+
+
+LISTS = [
+    (sources.LIST, ["project", "sourceType", "enabled"], ["b", "zzz"]),
+    (quotas.LIST, ["jobType", "paused"], ["type-1", "zzz"]),
+    (jobs.LIST, ["project", "status", "jobType", "sourceId", "packRunId"], [at(2), "zzz"]),
+    (deadletter.LIST, ["project", "jobType", "category", "errorCode", "status", "from", "to"], [at(3), "zzz"]),
+    (deadletter.SUMMARY, ["project"], ["policy", "E1"]),
+    (packruns.LIST, ["project", "status", "packName"], [at(1), "zzz"]),
+    (audit.LIST, ["project", "action", "subject", "target", "from", "to"], [NOW + timedelta(days=1), 10**9]),
+]
+
+
+@pytest.fixture
+async def both(runtime):  # type: ignore[no-untyped-def]
+    """Runs a statement through the driver and through the session; returns both row lists."""
+    reads = DriverReads(runtime.engine)
+
+    async def run(stmt: Any, params: dict[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
+        async with runtime.read_sessions() as session:
+            driver = await reads.rows(session, stmt, params)
+        async with runtime.sessions() as session:
+            plain = [tuple(row) for row in await session.execute(stmt, params)]
+        return driver, plain
+
+    return run
+
+
+@pytest.mark.parametrize("query,names,after", LISTS, ids=lambda v: getattr(v, "__name__", None))
+async def test_every_list_shape_reads_the_same_rows_with_the_driver_as_with_the_session(
+    runtime, factory, both, query, names, after
+):
+    _, values = await _seed(runtime, factory)
+    nonempty = 0
+    for present, continued in _shapes(query, names):
+        stmt, _ = query.statement(present, continued)
+        params = {"tenant": values["tenant"], **{name: values[name] for name in present}, "page_rows": 50}
+        if continued:
+            params.update((f"after_{i}", value) for i, value in enumerate(after))
+        driver, plain = await both(stmt, params)
+        assert driver == plain, (present, continued)
+        nonempty += bool(plain)
+    assert nonempty >= 2  # the comparison saw real rows, not only empty pages
+
+
+async def test_statements_built_per_request_read_the_same_rows_whatever_their_values(runtime, factory, both):
+    rows, _ = await _seed(runtime, factory)
+    other, _ = await _seed(runtime, factory)
+    for tenant_ids in ([rows.tenant_id], [rows.tenant_id, other.tenant_id], [other.tenant_id, -1, -2]):
+        # An expanding IN (its SQL differs with the list's length), JSON, NULLs and instants.
+        stmt = (
+            select(Job.tenant_id, Job.job_id, Job.payload, Job.pack_run_id, Job.created_at)
+            .where(Job.tenant_id.in_(tenant_ids), Job.created_at >= at(1))
+            .order_by(Job.tenant_id, Job.job_id)
+        )
+        driver, plain = await both(stmt)
+        assert driver == plain and driver
+        assert isinstance(driver[0][2], dict) and driver[0][4].tzinfo is not None
+    grouped = (
+        select(Source.name, func.count().label("n"), func.max(Source.last_job_at), func.bool_and(Source.enabled))
+        .where(Source.tenant_id == rows.tenant_id)
+        .group_by(Source.name)
+        .order_by(Source.name)
+    )
+    driver, plain = await both(grouped)
+    assert driver == plain and len(driver) == 2
+
+
+async def test_a_session_inside_a_transaction_reads_its_own_writes_on_the_session(runtime, factory):
+    rows, _ = await _seed(runtime, factory)
+    reads = DriverReads(runtime.engine)
+    stmt = select(Source.source_id).where(Source.tenant_id == rows.tenant_id, Source.name == "uncommitted")
+    async with runtime.sessions() as session:
+        session.add(rows.source(name="uncommitted", source_id="src-uncommitted"))
+        await session.flush()
+        assert await reads.rows(session, stmt) == [("src-uncommitted",)]
+        await session.rollback()
+    async with runtime.read_sessions() as session:
+        assert await reads.rows(session, stmt) == []
+
+
+async def test_read_sessions_carry_the_driver_reads_on_postgresql(runtime):
+    async with runtime.read_sessions() as session:
+        assert isinstance(session.info.get(SESSION_INFO_KEY), DriverReads)
+    async with runtime.sessions() as session:  # writes never read beside their transaction
+        assert SESSION_INFO_KEY not in session.info
+
+
+async def test_a_refused_value_is_a_400_and_the_connection_stays_usable(runtime, factory):
+    rows, _ = await _seed(runtime, factory)
+    reads = DriverReads(runtime.engine)
+    async with runtime.read_sessions() as session:
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            await reads.rows(session, select(Source).where(Source.name == "nul\x00"))
+        assert to_problem(refused.value).status == 400
+        assert len(await reads.rows(session, select(Source.source_id).where(Source.tenant_id == rows.tenant_id))) == 7
+
+
+async def test_a_dropped_connection_is_a_503_and_the_next_read_gets_a_new_one(runtime, services):
+    reads = DriverReads(runtime.engine)
+    stmt = select(func.pg_backend_pid())
+    async with runtime.read_sessions() as session:
+        (first,), = await reads.rows(session, stmt)
+    admin = await asyncpg.connect(services.pg_url)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", first)
+    finally:
+        await admin.close()
+    seen = []
+    for _ in range(3):  # the terminated connection fails once at most, wherever the pool hands it out
+        async with runtime.read_sessions() as session:
+            try:
+                (pid,), = await reads.rows(session, stmt)
+                seen.append(pid)
+            except Exception as error:  # noqa: BLE001 - the failure is the subject
+                assert to_problem(error).status == 503, repr(error)
+                seen.append(None)
+    assert seen.count(None) <= 1 and first not in seen and seen[-1] is not None
+
+
+async def _starting_up_server() -> tuple[asyncio.Server, int]:
+    """A server that answers every PostgreSQL connection as one starting up does (57P03)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            length = int.from_bytes(await reader.readexactly(4), "big")
+            body = await reader.readexactly(length - 4)
+            if body[:4] == (80877103).to_bytes(4, "big"):  # SSLRequest: no TLS here
+                writer.write(b"N")
+                length = int.from_bytes(await reader.readexactly(4), "big")
+                await reader.readexactly(length - 4)
+            fields = b"SFATAL\0VFATAL\0C57P03\0Mthe database system is starting up\0\0"
+            writer.write(b"E" + (len(fields) + 4).to_bytes(4, "big") + fields)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["starting up", "refused"])
+async def test_a_database_that_cannot_take_connections_is_a_503(gateway_env, kind):
+    from app.runtime import Runtime
+    from app.settings import load_settings
+    from tests.conftest import free_port
+
+    server, port = await _starting_up_server() if kind == "starting up" else (None, free_port())
+    credentials, _, rest = gateway_env["JOBGATE_DATABASE_URL"].rpartition("@")
+    url = f"{credentials}@127.0.0.1:{port}/{rest.split('/', 1)[1]}"
+    runtime = Runtime.create(load_settings({**gateway_env, "JOBGATE_DATABASE_URL": url}))
+    try:
+        async with runtime.read_sessions() as session:
+            with pytest.raises(Exception) as failed:
+                await session.info[SESSION_INFO_KEY].rows(session, select(func.now()))
+        assert to_problem(failed.value).status == 503, repr(failed.value)
+    finally:
+        await runtime.stop()
+        if server is not None:
+            server.close()
