@@ -25,6 +25,7 @@ from app.security import header_rules as rules
 from app.security.caller import CALLER_KEY, Caller
 from app.security.dpop import PROOF_ALGORITHMS, ReplayStoreUnavailable
 from app.security.tokens import AuthError, Claims
+from app.storage.shared import RateShares
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -111,6 +112,7 @@ class Envelope:
         self.runtime = runtime
         self.dpop_mode = runtime.settings.dpop
         self.idempotency = IdempotencyStore(runtime.sessions)
+        self.rates = RateShares(runtime.store)
 
     # -- credentials ----------------------------------------------------------------------------
 
@@ -231,7 +233,7 @@ class Envelope:
     async def rate_limit(self, caller: Caller) -> None:
         limit = self.runtime.settings.rate_limit
         try:
-            verdict = await self.runtime.store.take(f"rl:{caller.tenant.key}", limit.requests, limit.period_seconds)
+            verdict = await self.rates.take(f"rl:{caller.tenant.key}", limit.requests, limit.period_seconds)
         except Exception as exc:  # noqa: BLE001 - rate limiting fails open
             metrics.RATE_LIMIT_FAIL_OPEN.inc()
             log.warning("rate-limit store unavailable, request let through (%s)", type(exc).__name__)

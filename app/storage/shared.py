@@ -14,15 +14,17 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 # GCRA: one bucket per key; ``period`` ms lets ``limit`` requests through at once, then one per
-# ``period / limit`` ms. Returns {allowed, retry_after_ms}. TIME makes every process use one clock.
+# ``period / limit`` ms. ARGV[3] requests are taken together, or none. Returns {allowed,
+# retry_after_ms}. TIME makes every process use one clock.
 _GCRA = """
 local emission = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local new_tat = tat + emission
+local new_tat = tat + emission * count
 local allow_at = new_tat - tolerance
 if allow_at > now then
   return {0, allow_at - now}
@@ -43,8 +45,8 @@ class Verdict:
 
 
 class SharedStore(Protocol):
-    async def take(self, key: str, limit: int, period_seconds: int) -> Verdict:
-        """Take one request from the bucket ``key``."""
+    async def take(self, key: str, limit: int, period_seconds: int, count: int = 1) -> Verdict:
+        """Take ``count`` requests from the bucket ``key``, all or none."""
 
     async def add_once(self, key: str, ttl_seconds: int) -> bool:
         """Mark ``key`` as used; False if it already was (within its TTL)."""
@@ -99,9 +101,11 @@ class RedisStore:
             self._open_until = self._clock() + self.pause
             raise
 
-    async def take(self, key: str, limit: int, period_seconds: int) -> Verdict:
+    async def take(self, key: str, limit: int, period_seconds: int, count: int = 1) -> Verdict:
         period_ms = period_seconds * 1000
-        allowed, retry = await self._call(self._gcra(keys=[self.prefix + key], args=[period_ms / limit, period_ms]))
+        allowed, retry = await self._call(
+            self._gcra(keys=[self.prefix + key], args=[period_ms / limit, period_ms, count])
+        )
         return Verdict(bool(allowed), int(retry))
 
     async def add_once(self, key: str, ttl_seconds: int) -> bool:
@@ -123,11 +127,11 @@ class MemoryStore:
         self._tat: dict[str, float] = {}
         self._used: dict[str, float] = {}
 
-    async def take(self, key: str, limit: int, period_seconds: int) -> Verdict:
+    async def take(self, key: str, limit: int, period_seconds: int, count: int = 1) -> Verdict:
         now = self._clock() * 1000
         period_ms = period_seconds * 1000
         tat = max(self._tat.get(key, now), now)
-        new_tat = tat + period_ms / limit
+        new_tat = tat + period_ms / limit * count
         allow_at = new_tat - period_ms
         if allow_at > now:
             return Verdict(False, int(allow_at - now))
@@ -148,6 +152,63 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+ALLOWED = Verdict(True)
+
+
+class RateShares:
+    """A process's way into the shared rate-limit buckets: where a budget is large, requests are
+    taken from the shared bucket in small reservations that this process then spends locally.
+
+    One shared-bucket call per request would cost every request a Redis round trip. A tenant
+    whose budget admits at least 40 requests a second is instead reserved :meth:`batch` requests
+    at once (5 % of a second's budget, at most 100), atomically in the shared bucket like any
+    other take, and those are spent here within :data:`HOLD_SECONDS`; what is left then lapses.
+    Nothing is admitted that was not taken from the shared budget: in any window a process admits
+    at most one reservation more than the bucket itself would have (what it held when the window
+    began), and a lapsed remainder admits fewer. Near the limit, when a reservation is refused,
+    requests are taken one by one, so the refusal and its ``Retry-After`` are the bucket's own.
+    Smaller budgets (the default 600/minute) take every request from the shared bucket."""
+
+    HOLD_SECONDS = 1.0
+    SHARE = 0.05
+    MAX_BATCH = 100
+
+    def __init__(self, store: SharedStore, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+        self.store = store
+        self._clock = clock
+        self._held: dict[str, list[float]] = {}  # key -> [requests left, lapses at]
+        self._near: dict[str, float] = {}  # key -> until when requests are taken one by one
+
+    @classmethod
+    def batch(cls, limit: int, period_seconds: int) -> int:
+        return max(1, min(cls.MAX_BATCH, int(limit / period_seconds * cls.SHARE)))
+
+    async def take(self, key: str, limit: int, period_seconds: int) -> Verdict:
+        held = self._held.get(key)
+        if held is not None and held[0] >= 1 and held[1] > self._clock():
+            held[0] -= 1
+            return ALLOWED
+        batch = self.batch(limit, period_seconds)
+        if batch > 1 and self._near.get(key, 0.0) <= self._clock():
+            verdict = await self.store.take(key, limit, period_seconds, batch)
+            if verdict.allowed:
+                self._keep(key, batch - 1)
+                return verdict
+            self._near[key] = self._clock() + self.HOLD_SECONDS  # one by one for a while
+        return await self.store.take(key, limit, period_seconds)
+
+    def _keep(self, key: str, requests: int) -> None:
+        now = self._clock()
+        held = self._held.get(key)
+        if held is not None and held[1] > now:  # reserved concurrently: added, lapsing with the first
+            held[0] += requests
+            return
+        if len(self._held) > 10_000:
+            self._held = {k: v for k, v in self._held.items() if v[1] > now}
+            self._near = {k: v for k, v in self._near.items() if v > now}
+        self._held[key] = [requests, now + self.HOLD_SECONDS]
 
 
 def create_store(redis_url: str | None, prefix: str) -> SharedStore:

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.storage.shared import MemoryStore, RedisStore, StoreUnavailable
+from app.storage.shared import MemoryStore, RateShares, RedisStore, StoreUnavailable
 
 
 @pytest.fixture
@@ -54,3 +54,59 @@ async def test_after_a_redis_failure_calls_fail_at_once_until_the_pause_is_over(
         assert not isinstance(again.value, StoreUnavailable)  # after the pause Redis is asked again
     finally:
         await store.close()
+
+
+async def test_redis_bucket_takes_several_requests_together_or_none(redis_store):
+    key = f"rl:{uuid.uuid4().hex}"
+    assert (await redis_store.take(key, 5, 60, 3)).allowed
+    refused = await redis_store.take(key, 5, 60, 3)  # only two are left
+    assert not refused.allowed and refused.retry_after_seconds >= 1
+    assert [(await redis_store.take(key, 5, 60)).allowed for _ in range(3)] == [True, True, False]
+
+
+class CountingStore(MemoryStore):
+    def __init__(self, clock) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(clock)
+        self.calls: list[int] = []
+
+    async def take(self, key: str, limit: int, period_seconds: int, count: int = 1):  # type: ignore[no-untyped-def]
+        self.calls.append(count)
+        return await super().take(key, limit, period_seconds, count)
+
+
+async def test_a_large_budget_is_taken_in_reservations_spent_locally():
+    now = [1000.0]
+    store = CountingStore(clock=lambda: now[0])
+    shares = RateShares(store, clock=lambda: now[0])
+    assert RateShares.batch(2000, 1) == 100
+    verdicts = [await shares.take("k", 2000, 1) for _ in range(250)]
+    assert all(v.allowed for v in verdicts)
+    assert store.calls == [100, 100, 100]  # 300 taken from the shared bucket for 250 requests
+    now[0] += RateShares.HOLD_SECONDS  # the 50 left lapse
+    await shares.take("k", 2000, 1)
+    assert store.calls == [100, 100, 100, 100]
+
+
+async def test_a_small_budget_takes_every_request_from_the_shared_bucket():
+    store = CountingStore(clock=lambda: 1000.0)
+    shares = RateShares(store, clock=lambda: 1000.0)
+    verdicts = [await shares.take("k", 600, 60) for _ in range(601)]
+    assert store.calls == [1] * 601
+    assert [v.allowed for v in verdicts] == [True] * 600 + [False]
+
+
+async def test_processes_sharing_a_budget_never_admit_more_than_it_near_the_limit():
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])  # one shared bucket, two processes
+    first, second = RateShares(store, clock=lambda: now[0]), RateShares(store, clock=lambda: now[0])
+    admitted = 0
+    refusals = []
+    for i in range(3000):
+        verdict = await (first if i % 3 else second).take("k", 2000, 1)
+        admitted += verdict.allowed
+        if not verdict.allowed:
+            refusals.append(verdict)
+    # The bucket admits 2000 at once; reservations only lose requests (at most one batch per
+    # process left unspent), they never add any.
+    assert 2000 - 2 * RateShares.batch(2000, 1) <= admitted <= 2000
+    assert refusals and all(r.retry_after_seconds >= 1 for r in refusals)
