@@ -9,11 +9,12 @@ and the formatter masks the extra fields too.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from app.security.sanitize import SanitizingFilter, sanitize
 
@@ -40,7 +41,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         line.update(record_fields(record))
-        return json.dumps(line, ensure_ascii=False, default=str, separators=(",", ":"))
+        return msgspec.json.encode(line, enc_hook=str).decode()
 
 
 class TextFormatter(logging.Formatter):
