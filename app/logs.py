@@ -66,6 +66,12 @@ def configure_logging(log_format: str = "json", level: str | int = logging.INFO)
     root = logging.getLogger()
     if any(isinstance(f, SanitizingFilter) for h in root.handlers for f in h.filters):
         return
+    # No record needs its source line, thread or process (neither format writes them): the
+    # logging module's documented switches skip looking them up for every record.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root.addHandler(make_handler(log_format))
     root.setLevel(level)
     for name in ("sqlalchemy", "asyncio", "httpx"):

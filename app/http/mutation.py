@@ -81,9 +81,14 @@ async def provide_session(request: Request[Any, Any, Any], caller: Caller) -> As
     one transaction that :meth:`Mutation.commit` commits. Depending on ``caller`` orders the
     dependencies, so the framework resolves them one after the other without a task group."""
     runtime = request.app.state.runtime
-    sessions = runtime.read_sessions if request.method == "GET" else runtime.sessions
-    async with sessions() as session:
+    session = (runtime.read_sessions if request.method == "GET" else runtime.sessions)()
+    try:
         yield session
+    finally:
+        # A session that never began a transaction holds no connection and nothing to release
+        # (a list read with the driver directly); closing it would cost as much as its page.
+        if session.in_transaction():
+            await session.close()
 
 
 # The header parameters below are checked by the envelope before the handler runs; declaring them

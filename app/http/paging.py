@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import hmac
 import re
 import time
@@ -84,7 +83,7 @@ class CursorCodec:
         self._clock = clock
 
     def _mac(self, kid: str, body: bytes, scope: PageScope) -> bytes:
-        return hmac.new(self._secrets[kid], body + b"\x00" + scope.binding(), hashlib.sha256).digest()[:16]
+        return hmac.digest(self._secrets[kid], body + b"\x00" + scope.binding(), "sha256")[:16]
 
     def encode(self, last_key: Sequence[Any], scope: PageScope) -> str:
         # The issue time is rounded down to the hour: a token (and so the page that carries it and

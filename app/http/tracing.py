@@ -6,8 +6,8 @@ decides it before anything else runs), else a random 32-hex id of the same shape
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from litestar.types import Scope
 
@@ -40,6 +40,6 @@ def ensure_trace_id(scope: Scope, generated: str | None = None) -> str:
     state = scope.setdefault("state", {})
     trace = state.get(TRACE_KEY)
     if trace is None:
-        trace = client_trace_id(scope) or generated or uuid.uuid4().hex
+        trace = client_trace_id(scope) or generated or os.urandom(16).hex()
         state[TRACE_KEY] = trace
     return trace
