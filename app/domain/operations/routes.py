@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from litestar import Request, get
 from litestar.params import Parameter
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -24,13 +25,36 @@ from app.domain.operations.schemas import (
     TenantOperationProgressOverlay,
 )
 from app.domain.operations.thresholds import Thresholds, ThresholdsError, configured
-from app.http.paging import ContinuationToken, Keyset, Limit, PageScope, fetch_built_page
+from app.http.paging import ContinuationToken, Keyset, Limit, PageQuery, PageScope, fetch_built_page, fetch_page
 from app.http.problems import Problem, not_found
 from app.http.routes import location, protected
 from app.security.caller import Caller
 from app.storage.models import OperationRun
 
 ORDER = Keyset((OperationRun.created_at, OperationRun.id), descending=True)
+EQUAL = (
+    ("status", OperationRun.status),
+    ("outcome", OperationRun.outcome),
+    ("type", OperationRun.type),
+    ("tenant_id", OperationRun.tenant_id),
+)
+
+
+def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
+    project = bindparam("project") if "project" in present else None
+    visible = service.visible_condition(bindparam("workspace"), bindparam("tenants", expanding=True), project)
+    stmt = select(OperationRun).where(visible)
+    for name, column in EQUAL:
+        if name in present:
+            stmt = stmt.where(column == bindparam(name))
+    if "reconciled" in present:
+        stmt = stmt.where(queries.reconciled(True))
+    if "unreconciled" in present:
+        stmt = stmt.where(queries.reconciled(False))
+    return stmt
+
+
+LIST = PageQuery(_list, ORDER)
 MAX_ID = 2**63 - 1
 DASHBOARD_ACTIVE = 50
 DASHBOARD_RECENT = 20
@@ -95,19 +119,6 @@ async def list_operations(
     if tenant_id is not None and tenant_id not in seen.tenants:
         return OperationRunPage(data=[], continuation_token=None)
     now, thresholds = service.now_utc(), _thresholds()
-    stmt = seen.select()
-    if status is not None:
-        stmt = stmt.where(OperationRun.status == status)
-    if outcome is not None:
-        stmt = stmt.where(OperationRun.outcome == outcome)
-    if run_type is not None:
-        stmt = stmt.where(OperationRun.type == run_type)
-    if tenant_id is not None:
-        stmt = stmt.where(OperationRun.tenant_id == tenant_id)
-    if freshness_state is not None:
-        stmt = stmt.where(queries.listed_freshness(freshness_state, now, thresholds))
-    if reconciled is not None:
-        stmt = stmt.where(queries.reconciled(reconciled))
     filters = (
         ("status", status),
         ("outcome", outcome),
@@ -118,6 +129,36 @@ async def list_operations(
         ("tenants", sorted(seen.tenants)),
     )
     scope = PageScope(caller.tenant.key, caller.project, "operations", filters, ORDER.name)
+    if freshness_state is None:  # the usual list: one statement per shape, only bound
+        values = {
+            "workspace": seen.workspace_id,
+            "tenants": list(seen.tenants),
+            "project": seen.project,
+            "status": status,
+            "outcome": outcome,
+            "type": run_type,
+            "tenant_id": tenant_id,
+            "reconciled": True if reconciled else None,
+            "unreconciled": True if reconciled is False else None,
+        }
+        rows, token = await fetch_page(
+            session, LIST, values, limit=limit, token=continuation_token, scope=scope, codec=runtime.cursors
+        )
+        items = [service.list_item(run, service.projection(run, now, thresholds)) for run in rows]
+        return OperationRunPage(data=items, continuation_token=token)
+    stmt = seen.select()
+    if status is not None:
+        stmt = stmt.where(OperationRun.status == status)
+    if outcome is not None:
+        stmt = stmt.where(OperationRun.outcome == outcome)
+    if run_type is not None:
+        stmt = stmt.where(OperationRun.type == run_type)
+    if tenant_id is not None:
+        stmt = stmt.where(OperationRun.tenant_id == tenant_id)
+    # The freshness filter compares with instants derived from now: built for this request.
+    stmt = stmt.where(queries.listed_freshness(freshness_state, now, thresholds))
+    if reconciled is not None:
+        stmt = stmt.where(queries.reconciled(reconciled))
     rows, token = await fetch_built_page(
         session, stmt, ORDER, limit=limit, token=continuation_token, scope=scope, codec=runtime.cursors
     )

@@ -52,17 +52,7 @@ class Visibility:
     project: str | None
 
     def condition(self) -> Any:
-        # Every visible tenant is in the workspace, so the workspace condition holds for all
-        # visible runs and lets the (workspace_id, created_at, id) index serve the list order.
-        scope = or_(OperationRun.tenant_id.in_(list(self.tenants)), OperationRun.tenant_id.is_(None))
-        conditions = [
-            OperationRun.workspace_id == self.workspace_id,
-            OperationRun.status.in_(queries.LIFECYCLE_STATUSES),
-            scope,
-        ]
-        if self.project is not None:
-            conditions.append(OperationRun.project_id == self.project)
-        return and_(*conditions)
+        return visible_condition(self.workspace_id, list(self.tenants), self.project)
 
     def select(self) -> Select[Any]:
         return select(OperationRun).where(self.condition())
@@ -77,6 +67,22 @@ class Visibility:
     def label(self, tenant_id: int | None) -> str | None:
         info = self.tenants.get(tenant_id) if tenant_id is not None else None
         return info.key if info else None
+
+
+def visible_condition(workspace: Any, tenants: Any, project: Any) -> Any:
+    """The runs a caller sees (spec §7): of its workspace, of one of ``tenants`` or of none, in a
+    lifecycle status, and of ``project`` unless it is None. Values or bound parameters alike."""
+    # Every visible tenant is in the workspace, so the workspace condition holds for all
+    # visible runs and lets the (workspace_id, created_at, id) index serve the list order.
+    scope = or_(OperationRun.tenant_id.in_(tenants), OperationRun.tenant_id.is_(None))
+    conditions = [
+        OperationRun.workspace_id == workspace,
+        OperationRun.status.in_(queries.LIFECYCLE_STATUSES),
+        scope,
+    ]
+    if project is not None:
+        conditions.append(OperationRun.project_id == project)
+    return and_(*conditions)
 
 
 async def visibility(caller: Caller, runtime: Any) -> Visibility:
