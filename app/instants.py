@@ -10,7 +10,9 @@ def iso(moment: datetime, timespec: str = "microseconds") -> str:
     is taken as UTC; years below 1000 keep four digits (``strftime('%Y')`` drops them)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+    elif moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def iso_or_none(moment: datetime | None) -> str | None:
