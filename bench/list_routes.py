@@ -7,7 +7,7 @@ the same loads for each list route: the gateway (production settings, one grania
 ES256 token) beside
 
 - the database-bound ceiling (``bench/baseline_routes.py:create_db_app``): the statements the
-  gateway itself sent for the route's first page, captured in-process from its engine, replayed
+  gateway itself sent for the route's first page, captured in-process from its engine and its driver, replayed
   with raw asyncpg in a bare Litestar handler that answers the same rows as JSON;
 - the framework ceiling (``create_static_app``): the gateway's own first page, encoded per request.
 
@@ -147,6 +147,17 @@ async def capture(gateway_env: dict[str, str], token: str, paths: list[str]) -> 
     def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         sent.append((statement, tuple(parameters or ())))
 
+    # List pages are read with asyncpg directly (app/storage/reads.py), past the engine's events.
+    driver_fetch = asyncpg.Connection.fetch
+
+    async def fetch(self, query, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if capturing:
+            sent.append((query, args))
+        return await driver_fetch(self, query, *args, **kwargs)
+
+    asyncpg.Connection.fetch = fetch  # type: ignore[method-assign]
+    capturing = False
+
     headers = {"Authorization": f"Bearer {token}", "X-Stella-Tenant": TENANT}
     out: dict[str, dict[str, Any]] = {}
     async with AsyncTestClient(app, base_url="http://gateway.bench") as client:
@@ -156,10 +167,14 @@ async def capture(gateway_env: dict[str, str], token: str, paths: list[str]) -> 
             if first.status_code != 200:
                 fail(f"{path}: the gateway answered {first.status_code}: {first.text[:400]}")
             sent.clear()
+            capturing = True
             event.listen(engine, "before_cursor_execute", record)
             await client.get(url, headers=headers)
             event.remove(engine, "before_cursor_execute", record)
+            capturing = False
             statements = [(s, p) for s, p in sent if s.lstrip().upper().startswith("SELECT")]
+            if not statements:
+                fail(f"{path}: no statement of the gateway was captured")
             page_key, key_columns = ROUTES[path]
             items = first.json()[page_key]
             if len(items) != LIMIT:
