@@ -13,7 +13,7 @@ import hmac
 import re
 import time
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -169,6 +169,27 @@ class Keyset:
 @functools.cache
 def _record_type(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
     return namedtuple("row", names, rename=True)  # type: ignore[misc]
+
+
+def where_present(
+    stmt: Select[Any],
+    present: frozenset[str],
+    equal: Iterable[tuple[str, Any]] = (),
+    *,
+    within: Any = None,
+    value: Callable[[str], Any] = bindparam,
+) -> Select[Any]:
+    """For a :class:`PageQuery`'s ``build``: ``column == :name`` for each ``(name, column)`` of
+    ``equal`` whose name is present, and ``within >= :from`` / ``within < :to`` when present.
+    ``value(name)`` is what each compares with: the bound parameter of that name unless given."""
+    for name, column in equal:
+        if name in present:
+            stmt = stmt.where(column == value(name))
+    if within is not None and "from" in present:
+        stmt = stmt.where(within >= value("from"))
+    if within is not None and "to" in present:
+        stmt = stmt.where(within < value("to"))
+    return stmt
 
 
 def _entity_columns(stmt: Select[Any]) -> Select[Any]:

@@ -26,6 +26,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app.http.tracing import ensure_trace_id
 from app.security.sanitize import sanitize
+from app.storage.reads import DRIVER_CONNECTION_ERRORS
 
 log = logging.getLogger("jobgate.errors")
 
@@ -140,19 +141,7 @@ _JSON_ERRORS = ("JSON is malformed", "Input data was truncated")
 
 
 # Driver errors that mean "the database cannot serve now" rather than "this request is wrong".
-_UNAVAILABLE_DRIVER_ERRORS = frozenset(
-    {
-        "TooManyConnectionsError",
-        "CannotConnectNowError",
-        "ConnectionDoesNotExistError",
-        "ConnectionFailureError",
-        "InterfaceError",
-        "InternalClientError",
-        "AdminShutdownError",
-        "CrashShutdownError",
-        "QueryCanceledError",
-    }
-)
+_UNAVAILABLE_DRIVER_ERRORS = DRIVER_CONNECTION_ERRORS | {"TooManyConnectionsError", "QueryCanceledError"}
 # The same by SQLSTATE (class 08 connection exception, 53 insufficient resources, 57P operator
 # intervention such as "the database system is starting up", 57014 query canceled): SQLAlchemy's
 # asyncpg adapter raises most of them as its generic ``Error`` with the driver's error as cause.

@@ -33,8 +33,8 @@ from sqlalchemy.util import greenlet_spawn
 log = logging.getLogger("jobgate.reads")
 
 COMPILED_CACHE_SIZE = 512
-# Errors of the connection rather than of the statement: the connection is not reused.
-_CONNECTION_ERRORS = (
+# asyncpg's errors of the connection rather than of the statement: the connection is not reused.
+DRIVER_CONNECTION_ERRORS = frozenset((
     "ConnectionDoesNotExistError",
     "ConnectionFailureError",
     "InterfaceError",
@@ -42,7 +42,7 @@ _CONNECTION_ERRORS = (
     "AdminShutdownError",
     "CrashShutdownError",
     "CannotConnectNowError",
-)
+))
 
 
 class _Plan:
@@ -169,7 +169,7 @@ class DriverReads:
         sqlstate = getattr(error, "sqlstate", None) or ""
         if (
             isinstance(error, (OSError, asyncio.CancelledError))
-            or name in _CONNECTION_ERRORS
+            or name in DRIVER_CONNECTION_ERRORS
             or sqlstate.startswith(("08", "57P"))
         ):
             self.engine.sync_engine.pool._invalidate(fairy, error)  # noqa: SLF001 - as SQLAlchemy does on a disconnect

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.audit.schemas import AuditPage, AuditView
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
 from app.security.caller import Caller
 from app.storage.models import AuditRecord
 from app.instants import iso_or_none
@@ -43,14 +43,7 @@ FILTERS = (("action", AuditRecord.action), ("subject", AuditRecord.subject), ("t
 
 def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
     stmt = select(AuditRecord).where(AuditRecord.tenant_id == bindparam("tenant"))
-    for name, column in (("project", AuditRecord.project_id), *FILTERS):
-        if name in present:
-            stmt = stmt.where(column == bindparam(name))
-    if "from" in present:
-        stmt = stmt.where(AuditRecord.occurred_at >= bindparam("from"))
-    if "to" in present:
-        stmt = stmt.where(AuditRecord.occurred_at < bindparam("to"))
-    return stmt
+    return where_present(stmt, present, (("project", AuditRecord.project_id), *FILTERS), within=AuditRecord.occurred_at)
 
 
 LIST = PageQuery(_list, ORDER)

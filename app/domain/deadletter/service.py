@@ -19,7 +19,7 @@ from app.domain.deadletter.schemas import (
     SummaryGroup,
     SummaryPage,
 )
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
 from app.http.problems import not_found
 from app.security.caller import Caller
 from app.storage.models import DeadLetterCluster as Clusters
@@ -86,14 +86,7 @@ class EntryFilter:
     def narrowed(cls, stmt, present: frozenset[str], value: Callable[[str], Any] = bindparam):  # type: ignore[no-untyped-def]
         """``stmt`` with the condition of each filter named in ``present``, comparing with
         ``value(name)``: a bound parameter of that name unless given."""
-        for name, column in cls.COLUMNS.items():
-            if name in present:
-                stmt = stmt.where(column == value(name))
-        if "from" in present:
-            stmt = stmt.where(Entry.dead_lettered_at >= value("from"))
-        if "to" in present:
-            stmt = stmt.where(Entry.dead_lettered_at < value("to"))
-        return stmt
+        return where_present(stmt, present, cls.COLUMNS.items(), within=Entry.dead_lettered_at, value=value)
 
     def values(self) -> dict[str, Any]:
         return {**self.equals, "from": self.dead_lettered_from, "to": self.dead_lettered_to}

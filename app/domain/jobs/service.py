@@ -8,7 +8,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.jobs.schemas import JobPage, JobSummary, JobTypeCounts, JobView, StatusCounts
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
 from app.http.problems import not_found
 from app.security.caller import Caller
 from app.storage.models import Job
@@ -56,10 +56,7 @@ FILTERS = {"status": Job.status, "jobType": Job.job_type, "sourceId": Job.source
 
 def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
     stmt = select(Job).where(Job.tenant_id == bindparam("tenant"))
-    for name, column in (("project", Job.project_id), *FILTERS.items()):
-        if name in present:
-            stmt = stmt.where(column == bindparam(name))
-    return stmt
+    return where_present(stmt, present, (("project", Job.project_id), *FILTERS.items()))
 
 
 LIST = PageQuery(_list, ORDER)

@@ -25,7 +25,7 @@ from app.domain.operations.schemas import (
     TenantOperationProgressOverlay,
 )
 from app.domain.operations.thresholds import Thresholds, ThresholdsError, configured
-from app.http.paging import ContinuationToken, Keyset, Limit, PageQuery, PageScope, fetch_built_page, fetch_page
+from app.http.paging import ContinuationToken, Keyset, Limit, PageQuery, PageScope, fetch_built_page, fetch_page, where_present
 from app.http.problems import Problem, not_found
 from app.http.routes import location, protected
 from app.security.caller import Caller
@@ -43,10 +43,7 @@ EQUAL = (
 def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
     project = bindparam("project") if "project" in present else None
     visible = service.visible_condition(bindparam("workspace"), bindparam("tenants", expanding=True), project)
-    stmt = select(OperationRun).where(visible)
-    for name, column in EQUAL:
-        if name in present:
-            stmt = stmt.where(column == bindparam(name))
+    stmt = where_present(select(OperationRun).where(visible), present, EQUAL)
     if "reconciled" in present:
         stmt = stmt.where(queries.reconciled(True))
     if "unreconciled" in present:

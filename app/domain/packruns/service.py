@@ -6,7 +6,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.packruns.schemas import PackRunPage, PackRunView, StepCounts
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
 from app.http.problems import not_found
 from app.security.caller import Caller
 from app.storage.models import PackRun
@@ -43,10 +43,9 @@ def visible(caller: Caller):  # type: ignore[no-untyped-def]
 
 def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
     stmt = select(PackRun).where(PackRun.tenant_id == bindparam("tenant"))
-    for name, column in (("project", PackRun.project_id), ("status", PackRun.status), ("packName", PackRun.pack_name)):
-        if name in present:
-            stmt = stmt.where(column == bindparam(name))
-    return stmt
+    return where_present(
+        stmt, present, (("project", PackRun.project_id), ("status", PackRun.status), ("packName", PackRun.pack_name))
+    )
 
 
 LIST = PageQuery(_list, ORDER)

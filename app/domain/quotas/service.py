@@ -19,7 +19,7 @@ from app.domain.quotas.schemas import (
     QuotaUsage,
     QuotaView,
 )
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
 from app.http.problems import FieldError, Problem, not_found
 from app.security.caller import Caller
 from app.security.sanitize import sanitize
@@ -48,10 +48,7 @@ def view(quota: Quota) -> QuotaView:
 
 def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
     stmt = select(Quota).where(Quota.tenant_id == bindparam("tenant"))
-    for name, column in (("jobType", Quota.job_type), ("paused", Quota.paused)):
-        if name in present:
-            stmt = stmt.where(column == bindparam(name))
-    return stmt
+    return where_present(stmt, present, (("jobType", Quota.job_type), ("paused", Quota.paused)))
 
 
 LIST = PageQuery(_list, ORDER)

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.sources.schemas import JobCounts, SourceCreate, SourcePage, SourceReplace, SourceView
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page
+from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
 from app.http.problems import Problem, not_found
 from app.security.caller import Caller
 from app.storage.models import Source
@@ -42,10 +42,9 @@ def _visible(caller: Caller):  # type: ignore[no-untyped-def]
 
 def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
     stmt = select(Source).where(Source.tenant_id == bindparam("tenant"))
-    for name, column in (("project", Source.project_id), ("sourceType", Source.source_type), ("enabled", Source.enabled)):
-        if name in present:
-            stmt = stmt.where(column == bindparam(name))
-    return stmt
+    return where_present(
+        stmt, present, (("project", Source.project_id), ("sourceType", Source.source_type), ("enabled", Source.enabled))
+    )
 
 
 LIST = PageQuery(_list, ORDER)
