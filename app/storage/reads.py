@@ -1,21 +1,20 @@
 """Read statements run with the database driver itself, on a connection of the engine's pool.
 
-A list page costs the gateway mostly SQLAlchemy's execution path (session, execution context,
+A list page cost the gateway mostly SQLAlchemy's execution path (session, execution context,
 result set-up: about three times the driver's own work for a 50-row page), not the database. On
-PostgreSQL a read :class:`~sqlalchemy.Select` is therefore compiled once per statement shape
-(SQLAlchemy's own cache key: the same shape with other values is the same compiled SQL), its
-values bound with the compiled statement's bind processors, run with asyncpg's ``fetch`` on a
-connection checked out of the engine's pool (the same pool and connection budget as every other
-query), and each column's value passed through its type's result processor, so that rows equal
-what the session would return (``tests/storage/test_reads.py`` holds the two equal statement by
-statement). Elsewhere (the embedded SQLite default) the statement runs on the session.
+PostgreSQL a read :class:`~sqlalchemy.Select` is compiled once and kept: a statement built once
+with bound parameters (a ``PageQuery`` shape, ``app/http/paging.py``) under its identity, one
+built per request under SQLAlchemy's own cache key (the same shape with other values is the same
+compiled SQL). Its values go through the compiled statement's bind processors, it runs with
+asyncpg's ``fetch`` on a connection checked out of the engine's pool (the same pool and
+connection budget as every other query), and each column's value goes through its type's result
+processor, so that rows equal what the session returns (``tests/storage/test_reads.py`` holds the
+two equal shape by shape).
 
 The statement runs in the driver's autocommit mode, as every read of a GET does. A connection
-error invalidates the connection, and a disconnect every connection of the pool opened before it,
-as SQLAlchemy does itself.
-
-SQLite, and a session already inside a transaction (the read must see its writes), use the
-session; so does a statement SQLAlchemy cannot cache.
+error drops the connection, and a disconnect also every connection of the pool opened before it,
+as SQLAlchemy does itself. A session already inside a transaction (the read must see its writes),
+a statement SQLAlchemy cannot cache, and the embedded SQLite default read through the session.
 """
 
 from __future__ import annotations
@@ -163,15 +162,14 @@ class DriverReads:
             raise DBAPIError.instance(None, None, error, dbapi_error, dialect=self.dialect) from error
 
     def _discard(self, fairy: Any, error: BaseException) -> None:
-        """After a failed statement: a connection error drops the connection (a disconnect also
-        every connection opened before it); any other error returns it to the pool."""
+        """After a failed statement: a disconnect drops the connection and every connection of the
+        pool opened before it; an interrupted statement (cancelled, timed out) drops the
+        connection alone; any other error (of the statement) returns it to the pool."""
         name = type(error).__name__
         sqlstate = getattr(error, "sqlstate", None) or ""
-        if (
-            isinstance(error, (OSError, asyncio.CancelledError))
-            or name in DRIVER_CONNECTION_ERRORS
-            or sqlstate.startswith(("08", "57P"))
-        ):
+        if isinstance(error, (asyncio.CancelledError, TimeoutError)):
+            fairy.invalidate(error)
+        elif isinstance(error, OSError) or name in DRIVER_CONNECTION_ERRORS or sqlstate.startswith(("08", "57P")):
             self.engine.sync_engine.pool._invalidate(fairy, error)  # noqa: SLF001 - as SQLAlchemy does on a disconnect
             log.warning("database connection dropped after %s", name)
         fairy.close()

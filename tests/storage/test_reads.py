@@ -245,3 +245,21 @@ async def test_a_database_that_cannot_take_connections_is_a_503(gateway_env, kin
         await runtime.stop()
         if server is not None:
             server.close()
+
+
+async def test_an_interrupted_read_drops_its_connection_and_the_next_read_works(gateway_env):
+    from app.runtime import Runtime
+    from app.settings import load_settings
+
+    runtime = Runtime.create(load_settings({**gateway_env, "JOBGATE_DATABASE_POOL_SIZE": "1"}))
+    pid = select(func.pg_backend_pid())
+    try:
+        async with runtime.read_sessions() as session:
+            reads = session.info[SESSION_INFO_KEY]
+            (first,), = await reads.rows(session, pid)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reads.rows(session, select(func.pg_sleep(3))), 0.2)
+            (second,), = await reads.rows(session, pid)  # not the connection left mid-statement
+        assert second != first
+    finally:
+        await runtime.stop()
