@@ -126,39 +126,28 @@ async def list_operations(
         ("tenants", sorted(seen.tenants)),
     )
     scope = PageScope(caller.tenant.key, caller.project, "operations", filters, ORDER.name)
+    equal = {"status": status, "outcome": outcome, "type": run_type, "tenant_id": tenant_id}
     if freshness_state is None:  # the usual list: one statement per shape, only bound
         values = {
+            **equal,
             "workspace": seen.workspace_id,
             "tenants": list(seen.tenants),
             "project": seen.project,
-            "status": status,
-            "outcome": outcome,
-            "type": run_type,
-            "tenant_id": tenant_id,
             "reconciled": True if reconciled else None,
             "unreconciled": True if reconciled is False else None,
         }
         rows, token = await fetch_page(
             session, LIST, values, limit=limit, token=continuation_token, scope=scope, codec=runtime.cursors
         )
-        items = [service.list_item(run, service.projection(run, now, thresholds)) for run in rows]
-        return OperationRunPage(data=items, continuation_token=token)
-    stmt = seen.select()
-    if status is not None:
-        stmt = stmt.where(OperationRun.status == status)
-    if outcome is not None:
-        stmt = stmt.where(OperationRun.outcome == outcome)
-    if run_type is not None:
-        stmt = stmt.where(OperationRun.type == run_type)
-    if tenant_id is not None:
-        stmt = stmt.where(OperationRun.tenant_id == tenant_id)
-    # The freshness filter compares with instants derived from now: built for this request.
-    stmt = stmt.where(queries.listed_freshness(freshness_state, now, thresholds))
-    if reconciled is not None:
-        stmt = stmt.where(queries.reconciled(reconciled))
-    rows, token = await fetch_built_page(
-        session, stmt, ORDER, limit=limit, token=continuation_token, scope=scope, codec=runtime.cursors
-    )
+    else:  # the freshness filter compares with instants derived from now: built for this request
+        given = frozenset(name for name, value in equal.items() if value is not None)
+        stmt = where_present(seen.select(), given, EQUAL, value=equal.__getitem__)
+        stmt = stmt.where(queries.listed_freshness(freshness_state, now, thresholds))
+        if reconciled is not None:
+            stmt = stmt.where(queries.reconciled(reconciled))
+        rows, token = await fetch_built_page(
+            session, stmt, ORDER, limit=limit, token=continuation_token, scope=scope, codec=runtime.cursors
+        )
     items = [service.list_item(run, service.projection(run, now, thresholds)) for run in rows]
     return OperationRunPage(data=items, continuation_token=token)
 
