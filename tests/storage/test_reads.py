@@ -263,3 +263,35 @@ async def test_an_interrupted_read_drops_its_connection_and_the_next_read_works(
         assert second != first
     finally:
         await runtime.stop()
+
+
+async def test_every_operation_run_list_shape_reads_the_same_rows(runtime, factory, both):
+    from app.domain.operations import routes as operations
+    from tests.operations.support import add_run, tenant_of
+
+    key = await factory.tenant()
+    tenant = await tenant_of(runtime, key)
+    for i in range(8):
+        status = ("running", "queued", "completed")[i % 3]
+        await add_run(
+            runtime, tenant, status=status, outcome=("pending", "pending", "failed")[i % 3], age=60 * i,
+            workspace_scoped=i == 5, project_id="p1" if i % 2 else None,
+            reconciled_at=at(i) if status == "completed" and i % 2 else None,
+        )
+    values = {
+        "workspace": tenant.workspace_id, "project": "p1", "status": "completed", "outcome": "failed",
+        "type": "pack_run.execute", "tenant_id": tenant.id, "reconciled": True, "unreconciled": True,
+    }
+    names = ["project", "status", "outcome", "type", "tenant_id", "reconciled", "unreconciled"]
+    nonempty = 0
+    for present, continued in _shapes(operations.LIST, names):
+        for tenants in ([tenant.id], [tenant.id, -1, -2]):  # the expanding IN of the visible tenants
+            stmt, _ = operations.LIST.statement(present, continued)
+            params = {"workspace": values["workspace"], "tenants": tenants, "page_rows": 50,
+                      **{name: values[name] for name in present}}
+            if continued:
+                params.update(after_0=NOW + timedelta(days=1), after_1=2**62)
+            driver, plain = await both(stmt, params)
+            assert driver == plain, (present, continued, tenants)
+            nonempty += bool(plain)
+    assert nonempty >= 10
