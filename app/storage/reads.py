@@ -140,7 +140,7 @@ class DriverReads:
         """The rows of ``stmt`` (with ``params`` for its bound parameters) as plain tuples."""
         planned = None if session.in_transaction() else self._plan(stmt, params)
         if planned is None:
-            return [tuple(row) for row in await session.execute(stmt, params)]
+            return await _on_session(session, stmt, params)
         plan, key = planned
         sql, arguments = plan.arguments(key, params)
         fairy = await self._checkout()
@@ -185,5 +185,11 @@ async def read_rows(
     (``Runtime.read_sessions`` on PostgreSQL), else on the session."""
     reads: DriverReads | None = session.info.get(SESSION_INFO_KEY)
     if reads is None:
-        return [tuple(row) for row in await session.execute(stmt, params)]
+        return await _on_session(session, stmt, params)
     return await reads.rows(session, stmt, params)
+
+
+async def _on_session(
+    session: AsyncSession, stmt: Select[Any], params: Mapping[str, Any] | None
+) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in await session.execute(stmt, params)]

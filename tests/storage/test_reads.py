@@ -10,6 +10,8 @@ connection error drops the connection, answers 503, and the next read works.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from itertools import combinations
 from typing import Any
@@ -27,8 +29,29 @@ from app.domain.sources import service as sources
 from app.http.paging import PageQuery
 from app.http.problems import to_problem
 from app.storage.models import Job, Source
+from app.runtime import Runtime
+from app.settings import load_settings
 from app.storage.reads import SESSION_INFO_KEY, DriverReads
 from tests.api.rows import NOW, at, tenant_rows
+from tests.conftest import free_port
+
+BACKEND_PID = select(func.pg_backend_pid())
+
+
+@asynccontextmanager
+async def own_runtime(gateway_env: dict[str, str], **overrides: str) -> AsyncIterator[Runtime]:
+    """A runtime with a pool of its own (the shared runtime's pool must not keep a broken
+    connection for later tests)."""
+    runtime = Runtime.create(load_settings({**gateway_env, **overrides}))
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+async def driver_rows(runtime: Runtime, stmt: Any) -> list[Any]:
+    async with runtime.read_sessions() as session:
+        return await session.info[SESSION_INFO_KEY].rows(session, stmt)
 
 
 async def _seed(runtime: Any, factory: Any) -> tuple[Any, dict[str, Any]]:
@@ -176,31 +199,19 @@ async def test_a_refused_value_is_a_400_and_the_connection_stays_usable(runtime,
 
 
 async def test_a_dropped_connection_is_a_503_and_the_next_read_gets_a_new_one(gateway_env, services):
-    from app.runtime import Runtime
-    from app.settings import load_settings
-
-    # A pool of its own with one connection: the terminated one is the next handed out (the
-    # shared runtime's pool must not keep it for later tests).
-    runtime = Runtime.create(load_settings({**gateway_env, "JOBGATE_DATABASE_POOL_SIZE": "1"}))
-    stmt = select(func.pg_backend_pid())
-    try:
-        async with runtime.read_sessions() as session:
-            reads = session.info[SESSION_INFO_KEY]
-            (first,), = await reads.rows(session, stmt)
+    # One connection: the terminated one is the next handed out.
+    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="1") as runtime:
+        (first,), = await driver_rows(runtime, BACKEND_PID)
         admin = await asyncpg.connect(services.pg_url)
         try:
             await admin.execute("SELECT pg_terminate_backend($1)", first)
         finally:
             await admin.close()
-        async with runtime.read_sessions() as session:
-            with pytest.raises(Exception) as dropped:
-                await reads.rows(session, stmt)
+        with pytest.raises(Exception) as dropped:
+            await driver_rows(runtime, BACKEND_PID)
         assert to_problem(dropped.value).status == 503, repr(dropped.value)
-        async with runtime.read_sessions() as session:
-            (second,), = await reads.rows(session, stmt)
+        (second,), = await driver_rows(runtime, BACKEND_PID)
         assert second != first
-    finally:
-        await runtime.stop()
 
 
 async def _starting_up_server() -> tuple[asyncio.Server, int]:
@@ -228,41 +239,28 @@ async def _starting_up_server() -> tuple[asyncio.Server, int]:
 
 @pytest.mark.parametrize("kind", ["starting up", "refused"])
 async def test_a_database_that_cannot_take_connections_is_a_503(gateway_env, kind):
-    from app.runtime import Runtime
-    from app.settings import load_settings
-    from tests.conftest import free_port
-
     server, port = await _starting_up_server() if kind == "starting up" else (None, free_port())
     credentials, _, rest = gateway_env["JOBGATE_DATABASE_URL"].rpartition("@")
     url = f"{credentials}@127.0.0.1:{port}/{rest.split('/', 1)[1]}"
-    runtime = Runtime.create(load_settings({**gateway_env, "JOBGATE_DATABASE_URL": url}))
     try:
-        async with runtime.read_sessions() as session:
+        async with own_runtime(gateway_env, JOBGATE_DATABASE_URL=url) as runtime:
             with pytest.raises(Exception) as failed:
-                await session.info[SESSION_INFO_KEY].rows(session, select(func.now()))
+                await driver_rows(runtime, select(func.now()))
         assert to_problem(failed.value).status == 503, repr(failed.value)
     finally:
-        await runtime.stop()
         if server is not None:
             server.close()
 
 
 async def test_an_interrupted_read_drops_its_connection_and_the_next_read_works(gateway_env):
-    from app.runtime import Runtime
-    from app.settings import load_settings
-
-    runtime = Runtime.create(load_settings({**gateway_env, "JOBGATE_DATABASE_POOL_SIZE": "1"}))
-    pid = select(func.pg_backend_pid())
-    try:
+    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="1") as runtime:
         async with runtime.read_sessions() as session:
             reads = session.info[SESSION_INFO_KEY]
-            (first,), = await reads.rows(session, pid)
+            (first,), = await reads.rows(session, BACKEND_PID)
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(reads.rows(session, select(func.pg_sleep(3))), 0.2)
-            (second,), = await reads.rows(session, pid)  # not the connection left mid-statement
+            (second,), = await reads.rows(session, BACKEND_PID)  # not the connection left mid-statement
         assert second != first
-    finally:
-        await runtime.stop()
 
 
 async def test_every_operation_run_list_shape_reads_the_same_rows(runtime, factory, both):
