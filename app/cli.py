@@ -130,7 +130,7 @@ def serve(host: str, port: int, workers: int, demo: bool) -> None:
         # SIGTERM: granian closes the listening socket, then each worker finishes its in-flight
         # requests; a worker still busy after the grace is killed.
         Granian(
-            "app.server:create_app",
+            "app.server:create_served_app",
             address=host,
             port=port,
             interface=Interfaces.ASGI,

@@ -27,7 +27,9 @@ def encode(content: Any) -> bytes:
 
 
 def etag_of_body(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+    # SHA-256 (OpenSSL, with the CPU's SHA instructions where it has them) hashes a page about
+    # twice as fast as BLAKE2b here; 128 bits of it are plenty for a tag.
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
 def etag_of(content: Any) -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.logs import write_line
 from app.http.tracing import as_w3c_trace_id, client_trace_id, ensure_trace_id
 from app.security.caller import CALLER_KEY
 from app.security.sanitize import sanitize
@@ -117,13 +118,10 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
     state: dict[str, Any] = scope.get("state", {})
     caller = state.get(CALLER_KEY)
     duration_ms = round(seconds * 1000, 2)
-    access_log.info(
-        "%s %s %d %.2fms",
-        method,
-        route,
-        status,
-        duration_ms,
-        extra={
+    write_line(
+        access_log,
+        f"{method} {route} {status} {duration_ms:.2f}ms",
+        {
             "traceId": ensure_trace_id(scope),
             "tenant": caller.tenant.key if caller is not None else None,
             "subject": caller.subject if caller is not None else None,

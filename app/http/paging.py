@@ -284,7 +284,7 @@ async def fetch_page(
     if last is not None:
         params.update((f"after_{i}", value) for i, value in enumerate(last))
     params["page_rows"] = limit + 1
-    rows = [record._make(row) for row in await read_rows(session, stmt, params)]
+    rows = await read_rows(session, stmt, params, record._make)
     return _split(rows, query.keyset, limit, scope, codec)
 
 
@@ -306,5 +306,5 @@ async def fetch_built_page(
         stmt = stmt.where(_after(keyset, last))
     stmt = _ordered(stmt, keyset).limit(limit + 1)
     record = _record_type(tuple(stmt.selected_columns.keys()))
-    rows = [record._make(row) for row in await read_rows(session, stmt)]
+    rows = await read_rows(session, stmt, make=record._make)
     return _split(rows, keyset, limit, scope, codec)

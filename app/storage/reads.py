@@ -86,17 +86,17 @@ class _Plan:
             arguments.append(value if bind is None or value is None else bind(value))
         return sql, arguments
 
-    def rows(self, records: list[Any]) -> list[tuple[Any, ...]]:
+    def rows(self, records: list[Any], make: Callable[[Any], Any]) -> list[Any]:
         results = self.results
         if not any(results):
-            return [tuple(record) for record in records]
+            return [make(record) for record in records]
         processed = [(i, p) for i, p in enumerate(results) if p is not None]
         out = []
         for record in records:
             row = list(record)
             for i, process in processed:
                 row[i] = process(row[i])
-            out.append(tuple(row))
+            out.append(make(row))
         return out
 
 
@@ -135,12 +135,17 @@ class DriverReads:
         return plan, key
 
     async def rows(
-        self, session: AsyncSession, stmt: Select[Any], params: Mapping[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]:
-        """The rows of ``stmt`` (with ``params`` for its bound parameters) as plain tuples."""
+        self,
+        session: AsyncSession,
+        stmt: Select[Any],
+        params: Mapping[str, Any] | None = None,
+        make: Callable[[Any], Any] = tuple,
+    ) -> list[Any]:
+        """The rows of ``stmt`` (with ``params`` for its bound parameters), each made by ``make``
+        from its column values in order (plain tuples by default)."""
         planned = None if session.in_transaction() else self._plan(stmt, params)
         if planned is None:
-            return await _on_session(session, stmt, params)
+            return await _on_session(session, stmt, params, make)
         plan, key = planned
         sql, arguments = plan.arguments(key, params)
         fairy = await self._checkout()
@@ -150,7 +155,7 @@ class DriverReads:
             await greenlet_spawn(self._discard, fairy, error)
             raise
         await greenlet_spawn(fairy.close)
-        return plan.rows(records)
+        return plan.rows(records, make)
 
     async def _checkout(self) -> Any:
         """A connection of the pool; a failure to connect raises as the session's would (a
@@ -179,17 +184,21 @@ SESSION_INFO_KEY = "driver_reads"
 
 
 async def read_rows(
-    session: AsyncSession, stmt: Select[Any], params: Mapping[str, Any] | None = None
-) -> list[tuple[Any, ...]]:
-    """The rows of a read statement: with the driver where the session's factory provides it
-    (``Runtime.read_sessions`` on PostgreSQL), else on the session."""
+    session: AsyncSession,
+    stmt: Select[Any],
+    params: Mapping[str, Any] | None = None,
+    make: Callable[[Any], Any] = tuple,
+) -> list[Any]:
+    """The rows of a read statement, each made by ``make`` from its values (tuples by default):
+    with the driver where the session's factory provides it (``Runtime.read_sessions`` on
+    PostgreSQL), else on the session."""
     reads: DriverReads | None = session.info.get(SESSION_INFO_KEY)
     if reads is None:
-        return await _on_session(session, stmt, params)
-    return await reads.rows(session, stmt, params)
+        return await _on_session(session, stmt, params, make)
+    return await reads.rows(session, stmt, params, make)
 
 
 async def _on_session(
-    session: AsyncSession, stmt: Select[Any], params: Mapping[str, Any] | None
-) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in await session.execute(stmt, params)]
+    session: AsyncSession, stmt: Select[Any], params: Mapping[str, Any] | None, make: Callable[[Any], Any]
+) -> list[Any]:
+    return [make(row) for row in await session.execute(stmt, params)]

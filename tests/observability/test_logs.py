@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.logs import make_handler
+from app.logs import make_handler, write_line
 from app.security.sanitize import SanitizingFilter
 from app.settings import SettingsError, load_settings
 
@@ -118,3 +118,61 @@ def test_log_and_shutdown_settings_have_production_defaults(tmp_path):
     chosen = load_settings({"JOBGATE_DATA_DIR": str(tmp_path), "JOBGATE_LOG_FORMAT": "text",
                             "JOBGATE_LOG_LEVEL": "debug", "JOBGATE_SHUTDOWN_GRACE_SECONDS": "5"})
     assert (chosen.log_format, chosen.log_level, chosen.shutdown_grace_seconds) == ("text", "DEBUG", 5.0)
+
+
+@pytest.fixture
+def lone_logger() -> Iterator[logging.Logger]:
+    log = logging.getLogger("jobgate.test.lines")
+    log.propagate, log.level = False, logging.INFO
+    try:
+        yield log
+    finally:
+        log.handlers.clear()
+        log.propagate, log.level = True, logging.NOTSET
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_line_written_directly_is_the_line_of_the_same_record(lone_logger, log_format):
+    """``write_line`` (the access log's way) writes what ``logger.info(..., extra=...)`` writes,
+    masked the same, in either format; only the instant may differ."""
+    fields = {"traceId": "trace-1", "subject": "token=abcdef0123456789", "status": 200, "durationMs": 1.5}
+    written = []
+    for direct in (True, False):
+        stream = io.StringIO()
+        handler = make_handler(log_format)
+        handler.setStream(stream)
+        lone_logger.handlers[:] = [handler]
+        if direct:
+            write_line(lone_logger, "GET /x 200 password=hunter2", fields)
+        else:
+            lone_logger.info("GET /x 200 password=hunter2", extra=fields)
+        (line,) = stream.getvalue().splitlines()
+        written.append(line)
+    if log_format == "json":
+        direct_line, logged_line = (json.loads(line) for line in written)
+        assert direct_line.pop("time").endswith("Z") and logged_line.pop("time").endswith("Z")
+        assert direct_line == logged_line
+        assert direct_line["subject"] == "token=***" and direct_line["message"] == "GET /x 200 password=***"
+    else:
+        direct_text, logged_text = (line.split(" ", 2) for line in written)
+        assert direct_text[2] == logged_text[2] and "hunter2" not in direct_text[2] and "abcdef0123" not in direct_text[2]
+        assert len(direct_text[1]) == len(logged_text[1]) == len("12:00:00,000")
+
+
+def test_a_handler_of_another_kind_still_receives_the_record(lone_logger):
+    seen: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    ours = io.StringIO()
+    handler = make_handler("json")
+    handler.setStream(ours)
+    lone_logger.handlers[:] = [handler, Capture()]
+    write_line(lone_logger, "GET /x 200", {"status": 200})
+    assert [(r.getMessage(), r.status) for r in seen] == [("GET /x 200", 200)]  # type: ignore[attr-defined]
+    assert json.loads(ours.getvalue())["status"] == 200  # written once, by the record
+    lone_logger.setLevel(logging.WARNING)
+    write_line(lone_logger, "GET /x 200", {"status": 200})
+    assert len(seen) == 1 and len(ours.getvalue().splitlines()) == 1

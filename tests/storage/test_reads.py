@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, timedelta
 from itertools import combinations
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.util import greenlet_spawn
 
 from app.domain.audit import queries as audit
 from app.domain.deadletter import service as deadletter
@@ -31,7 +32,7 @@ from app.http.problems import to_problem
 from app.storage.models import Job, Source
 from app.runtime import Runtime
 from app.settings import load_settings
-from app.storage.reads import SESSION_INFO_KEY, DriverReads
+from app.storage.reads import SESSION_INFO_KEY, DriverReads, read_rows
 from tests.api.rows import NOW, at, tenant_rows
 from tests.conftest import free_port
 
@@ -166,6 +167,43 @@ async def test_statements_built_per_request_read_the_same_rows_whatever_their_va
     )
     driver, plain = await both(grouped)
     assert driver == plain and len(driver) == 2
+
+
+async def test_instants_arrive_in_utc_without_conversion_whatever_the_session_time_zone(gateway_env, factory):
+    """On asyncpg the instants' type converts nothing (``UTCDateTime.result_processor``): the
+    driver itself answers every timestamptz as an aware datetime in UTC, also where the
+    connection's TimeZone is another (one connection in the pool: the read uses the one set)."""
+    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="1") as runtime:
+        rows, _ = await _seed(runtime, factory)
+        assert Source.__table__.c.created_at.type._cached_result_processor(runtime.engine.dialect, None) is None
+        stmt = select(Source.created_at, Source.last_job_at).where(Source.tenant_id == rows.tenant_id)
+        async with runtime.read_sessions() as session:
+            fairy = await runtime.engine.raw_connection()
+            try:
+                await fairy.driver_connection.execute("SET TIME ZONE 'Asia/Kolkata'")
+                assert await fairy.driver_connection.fetchval("SHOW TimeZone") == "Asia/Kolkata"
+            finally:
+                await greenlet_spawn(fairy.close)
+            driver = await session.info[SESSION_INFO_KEY].rows(session, stmt)
+            assert (await session.info[SESSION_INFO_KEY].rows(session, select(text("current_setting('TimeZone')")))) == [
+                ("Asia/Kolkata",)
+            ]
+        async with runtime.sessions() as session:
+            await session.execute(text("SET TIME ZONE 'America/Los_Angeles'"))
+            plain = [tuple(row) for row in await session.execute(stmt)]
+        instants = [value for row in driver + plain for value in row if value is not None]
+        assert driver == plain and len(instants) > len(driver)
+        assert all(value.tzinfo is UTC for value in instants)
+
+
+async def test_rows_are_made_by_the_given_callable_on_both_paths(runtime, factory):
+    rows, _ = await _seed(runtime, factory)
+    stmt = select(Source.source_id, Source.name).where(Source.tenant_id == rows.tenant_id).order_by(Source.source_id)
+    async with runtime.read_sessions() as session:
+        driver = await read_rows(session, stmt, make=list)
+    async with runtime.sessions() as session:
+        plain = await read_rows(session, stmt, make=list)
+    assert driver == plain and len(driver) == 7 and all(type(row) is list for row in driver + plain)
 
 
 async def test_a_session_inside_a_transaction_reads_its_own_writes_on_the_session(runtime, factory):
