@@ -23,8 +23,7 @@ TARGET = "BENCH_SERVE_TARGET"
 def served_app() -> Any:
     module, _, name = os.environ[TARGET].partition(":")
     app = getattr(importlib.import_module(module), name)()
-    if not os.environ.get("NOFREEZE"):
-        app.on_startup.append(_freeze)
+    app.on_startup.append(_freeze)
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -169,7 +170,7 @@ def test_truth_table_row(run, state, problem, compact, detail, active, reconcile
     )
     assert c.is_reconciled is reconciled
     # compact and detail differ only in the surface category
-    assert {**c.__dict__, "surface_category": None} == {**d.__dict__, "surface_category": None}
+    assert {**msgspec.structs.asdict(c), "surface_category": None} == {**msgspec.structs.asdict(d), "surface_category": None}
 
 
 def test_stale_runs_have_compact_label_guidance_and_diagnostic() -> None:

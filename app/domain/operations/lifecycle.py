@@ -31,9 +31,11 @@ the run's state does and polling clients revalidate with a 304.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+import msgspec
 
 from app.domain.operations.schemas import OperationRunActiveStateProjection
 from app.domain.operations.thresholds import Thresholds
@@ -76,6 +78,30 @@ def duration(seconds: int) -> str:
 
 
 
+class RunShape(Protocol):
+    """What the derivation reads of a run: a :class:`RunFacts`, an ``OperationRun`` or a list
+    page's row of its columns."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def heartbeat_at(self) -> datetime | None: ...
+    @property
+    def completed_at(self) -> datetime | None: ...
+    @property
+    def reconciled_at(self) -> datetime | None: ...
+    @property
+    def reconciliation(self) -> Mapping[str, Any] | None: ...
+
+
 @dataclass(frozen=True)
 class RunFacts:
     """What the derivation reads of a run (an ``OperationRun`` row or anything shaped like it)."""
@@ -105,8 +131,10 @@ class RunFacts:
         )
 
 
-@dataclass(frozen=True)
-class Projection:
+class Projection(msgspec.Struct, frozen=True):
+    """The projection of one run (a struct: a list page makes one per run, and a frozen
+    dataclass costs several times as much to make)."""
+
     freshness_state: str
     problem_class: str
     surface_category: str  # as the surface asked for it (compact or detail)
@@ -121,7 +149,7 @@ class Projection:
     keep_active_polling: bool
     # diagnostics (not part of the seed-001 projection)
     threshold_seconds: int = 0
-    evidence: Mapping[str, Any] = field(default_factory=dict)
+    evidence: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
     @property
     def listed_freshness(self) -> str:
@@ -148,7 +176,7 @@ class Projection:
         )
 
 
-def evidence_time(facts: RunFacts) -> datetime | None:
+def evidence_time(facts: RunShape) -> datetime | None:
     """The moment an active run last showed it is alive."""
     if facts.status == "queued":
         return facts.created_at
@@ -157,7 +185,7 @@ def evidence_time(facts: RunFacts) -> datetime | None:
     return None
 
 
-def reconcile_due(facts: RunFacts, now: datetime, thresholds: Thresholds) -> bool:
+def reconcile_due(facts: RunShape, now: datetime, thresholds: Thresholds) -> bool:
     """Whether the reconciler fails this run: active and without progress for the type's
     ``reconcile_after_seconds`` (a running run without any evidence counts from its creation)."""
     if facts.status not in ACTIVE:
@@ -166,12 +194,12 @@ def reconcile_due(facts: RunFacts, now: datetime, thresholds: Thresholds) -> boo
     return (now - at).total_seconds() >= thresholds.of(facts.type).reconcile_after_seconds
 
 
-def threshold_of(facts: RunFacts, thresholds: Thresholds) -> int:
+def threshold_of(facts: RunShape, thresholds: Thresholds) -> int:
     values = thresholds.of(facts.type)
     return values.queued_seconds if facts.status == "queued" else values.heartbeat_seconds
 
 
-def _active(facts: RunFacts, now: datetime, thresholds: Thresholds, surface: Surface) -> Projection:
+def _active(facts: RunShape, now: datetime, thresholds: Thresholds, surface: Surface) -> Projection:
     threshold = threshold_of(facts, thresholds)
     reconcile_after = thresholds.of(facts.type).reconcile_after_seconds
     at = evidence_time(facts)
@@ -248,17 +276,20 @@ def _active(facts: RunFacts, now: datetime, thresholds: Thresholds, surface: Sur
     )
 
 
-def _completed(facts: RunFacts, thresholds: Thresholds) -> Projection:
+_COMPLETED = {
+    "surface_category": "no_longer_active",
+    "lifecycle_label": STATUS_LABELS["completed"],
+    "is_currently_active": False,
+    "show_in_active_progress": False,
+    "keep_active_polling": False,
+}
+
+
+def _completed(facts: RunShape, thresholds: Thresholds) -> Projection:
     outcome_label = OUTCOME_LABELS.get(facts.outcome, facts.outcome)
-    common = {
-        "surface_category": "no_longer_active",
-        "lifecycle_label": STATUS_LABELS["completed"],
-        "is_currently_active": False,
-        "show_in_active_progress": False,
-        "keep_active_polling": False,
-    }
-    record = dict(facts.reconciliation or {})
+    common = _COMPLETED
     if facts.reconciled_at is not None and facts.outcome == "failed":
+        record = dict(facts.reconciliation or {})
         source = record.get("source", "scheduled_reconciler")
         reason = record.get("reason_code", "run.reconciled")
         evidence = dict(record.get("evidence") or {})
@@ -301,7 +332,7 @@ def _completed(facts: RunFacts, thresholds: Thresholds) -> Projection:
 
 
 def project(
-    facts: RunFacts, now: datetime, thresholds: Thresholds, *, surface: Surface = "compact"
+    facts: RunShape, now: datetime, thresholds: Thresholds, *, surface: Surface = "compact"
 ) -> Projection:
     """The active-state projection of one run at ``now`` (see the module's truth table)."""
     if facts.status in ACTIVE:

@@ -22,7 +22,6 @@ from app.domain.operations.lifecycle import (
     OUTCOME_LABELS,
     STATUS_LABELS,
     Projection,
-    RunFacts,
     Surface,
     project,
     type_label,
@@ -107,7 +106,7 @@ def now_utc() -> datetime:
 def projection(
     run: OperationRun, now: datetime, thresholds: Thresholds, surface: Surface = "compact"
 ) -> Projection:
-    return project(RunFacts.of(run), now, thresholds, surface=surface)
+    return project(run, now, thresholds, surface=surface)
 
 
 # --- seed 000 ------------------------------------------------------------------------------------
