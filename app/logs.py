@@ -100,7 +100,7 @@ def write_line(logger: logging.Logger, message: str, fields: dict[str, Any], lev
     """``logger.log(level, message, extra=fields)``, the same line, at a fraction of the cost.
 
     The access log writes one line per request, and the logging module's record (its creation,
-    filters, attribute walk) cost a list request several times what its line costs to encode.
+    filters, attribute walk) costs about as much again as encoding and writing the line.
     Where every handler the record would reach is a :class:`GatewayHandler` (the app's own
     logging), the line is encoded and written by those handlers directly, masked as any record
     is; otherwise (a handler of another kind, such as a test's capture) the record goes through

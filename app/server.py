@@ -155,10 +155,9 @@ def create_served_app() -> Litestar:
     """The application of a ``jobgate serve`` worker process: :func:`create_app`, and once it has
     started, every object it holds until it exits (modules, routes, the runtime) moved out of the
     garbage collector's generations. Each request allocates thousands of short-lived objects, so
-    collections run several times a request; without the freeze each of the older generations'
-    collections walks the whole application again (about a sixth of a list request's CPU). Only
-    the serving process does this: an application built and dropped again (the tests) leaves its
-    cycles to the collector."""
+    collections run several times a request; without the freeze each collection of the older
+    generations walks the whole application again. Only the serving process does this: an
+    application built and dropped again (the tests) leaves its cycles to the collector."""
     app = create_app()
     app.on_startup.append(_freeze_long_lived)
     return app
