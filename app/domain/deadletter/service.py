@@ -21,6 +21,7 @@ from app.domain.deadletter.schemas import (
 )
 from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
 from app.http.problems import not_found
+from app.http.views import by_name
 from app.security.caller import Caller
 from app.storage.models import DeadLetterCluster as Clusters
 from app.storage.models import DeadLetterCount as Counts
@@ -32,27 +33,7 @@ TOP_CLUSTERS = 10
 SAMPLES = 3
 
 
-def view(entry: Entry) -> EntryView:
-    return EntryView(
-        entry_id=entry.entry_id,
-        job_id=entry.job_id,
-        job_type=entry.job_type,
-        source_id=entry.source_id,
-        project_id=entry.project_id,
-        category=entry.category,
-        error_code=entry.error_code,
-        message=entry.message,
-        error_template=entry.error_template,
-        payload=entry.payload,
-        attempts=entry.attempts,
-        status=entry.status,  # type: ignore[arg-type]
-        replay_count=entry.replay_count,
-        last_replayed_at=entry.last_replayed_at,
-        last_replay_job_id=entry.last_replay_job_id,
-        first_dead_lettered_at=entry.first_dead_lettered_at,
-        dead_lettered_at=entry.dead_lettered_at,
-        updated_at=entry.updated_at,
-    )
+view = by_name(EntryView)  # every field is the entry's attribute of its name
 
 
 def visible(caller: Caller, *columns: Any):  # type: ignore[no-untyped-def]

@@ -10,37 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.domain.jobs.schemas import JobPage, JobSummary, JobTypeCounts, JobView, StatusCounts
 from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
 from app.http.problems import not_found
+from app.http.views import by_name
 from app.security.caller import Caller
 from app.storage.models import Job
 
 ORDER = Keyset((Job.created_at, Job.job_id), descending=True)
 
 
-def view(job: Job) -> JobView:
-    return JobView(
-        job_id=job.job_id,
-        job_type=job.job_type,
-        source_id=job.source_id,
-        project_id=job.project_id,
-        status=job.status,  # type: ignore[arg-type]
-        priority=job.priority,
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        payload=job.payload,
-        run_after=job.run_after,
-        lease_owner=job.lease_owner,
-        lease_expires_at=job.lease_expires_at,
-        heartbeat_at=job.heartbeat_at,
-        pack_run_id=job.pack_run_id,
-        replay_of_entry_id=job.replay_of_entry_id,
-        last_error_code=job.last_error_code,
-        last_error_category=job.last_error_category,
-        last_error_message=job.last_error_message,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
+view = by_name(JobView)  # every field is the job's attribute of its name
 
 
 def visible(caller: Caller, *columns: Any):  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ from app.domain.quotas.schemas import (
 )
 from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
 from app.http.problems import FieldError, Problem, not_found
+from app.http.views import by_name
 from app.security.caller import Caller
 from app.security.sanitize import sanitize
 from app.storage.models import Job, Quota
@@ -30,20 +31,7 @@ ACTIVE_JOB_STATUSES = ("leased", "running")
 QUEUED_JOB_STATUSES = ("pending", "scheduled")
 
 
-def view(quota: Quota) -> QuotaView:
-    return QuotaView(
-        quota_id=quota.quota_id,
-        job_type=quota.job_type,
-        max_active=quota.max_active,
-        max_per_hour=quota.max_per_hour,
-        burst=quota.burst,
-        paused=quota.paused,
-        paused_by=quota.paused_by,
-        paused_reason=quota.paused_reason,
-        paused_at=quota.paused_at,
-        created_at=quota.created_at,
-        updated_at=quota.updated_at,
-    )
+view = by_name(QuotaView)  # every field is the quota's attribute of its name
 
 
 def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]

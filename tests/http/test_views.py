@@ -1,0 +1,48 @@
+"""Views made by name (``app/http/views.py``): every field from the attribute of its name."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from app.domain.jobs.service import view as job_view
+from app.domain.jobs.schemas import JobView
+from app.http.views import by_name
+from app.storage.models import Job
+
+
+class Pair(msgspec.Struct):
+    second: int
+    first: str
+
+
+class One(msgspec.Struct):
+    only: int
+
+
+def test_each_field_comes_from_the_attribute_of_its_name_whatever_the_order():
+    Row = namedtuple("Row", "first unused second")
+    assert by_name(Pair)(Row("a", None, 2)) == Pair(second=2, first="a")
+    assert by_name(One)(namedtuple("R", "only")(7)) == One(only=7)
+
+
+def test_an_object_without_one_of_the_fields_is_refused():
+    with pytest.raises(AttributeError):
+        by_name(Pair)(namedtuple("Row", "first")("a"))
+
+
+def test_a_job_entity_and_a_row_of_its_columns_give_the_same_view():
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    values = {column.key: None for column in Job.__table__.columns}
+    values.update(
+        job_id="job-1", job_type="demo.noop", source_id="src-1", status="queued", priority=3, attempt=0,
+        max_attempts=3, payload={"n": 1}, run_after=now, created_at=now, updated_at=now, tenant_id=1,
+    )  # fmt: skip
+    entity = Job(**values)
+    row = namedtuple("Row", values)(**values)
+    made = job_view(entity)
+    assert made == job_view(row)
+    assert made == JobView(**{field: values[field] for field in JobView.__struct_fields__})
