@@ -159,10 +159,11 @@ def create_served_app() -> Litestar:
     generations walks the whole application again. Only the serving process does this: an
     application built and dropped again (the tests) leaves its cycles to the collector."""
     app = create_app()
-    app.on_startup.append(_freeze_long_lived)
+    app.on_startup.append(freeze_long_lived)
     return app
 
 
-def _freeze_long_lived() -> None:
+def freeze_long_lived() -> None:
+    """Move every object alive now out of the collector's generations (once a worker has started)."""
     gc.collect()
     gc.freeze()

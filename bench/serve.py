@@ -8,7 +8,6 @@ has started, its long-lived objects are frozen out of the garbage collector's ge
 
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 import sys
@@ -17,19 +16,16 @@ from typing import Any
 from granian import Granian
 from granian.constants import Interfaces
 
+from app.server import freeze_long_lived
+
 TARGET = "BENCH_SERVE_TARGET"
 
 
 def served_app() -> Any:
     module, _, name = os.environ[TARGET].partition(":")
     app = getattr(importlib.import_module(module), name)()
-    app.on_startup.append(_freeze)
+    app.on_startup.append(freeze_long_lived)
     return app
-
-
-def _freeze() -> None:
-    gc.collect()
-    gc.freeze()
 
 
 def main() -> None:
