@@ -33,6 +33,7 @@ from app.domain.sources import routes as sources
 from app import metrics
 from app.engine import embedded
 from app.http.caching import GatewayResponse
+from app.http.direct import plan_all
 from app.http.links import add_links
 from app.http.observability import RequestObserver
 from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
@@ -97,9 +98,10 @@ def create_app(
             if tracing is not None:
                 tracing.shutdown()
 
+    envelope = Envelope(runtime)
     app = Litestar(
         route_handlers=[*PUBLIC_ROUTES, *PROTECTED_ROUTES],
-        middleware=[DefineMiddleware(EnvelopeMiddleware, envelope=Envelope(runtime))],
+        middleware=[DefineMiddleware(EnvelopeMiddleware, envelope=envelope)],
         dependencies={
             "session": Provide(provide_session),
             "caller": Provide(provide_caller),
@@ -110,7 +112,7 @@ def create_app(
         before_send=[_echo_trace_id],
         response_class=GatewayResponse,
         lifespan=[lifespan],
-        state=State({"runtime": runtime}),
+        state=State({"runtime": runtime, "envelope": envelope}),
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),
             allow_headers=CORS_ALLOW_HEADERS,
@@ -146,6 +148,7 @@ def create_app(
     )
     close_strict_objects(app)
     add_links(app)
+    envelope.direct_reads = plan_all(app)
     # Outside the router, so that requests no route matches are observed too.
     app.asgi_handler = RequestObserver(app.asgi_handler, tracing)
     return app

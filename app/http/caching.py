@@ -52,6 +52,23 @@ def matches(header: str | None, etag: str, *, strong: bool = False) -> bool:
     return any(tag.removeprefix("W/") == etag for tag in tags)
 
 
+def read_answer(content: Any, policy: str, if_none_match: str | None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """A GET's answer of ``content`` as status, body and headers: 200 with the canonical JSON, or
+    304 with no body when ``If-None-Match`` holds its ETag. The same answer as
+    :class:`GatewayResponse` gives through the framework (``app/http/direct.py``)."""
+    body = encode(content)
+    etag = etag_of_body(body)
+    headers = [(b"etag", etag.encode()), (b"cache-control", _POLICY_BYTES[policy]), (b"vary", _VARY_BYTES)]
+    if matches(if_none_match, etag):
+        return 304, b"", headers
+    headers += ((b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()))
+    return 200, body, headers
+
+
+_POLICY_BYTES = {policy: value.encode() for policy, value in CACHE_POLICIES.items()}
+_VARY_BYTES = VARY.encode()
+
+
 class GatewayResponse(Response[Any]):
     """The response class of the whole app: canonical JSON, ETag, 304 and cache headers."""
 

@@ -7,7 +7,8 @@ commit answers a problem response and applies nothing.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator
 
 from litestar import Request, Response
 from litestar.params import Parameter
@@ -21,6 +22,9 @@ from app.http.problems import Problem
 from app.security import header_rules as rules
 from app.security.caller import Caller, caller_of
 from app.security.envelope import AUDITED_KEY
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 log = logging.getLogger("jobgate.mutation")
 
@@ -76,12 +80,11 @@ class Mutation:
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
 
 
-async def provide_session(request: Request[Any, Any, Any], caller: Caller) -> AsyncIterator[AsyncSession]:
-    """A session per request. Reads run in autocommit (no BEGIN/ROLLBACK round trips); writes in
-    one transaction that :meth:`Mutation.commit` commits. Depending on ``caller`` orders the
-    dependencies, so the framework resolves them one after the other without a task group."""
-    runtime = request.app.state.runtime
-    session = (runtime.read_sessions if request.method == "GET" else runtime.sessions)()
+@asynccontextmanager
+async def read_session(runtime: Runtime, method: str) -> AsyncIterator[AsyncSession]:
+    """A session per request. Reads (GET) run in autocommit (no BEGIN/ROLLBACK round trips);
+    writes in one transaction that :meth:`Mutation.commit` commits."""
+    session = (runtime.read_sessions if method == "GET" else runtime.sessions)()
     try:
         yield session
     finally:
@@ -89,6 +92,13 @@ async def provide_session(request: Request[Any, Any, Any], caller: Caller) -> As
         # (a list read with the driver directly); closing it would cost as much as its page.
         if session.in_transaction():
             await session.close()
+
+
+async def provide_session(request: Request[Any, Any, Any], caller: Caller) -> AsyncIterator[AsyncSession]:
+    """:func:`read_session` as the routes' dependency. Depending on ``caller`` orders the
+    dependencies, so the framework resolves them one after the other without a task group."""
+    async with read_session(request.app.state.runtime, request.method) as session:
+        yield session
 
 
 # The header parameters below are checked by the envelope before the handler runs; declaring them
