@@ -216,14 +216,21 @@ class PageQuery:
     the keyset condition, order and limit are added here. Building and compiling a select costs
     more than the driver's work for a page, so each shape (the names present, and whether a
     continuation token continues the list) is built once per process and then only bound. An
-    entity's select (``scalars``) reads its table's columns."""
+    entity's select (``scalars``) reads its table's columns, or only ``columns`` where given (a
+    list that shows few of them: each column not read is a value not sent, built or decoded)."""
 
     def __init__(
-        self, build: Callable[[frozenset[str]], Select[Any]], keyset: Keyset, *, scalars: bool = True
+        self,
+        build: Callable[[frozenset[str]], Select[Any]],
+        keyset: Keyset,
+        *,
+        scalars: bool = True,
+        columns: Sequence[ColumnElement[Any]] | None = None,
     ) -> None:
         self.build = build
         self.keyset = keyset
         self.scalars = scalars
+        self.columns = tuple(columns) if columns else None
         self._shapes: dict[tuple[frozenset[str], bool], tuple[Select[Any], type[tuple[Any, ...]]]] = {}
 
     def statement(self, present: frozenset[str], continued: bool) -> tuple[Select[Any], type[tuple[Any, ...]]]:
@@ -231,7 +238,7 @@ class PageQuery:
         if shape is None:
             stmt = self.build(present)
             if self.scalars:
-                stmt = _entity_columns(stmt)
+                stmt = stmt.with_only_columns(*self.columns) if self.columns else _entity_columns(stmt)
             if continued:
                 stmt = stmt.where(
                     _after(self.keyset, [bindparam(f"after_{i}", type_=c.type) for i, c in enumerate(self.keyset.columns)])

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.settings import Settings
 
 
+_JSON = msgspec.json.Decoder()
+
+
+def decode_json(text: str | bytes) -> Any:
+    """A JSON column's value as the standard library reads it, about six times faster: every page
+    of jobs or dead-letter entries decodes a payload per row, every page of operation runs three
+    documents per run. What msgspec refuses and the standard library reads (a number beyond a
+    float's range, which a ``jsonb`` column can hold) is read by the standard library."""
+    try:
+        return _JSON.decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(settings.database_url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            settings.database_url, connect_args={"timeout": 30}, json_deserializer=decode_json
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -37,6 +55,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # gateway serving again as soon as the database accepts connections.
         pool_pre_ping=False,
         pool_recycle=1800,
+        json_deserializer=decode_json,
         connect_args={
             # asyncpg waits 60 s for a connection by default: a database host that does not answer
             # would hold requests far past any client's patience instead of answering 503.

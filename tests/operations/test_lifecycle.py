@@ -293,3 +293,14 @@ def test_property_labels_do_not_depend_on_the_clock_within_a_state(
     b = project(run, now + timedelta(seconds=delta), TH)
     if a.freshness_state == b.freshness_state:
         assert a == b
+
+
+@given(run=runs, now=moments, surface=st.sampled_from(["compact", "detail"]))
+def test_property_a_projection_without_evidence_differs_only_in_its_evidence(
+    run: RunFacts, now: datetime, surface: str
+) -> None:
+    shown = project(run, now, TH, surface=surface)  # type: ignore[arg-type]
+    unshown = project(run, now, TH, surface=surface, evidence=False)  # type: ignore[arg-type]
+    assert dict(unshown.evidence) == {}
+    assert msgspec.structs.replace(unshown, evidence=shown.evidence) == shown
+    assert unshown.listed_freshness == shown.listed_freshness

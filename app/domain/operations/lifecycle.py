@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -199,7 +200,7 @@ def threshold_of(facts: RunShape, thresholds: Thresholds) -> int:
     return values.queued_seconds if facts.status == "queued" else values.heartbeat_seconds
 
 
-def _active(facts: RunShape, now: datetime, thresholds: Thresholds, surface: Surface) -> Projection:
+def _active(facts: RunShape, now: datetime, thresholds: Thresholds, surface: Surface, shown: bool) -> Projection:
     threshold = threshold_of(facts, thresholds)
     reconcile_after = thresholds.of(facts.type).reconcile_after_seconds
     at = evidence_time(facts)
@@ -222,11 +223,13 @@ def _active(facts: RunShape, now: datetime, thresholds: Thresholds, surface: Sur
             guidance="The run's worker never reported a start or a heartbeat. Check the worker logs; the "
             f"reconciler fails the run {duration(reconcile_after)} after its creation.",
             stale_lineage_note=None,
-            evidence={"last_heartbeat_at": None, "started_at": None},
+            evidence={"last_heartbeat_at": None, "started_at": None} if shown else _UNSHOWN,
             **common,  # type: ignore[arg-type]
         )
     evidence = (
-        {"created_at": iso_or_none(facts.created_at)}
+        _UNSHOWN
+        if not shown
+        else {"created_at": iso_or_none(facts.created_at)}
         if facts.status == "queued"
         else {"last_heartbeat_at": iso_or_none(facts.heartbeat_at), "started_at": iso_or_none(facts.started_at)}
     )
@@ -276,6 +279,8 @@ def _active(facts: RunShape, now: datetime, thresholds: Thresholds, surface: Sur
     )
 
 
+_UNSHOWN: Mapping[str, Any] = MappingProxyType({})
+
 _COMPLETED = {
     "surface_category": "no_longer_active",
     "lifecycle_label": STATUS_LABELS["completed"],
@@ -285,7 +290,7 @@ _COMPLETED = {
 }
 
 
-def _completed(facts: RunShape, thresholds: Thresholds) -> Projection:
+def _completed(facts: RunShape, thresholds: Thresholds, shown: bool) -> Projection:
     outcome_label = OUTCOME_LABELS.get(facts.outcome, facts.outcome)
     common = _COMPLETED
     if facts.reconciled_at is not None and facts.outcome == "failed":
@@ -313,7 +318,9 @@ def _completed(facts: RunShape, thresholds: Thresholds) -> Projection:
             stale_lineage_note=lineage,
             is_reconciled=True,
             threshold_seconds=threshold,
-            evidence={**evidence, "reconciled_at": iso_or_none(facts.reconciled_at), "reason_code": reason},
+            evidence={**evidence, "reconciled_at": iso_or_none(facts.reconciled_at), "reason_code": reason}
+            if shown
+            else _UNSHOWN,
             **common,  # type: ignore[arg-type]
         )
     follow_up = facts.outcome in FOLLOW_UP_OUTCOMES
@@ -326,19 +333,23 @@ def _completed(facts: RunShape, thresholds: Thresholds) -> Projection:
         stale_lineage_note=None,
         is_reconciled=facts.reconciled_at is not None,
         threshold_seconds=thresholds.of(facts.type).heartbeat_seconds,
-        evidence={"completed_at": iso_or_none(facts.completed_at)},
+        evidence={"completed_at": iso_or_none(facts.completed_at)} if shown else _UNSHOWN,
         **common,  # type: ignore[arg-type]
     )
 
 
 def project(
-    facts: RunShape, now: datetime, thresholds: Thresholds, *, surface: Surface = "compact"
+    facts: RunShape, now: datetime, thresholds: Thresholds, *, surface: Surface = "compact", evidence: bool = True
 ) -> Projection:
-    """The active-state projection of one run at ``now`` (see the module's truth table)."""
+    """The active-state projection of one run at ``now`` (see the module's truth table).
+
+    ``evidence=False`` where the surface shows none (the seed-000 list, a page of 50 runs): the
+    projection's ``evidence`` is left empty and its instants are not formatted; every other field
+    is the same."""
     if facts.status in ACTIVE:
-        return _active(facts, now, thresholds, surface)
+        return _active(facts, now, thresholds, surface, evidence)
     if facts.status == "completed":
-        return _completed(facts, thresholds)
+        return _completed(facts, thresholds, evidence)
     return Projection(
         freshness_state="unknown",
         problem_class="none",

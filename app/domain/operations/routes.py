@@ -3,6 +3,7 @@ with ETags (``Cache-Control: private, no-cache``) because consoles poll them."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from litestar import Request, get
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from app.domain.operations import queries, service
+from app.domain.operations.lifecycle import RunFacts
 from app.domain.operations.schemas import (
     ListedFreshness,
     OperationRunCollectionContract,
@@ -51,7 +53,12 @@ def _list(present: frozenset[str]):  # type: ignore[no-untyped-def]
     return stmt
 
 
-LIST = PageQuery(_list, ORDER)
+# What a listed run shows and what its projection reads (not its counts, failures or context).
+LISTED = (
+    *(getattr(OperationRun, field.name) for field in dataclasses.fields(RunFacts)),
+    *(getattr(OperationRun, name) for name in ("id", "tenant_id", "initiator_name", "operator_message")),
+)
+LIST = PageQuery(_list, ORDER, columns=LISTED)
 MAX_ID = 2**63 - 1
 DASHBOARD_ACTIVE = 50
 DASHBOARD_RECENT = 20
@@ -148,7 +155,7 @@ async def list_operations(
         rows, token = await fetch_built_page(
             session, stmt, ORDER, limit=limit, token=continuation_token, scope=scope, codec=runtime.cursors
         )
-    items = [service.list_item(run, service.projection(run, now, thresholds)) for run in rows]
+    items = [service.list_item(run, service.projection(run, now, thresholds, evidence=False)) for run in rows]
     return OperationRunPage(data=items, continuation_token=token)
 
 

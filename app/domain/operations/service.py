@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -104,36 +105,32 @@ def now_utc() -> datetime:
 
 
 def projection(
-    run: OperationRun, now: datetime, thresholds: Thresholds, surface: Surface = "compact"
+    run: OperationRun, now: datetime, thresholds: Thresholds, surface: Surface = "compact", *, evidence: bool = True
 ) -> Projection:
-    return project(run, now, thresholds, surface=surface)
+    return project(run, now, thresholds, surface=surface, evidence=evidence)
 
 
 # --- seed 000 ------------------------------------------------------------------------------------
 
 
 def list_item(run: OperationRun, p: Projection) -> OperationRunListItem:
-    return OperationRunListItem(**_list_fields(run, p))
-
-
-def _list_fields(run: OperationRun, p: Projection) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "id": run.id,
-        "type": run.type,
-        "type_label": type_label(run.type),
-        "status": run.status,
-        "outcome": run.outcome,
-        "freshness_state": p.listed_freshness,
-        "reconciled": p.is_reconciled,
-        "tenant_id": run.tenant_id,
-        "initiator_name": run.initiator_name,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "completed_at": run.completed_at,
-    }
-    if run.operator_message is not None:
-        fields["operator_message"] = run.operator_message
-    return fields
+    """The seed-000 list item (50 a page: made with keywords, not through a dict)."""
+    message = run.operator_message
+    return OperationRunListItem(
+        id=run.id,
+        type=run.type,
+        type_label=type_label(run.type),
+        status=run.status,  # type: ignore[arg-type]
+        outcome=run.outcome,  # type: ignore[arg-type]
+        freshness_state=p.listed_freshness,  # type: ignore[arg-type]
+        reconciled=p.is_reconciled,
+        tenant_id=run.tenant_id,
+        initiator_name=run.initiator_name,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        completed_at=run.completed_at,
+        operator_message=msgspec.UNSET if message is None else message,
+    )
 
 
 def reconciliation_record(run: OperationRun) -> ReconciliationRecord | None:
@@ -162,7 +159,7 @@ def detail(run: OperationRun, p: Projection) -> OperationRunDetail:
         if isinstance(f, dict)
     ]
     return OperationRunDetail(
-        **_list_fields(run, p),
+        **msgspec.structs.asdict(list_item(run, p)),
         summary_counts=counts,
         failure_summary=failures,
         reconciliation=reconciliation_record(run),
