@@ -46,7 +46,7 @@ _NEEDLES: tuple[tuple[str, ...], ...] = (
     ("://",),
     ("bearer", "dpop", "basic"),
     ("eyj",),
-    ("password", "passwd", "pwd", "secret", "api", "token"),
+    ("password", "passwd", "pwd", "secret", "api_key", "api-key", "apikey", "token"),
     ("@",),
 )
 

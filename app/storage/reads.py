@@ -47,7 +47,7 @@ DRIVER_CONNECTION_ERRORS = frozenset((
 class _Plan:
     """One compiled statement shape: its SQL, parameter order and value processors."""
 
-    __slots__ = ("compiled", "sql", "positions", "binders", "results", "expanding")
+    __slots__ = ("compiled", "sql", "positions", "binders", "results", "expanding", "_expansions")
 
     def __init__(self, compiled: Any) -> None:
         self.compiled = compiled
@@ -55,6 +55,11 @@ class _Plan:
         self.positions: Sequence[str] = compiled.positiontup or ()
         self.binders: dict[str, Callable[[Any], Any]] = dict(compiled._bind_processors)
         self.expanding = bool(compiled.post_compile_params or compiled.literal_execute_params)
+        # An expanding IN's SQL depends only on how many values each list holds (where no value
+        # is rendered literally): expanded once per count, then only bound.
+        self._expansions: dict[tuple[int, ...], Any] | None = (
+            {} if compiled.post_compile_params and not compiled.literal_execute_params else None
+        )
         dialect = compiled.dialect
         self.results: list[Callable[[Any], Any] | None] = [
             column.type._cached_result_processor(dialect, None) for column in compiled._result_columns
@@ -72,19 +77,38 @@ class _Plan:
             )
         sql, positions, binders = self.sql, self.positions, self.binders
         if self.expanding:
-            expanded = self.compiled._process_parameters_for_postcompile(values)
-            sql, positions, binders, values = (
-                expanded.statement,
-                expanded.positiontup or (),
-                expanded.processors,
-                expanded.parameters,
-            )
+            expanded, kept = self._expanded(values, cached=key is None)
+            sql, positions, binders = expanded.statement, expanded.positiontup or (), expanded.processors
+            if kept:  # expanded for another request's values: this request's, by expanded name
+                values = dict(values)
+                for name, names in expanded.parameter_expansion.items():
+                    values.update(zip(names, values[name]))
+            else:
+                values = expanded.parameters
         arguments = []
         for name in positions:
             value = values[name]
             bind = binders.get(name)
             arguments.append(value if bind is None or value is None else bind(value))
         return sql, arguments
+
+    def _expanded(self, values: Mapping[str, Any], *, cached: bool) -> tuple[Any, bool]:
+        """The post-compiled form of the statement for ``values`` (SQLAlchemy's own expansion),
+        kept per count of values where the statement was built once (its parameters are named);
+        and whether it was kept from an earlier request."""
+        if self._expansions is None or not cached:
+            return self.compiled._process_parameters_for_postcompile(values), False
+        names = self.compiled.bind_names
+        lengths = {names[p]: len(values[names[p]]) for p in self.compiled.post_compile_params}
+        counts = tuple(lengths.values())
+        expanded = self._expansions.get(counts)
+        if expanded is not None:
+            return expanded, True
+        expanded = self.compiled._process_parameters_for_postcompile(values)  # takes the lists out of values
+        expansion = expanded.parameter_expansion
+        if all(len(expansion.get(name, ())) == length for name, length in lengths.items()):
+            self._expansions[counts] = expanded  # lists of plain values (not of tuples)
+        return expanded, False
 
     def rows(self, records: list[Any], make: Callable[[Any], Any]) -> list[Any]:
         results = self.results

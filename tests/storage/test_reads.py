@@ -149,8 +149,10 @@ async def test_every_list_shape_reads_the_same_rows_with_the_driver_as_with_the_
 async def test_statements_built_per_request_read_the_same_rows_whatever_their_values(runtime, factory, both):
     rows, _ = await _seed(runtime, factory)
     other, _ = await _seed(runtime, factory)
-    for tenant_ids in ([rows.tenant_id], [rows.tenant_id, other.tenant_id], [other.tenant_id, -1, -2]):
-        # An expanding IN (its SQL differs with the list's length), JSON, NULLs and instants.
+    lists = ([rows.tenant_id], [other.tenant_id], [rows.tenant_id, other.tenant_id], [other.tenant_id, -1, -2])
+    for tenant_ids in lists:
+        # An expanding IN (its SQL differs with the list's length, its values with each list of a
+        # length), JSON, NULLs and instants.
         stmt = (
             select(Job.tenant_id, Job.job_id, Job.payload, Job.pack_run_id, Job.created_at)
             .where(Job.tenant_id.in_(tenant_ids), Job.created_at >= at(1))
@@ -321,7 +323,8 @@ async def test_every_operation_run_list_shape_reads_the_same_rows(runtime, facto
     names = ["project", "status", "outcome", "type", "tenant_id", "reconciled", "unreconciled"]
     nonempty = 0
     for present, continued in _shapes(operations.LIST, names):
-        for tenants in ([tenant.id], [tenant.id, -1, -2]):  # the expanding IN of the visible tenants
+        # The expanding IN of the visible tenants: two lengths, two lists of each length.
+        for tenants in ([tenant.id], [-1], [tenant.id, -1, -2], [-2, -1, tenant.id]):
             stmt, _ = operations.LIST.statement(present, continued)
             params = {"workspace": values["workspace"], "tenants": tenants, "page_rows": 50,
                       **{name: values[name] for name in present}}
