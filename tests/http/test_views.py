@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from collections import namedtuple
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
 
+from app.domain.audit.queries import view as audit_view
+from app.domain.audit.schemas import AuditView
 from app.domain.jobs.service import view as job_view
 from app.domain.jobs.schemas import JobView
+from app.domain.packruns.schemas import PackRunView, StepCounts
+from app.domain.packruns.service import view as packrun_view
+from app.domain.sources.schemas import JobCounts, SourceView
+from app.domain.sources.service import view as source_view
 from app.http.views import by_name
-from app.storage.models import Job
+from app.storage.models import AuditRecord, Job, PackRun, Source
 
 
 class Pair(msgspec.Struct):
@@ -46,3 +53,26 @@ def test_a_job_entity_and_a_row_of_its_columns_give_the_same_view():
     made = job_view(entity)
     assert made == job_view(row)
     assert made == JobView(**{field: values[field] for field in JobView.__struct_fields__})
+
+
+def _distinct_row(model: type) -> Any:
+    """A row of ``model``'s columns, each holding a value no other column holds."""
+    names = [column.key for column in model.__table__.columns]
+    return namedtuple("Row", names)(*(f"value-of-{name}" for name in names))
+
+
+@pytest.mark.parametrize(
+    ("make", "model", "view_type", "derived"),
+    [
+        (source_view, Source, SourceView, {"job_counts": lambda r: JobCounts(r.jobs_submitted, r.jobs_active, r.jobs_failed)}),
+        (packrun_view, PackRun, PackRunView, {"steps": lambda r: StepCounts(r.steps_total, r.steps_succeeded, r.steps_failed)}),
+        (lambda r: audit_view(r, "tenant-key"), AuditRecord, AuditView, {"audit_id": lambda r: r.id, "tenant": lambda r: "tenant-key"}),
+    ],
+    ids=["source", "pack-run", "audit"],
+)
+def test_a_positional_view_takes_each_field_from_the_column_of_its_name(make, model, view_type, derived):
+    row = _distinct_row(model)
+    made = make(row)
+    for field in view_type.__struct_fields__:
+        expected = derived[field](row) if field in derived else getattr(row, field)
+        assert getattr(made, field) == expected, field

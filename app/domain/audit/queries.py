@@ -18,24 +18,12 @@ ORDER = Keyset((AuditRecord.occurred_at, AuditRecord.id), descending=True)
 
 
 def view(row: AuditRecord, tenant: str) -> AuditView:
+    """Positional, in ``AuditView``'s field order (as the sources' view, see there)."""
+    r = row
     return AuditView(
-        audit_id=row.id,
-        occurred_at=row.occurred_at,
-        tenant=tenant,
-        project_id=row.project_id,
-        subject=row.subject,
-        client_id=row.client_id,
-        action=row.action,
-        method=row.method,
-        route=row.route,
-        target=row.target,
-        reason=row.reason,
-        ticket=row.ticket,
-        trace_id=row.trace_id,
-        idempotency_key=row.idempotency_key,
-        result_status=row.result_status,
-        result_code=row.result_code,
-    )
+        r.id, r.occurred_at, tenant, r.project_id, r.subject, r.client_id, r.action, r.method, r.route, r.target,
+        r.reason, r.ticket, r.trace_id, r.idempotency_key, r.result_status, r.result_code,
+    )  # fmt: skip
 
 
 FILTERS = (("action", AuditRecord.action), ("subject", AuditRecord.subject), ("target", AuditRecord.target))

@@ -15,23 +15,13 @@ ORDER = Keyset((PackRun.created_at, PackRun.pack_run_id), descending=True)
 
 
 def view(run: PackRun) -> PackRunView:
+    """Positional, in ``PackRunView``'s field order (as the sources' view, see there)."""
+    r = run
     return PackRunView(
-        pack_run_id=run.pack_run_id,
-        pack_name=run.pack_name,
-        pack_version=run.pack_version,
-        status=run.status,  # type: ignore[arg-type]
-        project_id=run.project_id,
-        source_id=run.source_id,
-        retry_of=run.retry_of,
-        operation_run_id=run.operation_run_id,
-        steps=StepCounts(run.steps_total, run.steps_succeeded, run.steps_failed),
-        initiated_by=run.initiated_by,
-        cancel_requested_at=run.cancel_requested_at,
-        created_at=run.created_at,
-        updated_at=run.updated_at,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-    )
+        r.pack_run_id, r.pack_name, r.pack_version, r.status, r.project_id, r.source_id, r.retry_of,  # type: ignore[arg-type]
+        r.operation_run_id, StepCounts(r.steps_total, r.steps_succeeded, r.steps_failed), r.initiated_by,
+        r.cancel_requested_at, r.created_at, r.updated_at, r.started_at, r.finished_at,
+    )  # fmt: skip
 
 
 def visible(caller: Caller):  # type: ignore[no-untyped-def]

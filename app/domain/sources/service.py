@@ -19,18 +19,14 @@ ORDER = Keyset((Source.name, Source.source_id))
 
 
 def view(source: Source) -> SourceView:
+    """The view of an entity or a list page's row. Positional (a page makes 50, and keywords cost
+    about four times as much): in ``SourceView``'s field order, which ``tests/http/test_views.py``
+    holds to the names."""
+    s = source
     return SourceView(
-        source_id=source.source_id,
-        name=source.name,
-        source_type=source.source_type,
-        enabled=source.enabled,
-        project_id=source.project_id,
-        description=source.description,
-        created_at=source.created_at,
-        updated_at=source.updated_at,
-        last_job_at=source.last_job_at,
-        job_counts=JobCounts(source.jobs_submitted, source.jobs_active, source.jobs_failed),
-    )
+        s.source_id, s.name, s.source_type, s.enabled, s.project_id, s.description, s.created_at, s.updated_at,
+        s.last_job_at, JobCounts(s.jobs_submitted, s.jobs_active, s.jobs_failed),
+    )  # fmt: skip
 
 
 def _visible(caller: Caller):  # type: ignore[no-untyped-def]
