@@ -202,7 +202,10 @@ class DirectRead:
         """Answer the request, or leave an unusual one to ``otherwise`` (the framework's path);
         the status sent."""
         try:
+            if scope["method"] != "GET":
+                raise Unusual
             kwargs = self.arguments(scope)
+            if_none_match = _if_none_match(scope)
         except Unusual:
             return await otherwise(scope, receive, send)
         runtime = scope["litestar_app"].state.runtime
@@ -215,17 +218,18 @@ class DirectRead:
                 content = await self.fn(session=session, **kwargs)
         else:
             content = await self.fn(**kwargs)
-        status, body, headers = read_answer(content, self.policy, _if_none_match(scope))
+        status, body, headers = read_answer(content, self.policy, if_none_match)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return status
 
 
 def _if_none_match(scope: Scope) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == b"if-none-match":
-            return value.decode("latin-1")
-    return None
+    """The one ``If-None-Match`` header, or None; several are left to the framework's reading."""
+    found = [value for key, value in scope["headers"] if key.lower() == b"if-none-match"]
+    if len(found) > 1:
+        raise Unusual
+    return found[0].decode("latin-1") if found else None
 
 
 # The dependencies a direct read provides itself; the caller's provider only declares, for the

@@ -36,20 +36,24 @@ async def framework(gateway_env: dict[str, str]) -> AsyncIterator[Any]:
 
 @pytest.fixture
 def taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What each direct read decided: ``direct`` or ``framework`` (an unusual request)."""
+    """How each direct read answered: ``direct``, or ``framework`` (an unusual request)."""
     decided: list[str] = []
-    arguments = direct.DirectRead.arguments
+    answer = direct.DirectRead.answer
 
-    def recorded(self: direct.DirectRead, scope: Any) -> dict[str, Any]:
+    async def recorded(self: direct.DirectRead, scope: Any, receive: Any, send: Any, *, otherwise: Any) -> int:
+        left = False
+
+        async def framework_path(*args: Any) -> int:
+            nonlocal left
+            left = True
+            return await otherwise(*args)
+
         try:
-            kwargs = arguments(self, scope)
-        except direct.Unusual:
-            decided.append("framework")
-            raise
-        decided.append("direct")
-        return kwargs
+            return await answer(self, scope, receive, send, otherwise=framework_path)
+        finally:  # also when the handler raises its problem
+            decided.append("framework" if left else "direct")
 
-    monkeypatch.setattr(direct.DirectRead, "arguments", recorded)
+    monkeypatch.setattr(direct.DirectRead, "answer", recorded)
     return decided
 
 
@@ -193,6 +197,19 @@ async def test_details_next_pages_projects_and_revalidation_match(client, framew
     assert taken == ["direct"] * 9
 
 
+async def test_several_if_none_match_headers_are_left_to_the_framework(client, framework, factory, runtime, taken):
+    tenant, _, _ = await seeded(runtime, factory)
+    headers = factory.headers(tenant)
+    etag = (await client.get("/jobengine/quotas", headers=headers)).headers["etag"]
+    taken.clear()
+    several = [*headers.items(), ("X-Stella-Trace-Id", TRACE), ("If-None-Match", '"other"'), ("If-None-Match", etag)]
+    fast = await client.get("/jobengine/quotas", headers=several)
+    slow = await framework.get("/jobengine/quotas", headers=several)
+    assert (fast.status_code, fast.content) == (slow.status_code, slow.content)
+    assert sorted(fast.headers.multi_items()) == sorted(slow.headers.multi_items())
+    assert taken == ["framework"]
+
+
 async def test_refusals_of_the_envelope_are_unchanged(client, framework, factory, runtime, taken):
     tenant, _, _ = await seeded(runtime, factory)
     missing_scope = await both(client, framework, "/jobengine/quotas", factory.headers(tenant, scope="orch:read"))
@@ -213,3 +230,14 @@ def test_every_read_route_is_planned(app):
     }
     assert planned == reads
     assert len(reads) == 21
+
+
+async def test_a_head_request_is_not_answered_directly(client, framework, factory, runtime, taken):
+    tenant, _, _ = await seeded(runtime, factory)
+    headers = {**factory.headers(tenant), "X-Stella-Trace-Id": TRACE}
+    fast = await client.head("/jobengine/quotas", headers=headers)
+    slow = await framework.head("/jobengine/quotas", headers=headers)
+    assert (fast.status_code, fast.content) == (slow.status_code, slow.content)
+    assert sorted(fast.headers.multi_items()) == sorted(slow.headers.multi_items())
+    assert fast.content == b""
+    assert "direct" not in taken
