@@ -32,6 +32,7 @@ from sqlalchemy.util import greenlet_spawn
 log = logging.getLogger("jobgate.reads")
 
 COMPILED_CACHE_SIZE = 512
+MAX_EXPANSIONS = 64  # expanded forms kept per statement (one per count of values in its lists)
 # asyncpg's errors of the connection rather than of the statement: the connection is not reused.
 DRIVER_CONNECTION_ERRORS = frozenset((
     "ConnectionDoesNotExistError",
@@ -106,7 +107,9 @@ class _Plan:
             return expanded, True
         expanded = self.compiled._process_parameters_for_postcompile(values)  # takes the lists out of values
         expansion = expanded.parameter_expansion
-        if all(len(expansion.get(name, ())) == length for name, length in lengths.items()):
+        if len(self._expansions) < MAX_EXPANSIONS and all(
+            len(expansion.get(name, ())) == length for name, length in lengths.items()
+        ):
             self._expansions[counts] = expanded  # lists of plain values (not of tuples)
         return expanded, False
 
