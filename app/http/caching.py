@@ -52,21 +52,13 @@ def matches(header: str | None, etag: str, *, strong: bool = False) -> bool:
     return any(tag.removeprefix("W/") == etag for tag in tags)
 
 
-def read_answer(content: Any, policy: str, if_none_match: str | None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """A GET's answer of ``content`` as status, body and headers: 200 with the canonical JSON, or
-    304 with no body when ``If-None-Match`` holds its ETag. The same answer as
-    :class:`GatewayResponse` gives through the framework (``app/http/direct.py``)."""
+def conditional(content: Any, policy: str, if_none_match: str | None) -> tuple[bytes | None, dict[str, str]]:
+    """A GET's canonical body (None when ``If-None-Match`` holds its ETag: a 304) and the headers
+    either answer carries; for :class:`GatewayResponse` and the direct reads (``app/http/direct.py``)."""
     body = encode(content)
     etag = etag_of_body(body)
-    headers = [(b"etag", etag.encode()), (b"cache-control", _POLICY_BYTES[policy]), (b"vary", _VARY_BYTES)]
-    if matches(if_none_match, etag):
-        return 304, b"", headers
-    headers += ((b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()))
-    return 200, body, headers
-
-
-_POLICY_BYTES = {policy: value.encode() for policy, value in CACHE_POLICIES.items()}
-_VARY_BYTES = VARY.encode()
+    headers = {"ETag": etag, "Cache-Control": CACHE_POLICIES[policy], "Vary": VARY}
+    return (None if matches(if_none_match, etag) else body), headers
 
 
 class GatewayResponse(Response[Any]):
@@ -82,12 +74,10 @@ class GatewayResponse(Response[Any]):
                 self.content = encode(content)
             return super().to_asgi_response(app, request, **kwargs)
 
-        body = encode(content)
-        etag = etag_of_body(body)
         policy = request.route_handler.opt.get("cache", "console")
-        headers = {"ETag": etag, "Cache-Control": CACHE_POLICIES[policy], "Vary": VARY}
+        body, headers = conditional(content, policy, request.headers.get("if-none-match"))
         self.headers.update(headers)
-        if matches(request.headers.get("if-none-match"), etag):
+        if body is None:
             return ASGIResponse(status_code=304, headers=self.headers, body=b"")
         self.content = body
         return super().to_asgi_response(app, request, **kwargs)

@@ -18,7 +18,7 @@ the request, the read session, the caller and query or path parameters of plain 
   which the framework's path does not repeat;
 * calls the route's handler with the values, the caller the envelope established and a read
   session (:func:`app.http.mutation.read_session`, as the framework's provider does);
-* answers its content as :class:`app.http.caching.GatewayResponse` does (:func:`read_answer`):
+* answers its content as :class:`app.http.caching.GatewayResponse` does (:func:`conditional`):
   the same bytes, ``ETag``, ``304`` and headers.
 
 A problem the handler raises propagates as from the framework's path, to the same exception
@@ -43,8 +43,9 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import ParameterKwarg
 from litestar.types import Empty, Receive, Scope, Send
 
-from app.http.caching import GatewayResponse, read_answer
+from app.http.caching import GatewayResponse, conditional
 from app.http.mutation import provide_caller, provide_session, read_session
+from app.http.tracing import header_values
 from app.security.caller import CALLER_KEY
 
 # Plain decimal without sign or leading zero: the spelling every client sends; msgspec would
@@ -208,17 +209,22 @@ class DirectRead:
             if_none_match = _if_none_match(scope)
         except Unusual:
             return await otherwise(scope, receive, send)
-        runtime = scope["litestar_app"].state.runtime
         if self.takes_request:
             kwargs["request"] = Request(scope, receive, send)
         if self.takes_caller:
             kwargs["caller"] = scope["state"][CALLER_KEY]
         if self.takes_session:
-            async with read_session(runtime, scope["method"]) as session:
+            async with read_session(scope["litestar_app"].state.runtime, "GET") as session:
                 content = await self.fn(session=session, **kwargs)
         else:
             content = await self.fn(**kwargs)
-        status, body, headers = read_answer(content, self.policy, if_none_match)
+        body, validators = conditional(content, self.policy, if_none_match)
+        headers = [(name.lower().encode(), value.encode()) for name, value in validators.items()]
+        if body is None:
+            status, body = 304, b""
+        else:  # as the framework's response adds them
+            status = 200
+            headers += ((b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return status
@@ -226,7 +232,7 @@ class DirectRead:
 
 def _if_none_match(scope: Scope) -> str | None:
     """The one ``If-None-Match`` header, or None; several are left to the framework's reading."""
-    found = [value for key, value in scope["headers"] if key.lower() == b"if-none-match"]
+    found = header_values(scope, b"if-none-match")
     if len(found) > 1:
         raise Unusual
     return found[0].decode("latin-1") if found else None
@@ -237,7 +243,7 @@ def _if_none_match(scope: Scope) -> str | None:
 _PROVIDED = {"session": provide_session, "caller": provide_caller}
 
 
-def plan(app: Litestar, handler: HTTPRouteHandler, path_parameters: set[str]) -> DirectRead | None:
+def plan(handler: HTTPRouteHandler, path_parameters: set[str]) -> DirectRead | None:
     """The direct read of ``handler``, or None where its declarations ask for more than it gives."""
     if (
         handler.http_methods != {"GET"}
@@ -295,7 +301,7 @@ def plan_all(app: Litestar) -> dict[HTTPRouteHandler, DirectRead]:
     planned: dict[HTTPRouteHandler, DirectRead] = {}
     for route in app.routes:
         for handler in getattr(route, "route_handlers", ()):
-            direct = plan(app, handler, set(route.path_parameters))
+            direct = plan(handler, set(route.path_parameters))
             if direct is not None:
                 planned[handler] = direct
     return planned

@@ -200,6 +200,10 @@ def threshold_of(facts: RunShape, thresholds: Thresholds) -> int:
     return values.queued_seconds if facts.status == "queued" else values.heartbeat_seconds
 
 
+# The evidence of a projection whose surface shows none (``project(..., evidence=False)``).
+_UNSHOWN: Mapping[str, Any] = MappingProxyType({})
+
+
 def _active(facts: RunShape, now: datetime, thresholds: Thresholds, surface: Surface, shown: bool) -> Projection:
     threshold = threshold_of(facts, thresholds)
     reconcile_after = thresholds.of(facts.type).reconcile_after_seconds
@@ -278,8 +282,6 @@ def _active(facts: RunShape, now: datetime, thresholds: Thresholds, surface: Sur
         **common,  # type: ignore[arg-type]
     )
 
-
-_UNSHOWN: Mapping[str, Any] = MappingProxyType({})
 
 _COMPLETED = {
     "surface_category": "no_longer_active",
