@@ -74,7 +74,8 @@ WORKER_JOBS = Counter(
 )
 POOL_CHECKED_OUT = Gauge(
     "jobgate_db_pool_checked_out",
-    "Database connections in use, summed over live processes",
+    "Database connections checked out of the pools (those the reads keep between reads included), "
+    "summed over live processes",
     multiprocess_mode="livesum",
 )
 POOL_SIZE = Gauge(

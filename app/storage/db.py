@@ -11,6 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.settings import Settings
+from app.storage.reads import LeasingPool
 
 
 _JSON = msgspec.json.Decoder()
@@ -45,7 +46,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         return engine
     return create_async_engine(
         settings.database_url,
-        # A fixed pool: overflow connections would be opened and closed again under every burst.
+        # A fixed pool: overflow connections would be opened and closed again under every burst;
+        # it keeps the driver reads' connections between reads (app/storage/reads.py).
+        poolclass=LeasingPool,
         pool_size=settings.database_pool_size,
         max_overflow=0,
         pool_timeout=5,
