@@ -76,3 +76,15 @@ def test_a_positional_view_takes_each_field_from_the_column_of_its_name(make, mo
     for field in view_type.__struct_fields__:
         expected = derived[field](row) if field in derived else getattr(row, field)
         assert getattr(made, field) == expected, field
+
+
+def test_the_positional_operation_run_list_item_takes_each_field_from_the_column_of_its_name():
+    from app.domain.operations.schemas import OperationRunListItem
+    from app.domain.operations.service import list_item
+    from app.storage.models import OperationRun
+
+    row = _distinct_row(OperationRun)
+    made = list_item(row, "fresh_active", True)
+    derived = {"freshness_state": "fresh_active", "reconciled": True, "type_label": row.type}  # an unknown type: its id
+    for field in OperationRunListItem.__struct_fields__:
+        assert getattr(made, field) == (derived[field] if field in derived else getattr(row, field)), field

@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -200,11 +199,7 @@ def threshold_of(facts: RunShape, thresholds: Thresholds) -> int:
     return values.queued_seconds if facts.status == "queued" else values.heartbeat_seconds
 
 
-# The evidence of a projection whose surface shows none (``project(..., evidence=False)``).
-_UNSHOWN: Mapping[str, Any] = MappingProxyType({})
-
-
-def _active(facts: RunShape, now: datetime, thresholds: Thresholds, surface: Surface, shown: bool) -> Projection:
+def _active(facts: RunShape, now: datetime, thresholds: Thresholds, surface: Surface) -> Projection:
     threshold = threshold_of(facts, thresholds)
     reconcile_after = thresholds.of(facts.type).reconcile_after_seconds
     at = evidence_time(facts)
@@ -227,13 +222,11 @@ def _active(facts: RunShape, now: datetime, thresholds: Thresholds, surface: Sur
             guidance="The run's worker never reported a start or a heartbeat. Check the worker logs; the "
             f"reconciler fails the run {duration(reconcile_after)} after its creation.",
             stale_lineage_note=None,
-            evidence={"last_heartbeat_at": None, "started_at": None} if shown else _UNSHOWN,
+            evidence={"last_heartbeat_at": None, "started_at": None},
             **common,  # type: ignore[arg-type]
         )
     evidence = (
-        _UNSHOWN
-        if not shown
-        else {"created_at": iso_or_none(facts.created_at)}
+        {"created_at": iso_or_none(facts.created_at)}
         if facts.status == "queued"
         else {"last_heartbeat_at": iso_or_none(facts.heartbeat_at), "started_at": iso_or_none(facts.started_at)}
     )
@@ -292,7 +285,7 @@ _COMPLETED = {
 }
 
 
-def _completed(facts: RunShape, thresholds: Thresholds, shown: bool) -> Projection:
+def _completed(facts: RunShape, thresholds: Thresholds) -> Projection:
     outcome_label = OUTCOME_LABELS.get(facts.outcome, facts.outcome)
     common = _COMPLETED
     if facts.reconciled_at is not None and facts.outcome == "failed":
@@ -320,9 +313,7 @@ def _completed(facts: RunShape, thresholds: Thresholds, shown: bool) -> Projecti
             stale_lineage_note=lineage,
             is_reconciled=True,
             threshold_seconds=threshold,
-            evidence={**evidence, "reconciled_at": iso_or_none(facts.reconciled_at), "reason_code": reason}
-            if shown
-            else _UNSHOWN,
+            evidence={**evidence, "reconciled_at": iso_or_none(facts.reconciled_at), "reason_code": reason},
             **common,  # type: ignore[arg-type]
         )
     follow_up = facts.outcome in FOLLOW_UP_OUTCOMES
@@ -335,23 +326,17 @@ def _completed(facts: RunShape, thresholds: Thresholds, shown: bool) -> Projecti
         stale_lineage_note=None,
         is_reconciled=facts.reconciled_at is not None,
         threshold_seconds=thresholds.of(facts.type).heartbeat_seconds,
-        evidence={"completed_at": iso_or_none(facts.completed_at)} if shown else _UNSHOWN,
+        evidence={"completed_at": iso_or_none(facts.completed_at)},
         **common,  # type: ignore[arg-type]
     )
 
 
-def project(
-    facts: RunShape, now: datetime, thresholds: Thresholds, *, surface: Surface = "compact", evidence: bool = True
-) -> Projection:
-    """The active-state projection of one run at ``now`` (see the module's truth table).
-
-    ``evidence=False`` where the surface shows none (the seed-000 list, a page of 50 runs): the
-    projection's ``evidence`` is left empty and its instants are not formatted; every other field
-    is the same."""
+def project(facts: RunShape, now: datetime, thresholds: Thresholds, *, surface: Surface = "compact") -> Projection:
+    """The active-state projection of one run at ``now`` (see the module's truth table)."""
     if facts.status in ACTIVE:
-        return _active(facts, now, thresholds, surface, evidence)
+        return _active(facts, now, thresholds, surface)
     if facts.status == "completed":
-        return _completed(facts, thresholds, evidence)
+        return _completed(facts, thresholds)
     return Projection(
         freshness_state="unknown",
         problem_class="none",
@@ -366,3 +351,18 @@ def project(
         show_in_active_progress=False,
         keep_active_polling=False,
     )
+
+
+def listed_state(facts: RunShape, now: datetime, thresholds: Thresholds) -> tuple[str, bool]:
+    """What the seed-000 list shows of a run's projection, its ``listed_freshness`` and
+    ``is_reconciled``, without making the projection (a list page has 50 runs, and their labels,
+    guidance and evidence are not shown there)."""
+    status = facts.status
+    if status in ACTIVE:
+        at = evidence_time(facts)
+        if at is None or (now - at).total_seconds() >= threshold_of(facts, thresholds):
+            return "likely_stale", False
+        return "fresh_active", False
+    if status == "completed" and facts.reconciled_at is not None:
+        return ("reconciled_failed", True) if facts.outcome == "failed" else ("terminal_normal", True)
+    return "terminal_normal", False

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from app.domain.operations import queries, service
-from app.domain.operations.lifecycle import RunFacts
+from app.domain.operations.lifecycle import RunFacts, listed_state
 from app.domain.operations.schemas import (
     ListedFreshness,
     OperationRunCollectionContract,
@@ -155,7 +155,7 @@ async def list_operations(
         rows, token = await fetch_built_page(
             session, stmt, ORDER, limit=limit, token=continuation_token, scope=scope, codec=runtime.cursors
         )
-    items = [service.list_item(run, service.projection(run, now, thresholds, evidence=False)) for run in rows]
+    items = [service.list_item(run, *listed_state(run, now, thresholds)) for run in rows]
     return OperationRunPage(data=items, continuation_token=token)
 
 
