@@ -10,6 +10,7 @@ and the formatter masks the extra fields too.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from datetime import UTC, datetime
@@ -37,6 +38,25 @@ def _clean_fields(fields: dict[str, Any]) -> dict[str, Any]:
     return {key: sanitize(value) if isinstance(value, str) else value for key, value in fields.items()}
 
 
+_second: list[Any] = [None, ""]  # the last second formatted, and its text up to the seconds
+
+
+def timestamp(created: float) -> str:
+    """``created`` as UTC with milliseconds (``2026-12-03T06:28:48.172Z``); the text of its
+    second is formatted once per second (a busy process writes hundreds of lines in one)."""
+    fraction, whole = math.modf(created)  # rounded as datetime.fromtimestamp rounds
+    micros = round(fraction * 1e6)
+    second = int(whole)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    elif micros < 0:
+        second, micros = second - 1, micros + 1_000_000
+    if second != _second[0]:
+        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = second
+    return f"{_second[1]}.{micros // 1000:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return self.line(record.created, record.levelname, record.name, record.getMessage(), record_fields(record))
@@ -45,7 +65,7 @@ class JsonFormatter(logging.Formatter):
     def line(created: float, level: str, name: str, message: str, fields: dict[str, Any]) -> str:
         """The line of a record from its parts (``fields`` masked already)."""
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "time": timestamp(created),
             "level": level,
             "logger": name,
             "message": message,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -33,6 +33,8 @@ class Runtime:
     proofs: ProofVerifier
     cursors: CursorCodec
     tenants: TenantRegistry
+    # GET sessions left by finished requests, taken by the next (app/http/mutation.py:read_session)
+    idle_read_sessions: list[AsyncSession] = field(default_factory=list)
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:

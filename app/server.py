@@ -20,7 +20,6 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Server
-from litestar.types import Message, Scope
 
 from app.domain.audit import routes as audit
 from app.domain.deadletter import routes as deadletter
@@ -42,7 +41,6 @@ from app.http.problems import problem_exception_handler
 from app.http.routes import BEARER
 from app.logs import configure_logging
 from app.runtime import Runtime
-from app.http.tracing import ensure_trace_id
 from app.security.envelope import Envelope, EnvelopeMiddleware
 from app.settings import Settings, load_settings
 from app.telemetry import Tracing, configure_tracing
@@ -65,13 +63,6 @@ CORS_ALLOW_HEADERS = [
     "Idempotency-Key",
 ]
 CORS_EXPOSE_HEADERS = ["ETag", "Location", "X-Stella-Trace-Id", "Retry-After", "WWW-Authenticate", "DPoP-Nonce"]
-
-
-async def _echo_trace_id(message: Message, scope: Scope) -> None:
-    if message["type"] == "http.response.start":
-        headers = list(message.get("headers", []))
-        headers.append((b"x-stella-trace-id", ensure_trace_id(scope).encode()))
-        message["headers"] = headers
 
 
 def create_app(
@@ -109,7 +100,6 @@ def create_app(
             "submission": Provide(provide_submission),
         },
         exception_handlers={Exception: problem_exception_handler},
-        before_send=[_echo_trace_id],
         response_class=GatewayResponse,
         lifespan=[lifespan],
         state=State({"runtime": runtime, "envelope": envelope}),

@@ -80,18 +80,38 @@ class Mutation:
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
 
 
+# Sessions a finished GET left behind, per runtime, for the next GETs (see read_session).
+IDLE_READ_SESSIONS = 64
+
+
 @asynccontextmanager
 async def read_session(runtime: Runtime, method: str) -> AsyncIterator[AsyncSession]:
     """A session per request. Reads (GET) run in autocommit (no BEGIN/ROLLBACK round trips);
-    writes in one transaction that :meth:`Mutation.commit` commits."""
-    session = (runtime.read_sessions if method == "GET" else runtime.sessions)()
+    writes in one transaction that :meth:`Mutation.commit` commits.
+
+    A GET's session is one an earlier GET left behind where there is one: after its read a
+    session holds nothing (one that began a transaction or holds objects is closed, which empties
+    it), and making a session costs a list read as much as its ETag."""
+    if method != "GET":
+        session = runtime.sessions()
+        try:
+            yield session
+        finally:
+            if session.in_transaction():
+                await session.close()
+        return
+    idle = runtime.idle_read_sessions
+    session = idle.pop() if idle else runtime.read_sessions()
     try:
         yield session
     finally:
         # A session that never began a transaction holds no connection and nothing to release
         # (a list read with the driver directly); closing it would cost as much as its page.
-        if session.in_transaction():
+        held = session.sync_session
+        if session.in_transaction() or held.identity_map or held._new or held._deleted:  # noqa: SLF001
             await session.close()
+        if len(idle) < IDLE_READ_SESSIONS:
+            idle.append(session)
 
 
 async def provide_session(request: Request[Any, Any, Any], caller: Caller) -> AsyncIterator[AsyncSession]:

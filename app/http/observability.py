@@ -1,4 +1,5 @@
-"""The outermost layer of every HTTP request: its metrics, its access-log line and its span.
+"""The outermost layer of every HTTP request: its metrics, its access-log line, its span, and the
+``X-Stella-Trace-Id`` every response carries.
 
 It wraps the whole application (routing included) so that a path no route matches is counted
 too, under the fixed label ``unmatched``; a matched request is labelled with its route template
@@ -63,6 +64,7 @@ class RequestObserver:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-stella-trace-id", ensure_trace_id(scope).encode())]
             await send(message)
 
         if self.tracing is None:

@@ -7,10 +7,13 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from app.logs import make_handler, write_line
+from app.logs import make_handler, timestamp, write_line
 from app.security.sanitize import SanitizingFilter
 from app.settings import SettingsError, load_settings
 
@@ -176,3 +179,11 @@ def test_a_handler_of_another_kind_still_receives_the_record(lone_logger):
     lone_logger.setLevel(logging.WARNING)
     write_line(lone_logger, "GET /x 200", {"status": 200})
     assert len(seen) == 1 and len(ours.getvalue().splitlines()) == 1
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False) | st.integers(0, 4 * 10**9).map(lambda s: s + 0.9995))
+def test_property_a_line_s_time_is_the_instant_as_datetime_writes_it(created: float) -> None:
+    """Each second's text is formatted once; the milliseconds are those of ``datetime``'s rounding."""
+    expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert timestamp(created) == expected
+    assert timestamp(created) == expected  # from the second's text kept
