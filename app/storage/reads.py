@@ -19,8 +19,10 @@ a statement SQLAlchemy cannot cache, and the embedded SQLite default read throug
 Between reads, a read's connection stays with the read path (:class:`LeasingPool`, the engine's
 pool on PostgreSQL): checking a connection out of SQLAlchemy's pool and back in costs a read about
 50 µs in a serving process (pool records, events, reset on return, a greenlet each way), as
-much as the rest of a list page's Python work. The next read takes it back directly. A
-connection kept this way is still checked out of the pool (the connection budget is the pool's):
+much as the rest of a list page's Python work. The next read takes it back directly, and a read
+that finds none while the pool is at its full size waits (up to the pool's timeout) for the one
+an ending read hands over. A connection kept this way is still checked out of the pool (the
+connection budget is the pool's):
 whoever asks the pool while it has none in its queue is handed one the reads keep, a read ending
 while someone waits for the pool returns its connection there, and a connection unused for
 :data:`LEASE_IDLE_SECONDS` goes back to the queue. A kept connection the pool would no longer
@@ -165,9 +167,8 @@ class LeasingPool(AsyncAdaptedQueuePool):
         loop = asyncio.get_running_loop()
         deadline = None
         while True:
-            kept = self._kept
-            while kept:
-                fairy, _ = kept.pop()
+            while self._kept:  # (the list itself: it may change while an unfit one is returned)
+                fairy, _ = self._kept.pop()
                 if self._fit(fairy):
                     return fairy
                 await greenlet_spawn(fairy.close)
@@ -243,7 +244,7 @@ class LeasingPool(AsyncAdaptedQueuePool):
         self._trim = None
         horizon = time.monotonic() - LEASE_IDLE_SECONDS
         idle = [fairy for fairy, since in self._kept if since <= horizon]
-        self._kept = [(fairy, since) for fairy, since in self._kept if since > horizon]
+        self._kept[:] = [(fairy, since) for fairy, since in self._kept if since > horizon]  # in place
         if idle:
             self._close_soon(idle)
         if self._kept:
@@ -279,8 +280,9 @@ class LeasingPool(AsyncAdaptedQueuePool):
         if self._trim is not None:
             self._trim.cancel()
             self._trim = None
-        kept, self._kept = self._kept, []
-        _close_all([fairy for fairy, _ in kept])
+        kept = [fairy for fairy, _ in self._kept]
+        self._kept.clear()
+        _close_all(kept)
         while self._hand(None):  # waiting reads check out of the pool instead
             pass
         super().dispose()

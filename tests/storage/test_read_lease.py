@@ -180,3 +180,19 @@ async def test_stopping_the_runtime_closes_the_connections_the_reads_keep(gatewa
             await asyncio.sleep(0.05)
     finally:
         await admin.close()
+
+
+async def test_reads_and_sessions_at_once_share_a_small_pool_without_a_failure(gateway_env):
+    """A hundred and sixty reads and forty session queries at once on three connections: every one
+    answers, no connection serves two at a time (asyncpg would refuse it), and afterwards every
+    connection goes back to the pool."""
+    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="3") as runtime:
+        pool = pool_of(runtime)
+        quick = select(func.pg_backend_pid(), func.pg_sleep(0.001))
+        pids = await asyncio.gather(*(session_pid(runtime) if i % 5 == 0 else pid(runtime, quick) for i in range(200)))
+        assert len(pids) == 200 and len(set(pids)) <= 3
+        deadline = time.monotonic() + 4 * LEASE_IDLE_SECONDS
+        while pool.checkedout() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert pool.checkedout() == 0 and pool.checkedin() == 3
+        assert all(waiting.done() for waiting in pool._readers)
