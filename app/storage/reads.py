@@ -156,6 +156,7 @@ class LeasingPool(AsyncAdaptedQueuePool):
         self._waiting = 0  # checkouts of the pool waiting for its queue (it was empty, at full size)
         self._trim: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[Any]] = set()
+        self._returning: list[Any] = []  # connections a task of _close_soon is to return
         self._disposed = False
 
     # -- the read path's side ------------------------------------------------------------------
@@ -188,7 +189,9 @@ class LeasingPool(AsyncAdaptedQueuePool):
             finally:
                 expiry.cancel()
             if fairy is not None:
-                return fairy
+                if self._fit(fairy):  # (a disconnect seen meanwhile retires it)
+                    return fairy
+                await greenlet_spawn(fairy.close)
             # None: a connection went back to the queue; take it, unless another took it first
 
     def _can_grow(self) -> bool:
@@ -225,9 +228,16 @@ class LeasingPool(AsyncAdaptedQueuePool):
             self._close_soon([fairy])
 
     def _close_soon(self, fairies: list[Any]) -> None:
-        task = asyncio.get_running_loop().create_task(greenlet_spawn(_close_all, fairies))
+        """Return connections to the queue from a task (a return runs in a greenlet); until it
+        runs they are the pool's to return on :meth:`dispose`."""
+        self._returning.extend(fairies)
+        task = asyncio.get_running_loop().create_task(greenlet_spawn(self._return_pending))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def _return_pending(self) -> None:
+        while self._returning:
+            self._returning.pop().close()
 
     def _fit(self, fairy: Any) -> bool:
         record = fairy._connection_record
@@ -269,6 +279,10 @@ class LeasingPool(AsyncAdaptedQueuePool):
             return super()._do_get()
         finally:
             self._waiting -= 1
+            if not self._waiting and not self._pool.empty():
+                # This checkout gave up (cancelled, timed out) with a connection it was woken for
+                # left in the queue, or others came back meanwhile: a waiting read takes one.
+                self._hand(None)
 
     def _do_return_conn(self, record: Any) -> None:
         super()._do_return_conn(record)
@@ -280,9 +294,9 @@ class LeasingPool(AsyncAdaptedQueuePool):
         if self._trim is not None:
             self._trim.cancel()
             self._trim = None
-        kept = [fairy for fairy, _ in self._kept]
+        self._returning.extend(fairy for fairy, _ in self._kept)
         self._kept.clear()
-        _close_all(kept)
+        self._return_pending()
         while self._hand(None):  # waiting reads check out of the pool instead
             pass
         super().dispose()
@@ -296,12 +310,6 @@ def _expire(handed: asyncio.Future[Any], pool: LeasingPool) -> None:
                 f"connection timed out, timeout {pool.timeout():0.2f}"
             )
         )
-
-
-def _close_all(fairies: list[Any]) -> None:
-    """Return connections to their pool (inside a greenlet: a return may reset the connection)."""
-    for fairy in fairies:
-        fairy.close()
 
 
 class DriverReads:
@@ -386,7 +394,7 @@ class DriverReads:
         if isinstance(error, (asyncio.CancelledError, TimeoutError)):
             fairy.invalidate(error)
         elif isinstance(error, OSError) or name in DRIVER_CONNECTION_ERRORS or sqlstate.startswith(("08", "57P")):
-            self.engine.sync_engine.pool._invalidate(fairy, error)  # noqa: SLF001 - as SQLAlchemy does on a disconnect
+            fairy._pool._invalidate(fairy, error)  # noqa: SLF001 - as SQLAlchemy does on a disconnect
             log.warning("database connection dropped after %s", name)
         fairy.close()
 

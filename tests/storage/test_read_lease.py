@@ -196,3 +196,43 @@ async def test_reads_and_sessions_at_once_share_a_small_pool_without_a_failure(g
             await asyncio.sleep(0.1)
         assert pool.checkedout() == 0 and pool.checkedin() == 3
         assert all(waiting.done() for waiting in pool._readers)
+
+
+async def test_a_waiting_read_takes_the_connection_a_waiting_session_gave_up(gateway_env):
+    """A session waiting before a read is woken for a returned connection, then cancelled
+    before it takes it: the read takes it at once, not after the pool's timeout."""
+    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="1") as runtime:
+        pool = pool_of(runtime)
+        pool._timeout = 3.0
+        holder = runtime.sessions()
+        held = (await holder.execute(BACKEND_PID)).scalar_one()
+        read = asyncio.create_task(pid(runtime))
+        await asyncio.sleep(0.05)
+        session = asyncio.create_task(session_pid(runtime))
+        await asyncio.sleep(0.05)
+        assert len(pool._readers) == 1 and pool._waiting == 1
+        await holder.close()  # the connection goes to the queue, for the waiting session ...
+        session.cancel()  # ... which gives up before it runs again
+        started = time.monotonic()
+        assert await asyncio.wait_for(read, 2.0) == held
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(asyncio.CancelledError):
+            await session
+
+
+async def test_stopping_the_runtime_returns_the_connections_about_to_be_returned(gateway_env, services):
+    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="2") as runtime:
+        kept = await pid(runtime)
+        pool = pool_of(runtime)
+        (fairy, _), = pool._kept
+        pool._kept.clear()
+        pool._close_soon([fairy])  # as the idle return does; its task has not run yet
+    assert pool._returning == [] and pool.checkedout() == 0
+    admin = await asyncpg.connect(services.pg_url)
+    try:
+        deadline = time.monotonic() + 5
+        while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", kept):
+            assert time.monotonic() < deadline, "the connection about to be returned is still open"
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
