@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from app.domain.deadletter import service as deadletter_service
 from app.domain.operations import service as operations
 from app.http import direct
 from tests.api.rows import Rows, at, tenant_rows
@@ -59,9 +60,11 @@ def taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture
 def fixed_now(monkeypatch: pytest.MonkeyPatch) -> datetime:
-    """Operation runs are projected at request time: one instant for both gateways."""
+    """Operation runs are projected, and dead-letter ages counted, at request time: one instant
+    for both gateways."""
     now = datetime.now(UTC).replace(microsecond=0)
     monkeypatch.setattr(operations, "now_utc", lambda: now)
+    monkeypatch.setattr(deadletter_service, "now_utc", lambda: now)
     return now
 
 

@@ -128,8 +128,12 @@ def _total(column):  # type: ignore[no-untyped-def]
     return cast(func.sum(column), BigInteger)
 
 
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
 async def stats(session: AsyncSession, caller: Caller, now: datetime | None = None) -> DeadLetterStats:
-    now = now or datetime.now(UTC)
+    now = now or now_utc()
     # Totals by status and by category: the maintained counts (rows per project, category, status
     # and writer stripe), kept exact by triggers on the entries.
     by_status = StatusTotals()
