@@ -92,25 +92,18 @@ async def read_session(runtime: Runtime, method: str) -> AsyncIterator[AsyncSess
     A GET's session is one an earlier GET left behind where there is one: after its read a
     session holds nothing (one that began a transaction or holds objects is closed, which empties
     it), and making a session costs a list read as much as its ETag."""
-    if method != "GET":
-        session = runtime.sessions()
-        try:
-            yield session
-        finally:
-            if session.in_transaction():
-                await session.close()
-        return
+    read = method == "GET"
     idle = runtime.idle_read_sessions
-    session = idle.pop() if idle else runtime.read_sessions()
+    session = (idle.pop() if idle else runtime.read_sessions()) if read else runtime.sessions()
     try:
         yield session
     finally:
         # A session that never began a transaction holds no connection and nothing to release
         # (a list read with the driver directly); closing it would cost as much as its page.
         held = session.sync_session
-        if session.in_transaction() or held.identity_map or held._new or held._deleted:  # noqa: SLF001
+        if session.in_transaction() or (read and (held.identity_map or held._new or held._deleted)):  # noqa: SLF001
             await session.close()
-        if len(idle) < IDLE_READ_SESSIONS:
+        if read and len(idle) < IDLE_READ_SESSIONS:
             idle.append(session)
 
 

@@ -41,6 +41,18 @@ async def session_pid(runtime: Any) -> int:
         return (await session.execute(BACKEND_PID)).scalar_one()
 
 
+async def closed(services: Any, backend: int) -> None:
+    """Wait (at most 5 s) until PostgreSQL no longer has the connection of ``backend``."""
+    admin = await asyncpg.connect(services.pg_url)
+    try:
+        deadline = time.monotonic() + 5
+        while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend):
+            assert time.monotonic() < deadline, f"the connection of backend {backend} is still open"
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+
+
 def pool_of(runtime: Any) -> LeasingPool:
     pool = runtime.engine.sync_engine.pool
     assert isinstance(pool, LeasingPool)
@@ -172,14 +184,7 @@ async def test_stopping_the_runtime_closes_the_connections_the_reads_keep(gatewa
         kept = await pid(runtime)
         pool = pool_of(runtime)
     assert pool.checkedout() == 0 and pool._kept == []
-    admin = await asyncpg.connect(services.pg_url)
-    try:
-        deadline = time.monotonic() + 5
-        while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", kept):
-            assert time.monotonic() < deadline, "the kept connection is still open"
-            await asyncio.sleep(0.05)
-    finally:
-        await admin.close()
+    await closed(services, kept)
 
 
 async def test_reads_and_sessions_at_once_share_a_small_pool_without_a_failure(gateway_env):
@@ -228,11 +233,4 @@ async def test_stopping_the_runtime_returns_the_connections_about_to_be_returned
         pool._kept.clear()
         pool._close_soon([fairy])  # as the idle return does; its task has not run yet
     assert pool._returning == [] and pool.checkedout() == 0
-    admin = await asyncpg.connect(services.pg_url)
-    try:
-        deadline = time.monotonic() + 5
-        while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", kept):
-            assert time.monotonic() < deadline, "the connection about to be returned is still open"
-            await asyncio.sleep(0.05)
-    finally:
-        await admin.close()
+    await closed(services, kept)

@@ -22,7 +22,6 @@ from app.domain.operations import queries
 from app.domain.operations.lifecycle import (
     OUTCOME_LABELS,
     STATUS_LABELS,
-    TYPE_LABELS,
     Projection,
     Surface,
     project,
@@ -119,7 +118,7 @@ def list_item(run: OperationRun, freshness: str, reconciled: bool) -> OperationR
     r = run
     message = r.operator_message
     return OperationRunListItem(
-        r.id, r.type, r.status, r.outcome, freshness, reconciled, r.created_at, TYPE_LABELS.get(r.type, r.type),  # type: ignore[arg-type]
+        r.id, r.type, r.status, r.outcome, freshness, reconciled, r.created_at, type_label(r.type),  # type: ignore[arg-type]
         r.tenant_id, r.initiator_name, r.started_at, r.completed_at, msgspec.UNSET if message is None else message,
     )  # fmt: skip
 
