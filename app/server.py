@@ -31,7 +31,7 @@ from app.domain.quotas import routes as quotas
 from app.domain.sources import routes as sources
 from app import metrics
 from app.engine import embedded
-from app.http.caching import GatewayResponse
+from app.http.caching import GatewayResponse, keep_vary
 from app.http.direct import plan_all
 from app.http.links import add_links
 from app.http.observability import RequestObserver
@@ -101,6 +101,7 @@ def create_app(
         },
         exception_handlers={Exception: problem_exception_handler},
         response_class=GatewayResponse,
+        before_send=[keep_vary],
         lifespan=[lifespan],
         state=State({"runtime": runtime, "envelope": envelope}),
         cors_config=CORSConfig(

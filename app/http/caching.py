@@ -3,6 +3,11 @@
 Every JSON response is encoded here with a deterministic key order, so equal content is equal
 bytes in every process; the strong ``ETag`` of a GET is a hash of those bytes. ``If-None-Match``
 answers 304 with no body. The cache policy of a route is declared in its ``opt["cache"]``.
+
+Every response carries one merged ``Vary`` (:func:`keep_vary`, a ``before_send`` hook of the
+app, so it runs after every middleware): a browser must never answer one tenant's, caller's or
+origin's request from another's cached response, and a middleware that sets its own ``Vary``
+(Litestar's CORS middleware replaces the header with ``Origin``) must not drop ours.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.response.base import ASGIResponse
+from litestar.types import Message, Scope
 
 CACHE_POLICIES = {
     "console": "private, max-age=60, stale-if-error=300",
     "poll": "private, no-cache",
     "none": "no-store",
 }
-VARY = "Authorization, X-Stella-Tenant, X-Stella-Project"
+VARY = "Authorization, X-Stella-Tenant, X-Stella-Project, Origin"
+_VARY_HEADER = b"vary"
 
 
 def encode(content: Any) -> bytes:
@@ -59,6 +66,35 @@ def conditional(content: Any, policy: str, if_none_match: str | None) -> tuple[b
     etag = etag_of_body(body)
     headers = {"ETag": etag, "Cache-Control": CACHE_POLICIES[policy], "Vary": VARY}
     return (None if matches(if_none_match, etag) else body), headers
+
+
+def merge_vary(*values: str) -> str:
+    """The members of every ``Vary`` value, once each (case-insensitively), first spelling kept;
+    ``*`` absorbs the rest (RFC 9110 §12.5.5)."""
+    members: dict[str, str] = {}
+    for value in values:
+        for member in value.split(","):
+            member = member.strip()
+            if member:
+                members.setdefault(member.lower(), member)
+    return "*" if "*" in members else ", ".join(members.values())
+
+
+async def keep_vary(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: the response start carries :data:`VARY`, every member a layer below
+    added, and what its route declares in ``opt["vary"]`` (``Accept`` where content is negotiated)."""
+    if message["type"] != "http.response.start":
+        return
+    headers = list(message.get("headers") or ())
+    found = [value.decode("latin-1") for name, value in headers if name.lower() == _VARY_HEADER]
+    handler = scope.get("route_handler")
+    declared = handler.opt.get("vary", ()) if handler is not None else ()
+    if found == [VARY] and not declared:
+        return  # what the gateway's own responses carry: nothing to merge
+    merged = merge_vary(VARY, *found, *declared).encode("latin-1")
+    headers = [(name, value) for name, value in headers if name.lower() != _VARY_HEADER]
+    headers.append((_VARY_HEADER, merged))
+    message["headers"] = headers
 
 
 class GatewayResponse(Response[Any]):

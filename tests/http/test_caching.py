@@ -11,7 +11,7 @@ from tests.conftest import make_app, serving
 
 LIST = "/jobengine/sources"
 CONSOLE = "private, max-age=60, stale-if-error=300"
-VARY = "Authorization, X-Stella-Tenant, X-Stella-Project"
+VARY = "Authorization, X-Stella-Tenant, X-Stella-Project, Origin"
 
 
 def assert_cacheable(response: Any) -> None:
