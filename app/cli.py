@@ -221,7 +221,7 @@ def tenants() -> None:
 @click.argument("key")
 @click.option("--workspace", required=True)
 def tenants_add(key: str, workspace: str) -> None:
-    from app.domain.tenants.service import add_tenant
+    from app.storage.tenants import add_tenant
 
     async def work(sessions: Any) -> str:
         async with sessions.begin() as session:
@@ -237,7 +237,7 @@ def tenants_add(key: str, workspace: str) -> None:
 
 @tenants.command("list")
 def tenants_list() -> None:
-    from app.domain.tenants.service import list_tenants
+    from app.storage.tenants import list_tenants
 
     async def work(sessions: Any) -> list[Any]:
         async with sessions() as session:
@@ -275,7 +275,6 @@ def worker(
     import signal
 
     from app import metrics
-
     from app.engine.config import load_worker_config
     from app.engine.handlers import load_handlers
     from app.engine.worker import Worker
@@ -318,14 +317,6 @@ def reconcile() -> None:
     """One reconciler pass: fail long-stale operation runs, end overdue cancels (prints a summary)."""
     from app.engine.reconciler import reconcile_once
     from app.runtime import Runtime
-
-    from app.domain.operations.thresholds import ThresholdsError, configured
-
-    try:
-        configured()
-    except ThresholdsError as exc:
-        click.echo(f"jobgate: invalid setting: {exc}", err=True)
-        sys.exit(2)
 
     async def work(settings: Settings) -> dict[str, Any]:
         runtime = Runtime.create(settings)

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from app.security.sanitize import SanitizingFilter, sanitize
+from app.sanitize import SanitizingFilter, sanitize
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -168,7 +168,7 @@ def granian_log_config(log_format: str) -> dict[str, Any]:
     formatter = "app.logs.JsonFormatter" if log_format == "json" else "app.logs.TextFormatter"
     return {
         "formatters": {"jobgate": {"()": formatter}},
-        "filters": {"sanitize": {"()": "app.security.sanitize.SanitizingFilter"}},
+        "filters": {"sanitize": {"()": "app.sanitize.SanitizingFilter"}},
         "handlers": {
             "jobgate": {
                 "class": "logging.StreamHandler",

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.domain.tenants.service import TenantRegistry
-from app.http.paging import CursorCodec
+from app.core.cursors import CursorCodec
 from app.security.dpop import ProofVerifier
 from app.security.keys import KeySet, dev_signing_key
 from app.security.tokens import TokenVerifier
@@ -17,6 +16,7 @@ from app.storage import migrate
 from app.storage.db import create_engine, session_factory
 from app.storage.reads import SESSION_INFO_KEY, DriverReads
 from app.storage.shared import SharedStore, create_store
+from app.storage.tenants import TenantRegistry
 
 log = logging.getLogger("jobgate")
 

@@ -38,8 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.domain.deadletter.templates import error_template, template_hash
 from app.domain.operations.ledger import PACK_RUN_TO_OPERATION, identity_hash
-from app.domain.tenants.service import add_tenant
-from app.security.sanitize import sanitize
+from app.sanitize import sanitize
 from app.storage.models import (
     DeadLetterEntry,
     Job,
@@ -50,6 +49,7 @@ from app.storage.models import (
     Tenant,
     Workspace,
 )
+from app.storage.tenants import add_tenant
 
 DEMO_NAMESPACE = uuid.UUID("5d1e7c3a-2b9f-5c41-8e6d-0f4a9b2c7e13")
 

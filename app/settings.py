@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from app.thresholds import DEFAULT_THRESHOLDS, Thresholds, ThresholdsError
+from app.thresholds import parse as parse_thresholds
+
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
 )
@@ -58,6 +61,7 @@ class Settings:
     log_format: str = "json"
     log_level: str = "INFO"
     shutdown_grace_seconds: float = 30.0
+    lifecycle_thresholds: Thresholds = DEFAULT_THRESHOLDS
     uses_dev_keys: bool = False
     uses_dev_cursor_secret: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -70,9 +74,6 @@ class Settings:
     def dev_jwks_path(self) -> Path:
         return self.data_dir / "dev-jwks.json"
 
-    @property
-    def dev_signing_key_path(self) -> Path:
-        return self.data_dir / "dev-signing-key.json"
 
 
 def _parse_rate(value: str) -> RateLimit:
@@ -210,10 +211,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if max_body < 1024:
         raise SettingsError("JOBGATE_MAX_BODY_BYTES must be at least 1024")
 
-    from app.domain.operations.thresholds import ThresholdsError, parse as parse_thresholds
-
     try:  # read by the lifecycle routes and the reconciler; a bad value stops start-up here
-        parse_thresholds(env.get("JOBGATE_LIFECYCLE_THRESHOLDS"))
+        thresholds = parse_thresholds(env.get("JOBGATE_LIFECYCLE_THRESHOLDS"))
     except ThresholdsError as exc:
         raise SettingsError(str(exc)) from None
 
@@ -267,6 +266,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=log_format,
         log_level=log_level,
         shutdown_grace_seconds=shutdown_grace,
+        lifecycle_thresholds=thresholds,
         uses_dev_keys=uses_dev_keys,
         uses_dev_cursor_secret=cursor_raw is None,
     )

@@ -125,9 +125,8 @@ async def plans(env: dict[str, str], tenant_id: int) -> list[dict[str, Any]]:
     from sqlalchemy import event
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
+    from app.core.caller import Caller, TenantInfo
     from app.domain.deadletter import service
-    from app.domain.tenants.service import TenantInfo
-    from app.security.caller import Caller
 
     engine = create_async_engine(env["JOBGATE_DATABASE_URL"])
     sent: list[tuple[str, Any]] = []

@@ -262,8 +262,8 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 def deep_token(env: dict[str, str], last_key: list[Any]) -> str:
     """The token ``list_entries`` issues after the row ``last_key``, built with the gateway's own code."""
+    from app.core.cursors import CursorCodec, PageScope
     from app.domain.deadletter.service import ORDER, EntryFilter
-    from app.http.paging import CursorCodec, PageScope
     from app.settings import load_settings
 
     settings = load_settings(env)

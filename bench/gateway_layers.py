@@ -20,11 +20,11 @@ import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from app.core.caller import Caller
 from app.domain.sources import service
 from app.domain.sources.schemas import JobCounts, SourceView
 from app.http.caching import encode, etag_of_body
 from app.runtime import Runtime
-from app.security.caller import Caller
 from app.server import create_app
 from app.settings import load_settings
 from app.storage.models import Source

@@ -190,7 +190,7 @@ class Factory:
         self.keys = keys
 
     async def tenant(self, workspace: str | None = None, prefix: str = "t") -> str:
-        from app.domain.tenants.service import add_tenant
+        from app.storage.tenants import add_tenant
 
         key = f"{prefix}-{uuid.uuid4().hex[:12]}"
         async with self.runtime.sessions.begin() as session:

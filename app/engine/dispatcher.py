@@ -18,9 +18,7 @@ Types whose quota starts nothing now are left out of the next pick, so they cann
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import exists, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,25 +26,12 @@ from sqlalchemy.orm import aliased
 
 from app.domain.quotas import rules
 from app.domain.quotas.service import QUEUED_JOB_STATUSES, observed_by_job_type
+from app.engine.handlers import JobContext
 from app.storage.models import Job, Quota
 
 MAX_PICK_ROUNDS = 4
 CANDIDATES_PER_JOB = 4  # concurrent workers rank the same head of the queue; each locks what is free
 ORDER = (Job.priority.desc(), Job.run_after, Job.job_id)
-
-
-@dataclass(frozen=True)
-class Claimed:
-    tenant_id: int
-    job_id: str
-    job_type: str
-    source_id: str
-    payload: dict[str, Any]
-    attempt: int
-    max_attempts: int
-    pack_run_id: str | None
-    step_index: int | None
-    replay_of_entry_id: str | None
 
 
 def _due(now: datetime, job_types: Iterable[str], tenants: tuple[int, ...] | None):  # type: ignore[no-untyped-def]
@@ -121,7 +106,7 @@ async def claim(
     lease_seconds: float,
     now: datetime,
     tenants: tuple[int, ...] | None = None,
-) -> list[Claimed]:
+) -> list[JobContext]:
     """Lease up to ``limit`` due jobs to ``worker_id`` and commit. Each job is leased once."""
     job_types = sorted(job_types)
     if limit <= 0 or not job_types:
@@ -188,7 +173,7 @@ async def claim(
         )
         .execution_options(synchronize_session=False)
     )
-    claimed = [Claimed(*row) for row in rows]
+    claimed = [JobContext(*row, worker_id, now) for row in rows]
     await session.commit()
     return claimed
 

@@ -15,25 +15,25 @@ from app.engine.handlers import load_handlers
 from app.engine.worker import Worker
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.engine.context import EngineContext
 
 log = logging.getLogger("jobgate.worker")
 
 
-def wanted(runtime: Runtime) -> bool:
+def wanted(context: EngineContext) -> bool:
     """The embedded default (SQLite) runs its worker in the gateway, as does JOBGATE_EMBEDDED_WORKER."""
-    return runtime.settings.is_sqlite or runtime.settings.embedded_worker
+    return context.settings.is_sqlite or context.settings.embedded_worker
 
 
-async def start(runtime: Runtime, *, concurrency: int = 4) -> Callable[[], Awaitable[None]]:
+async def start(context: EngineContext, *, concurrency: int = 4) -> Callable[[], Awaitable[None]]:
     """Start a worker task on the running loop when :func:`wanted`; returns its stop function."""
-    if not wanted(runtime):
+    if not wanted(context):
         async def nothing() -> None:
             return None
 
         return nothing
     config = load_worker_config()
-    worker = Worker(runtime, config, load_handlers(config.handler_modules), concurrency=concurrency)
+    worker = Worker(context, config, load_handlers(config.handler_modules), concurrency=concurrency)
     stop_event = asyncio.Event()
     task = asyncio.create_task(worker.run(stop_event), name="jobgate-embedded-worker")
 

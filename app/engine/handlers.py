@@ -30,6 +30,8 @@ class JobFailure(Exception):
 
 @dataclass(frozen=True)
 class JobContext:
+    """A claimed job: what the dispatcher leases, the outcome statements guard and a handler runs."""
+
     tenant_id: int
     job_id: str
     job_type: str

@@ -25,13 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import metrics
 from app.domain.deadletter.templates import error_template, template_hash
 from app.domain.packruns import progress
-from app.engine.dispatcher import Claimed
-from app.engine.handlers import JobFailure
-from app.security.sanitize import sanitize
+from app.engine.handlers import JobContext, JobFailure
+from app.sanitize import sanitize
 from app.storage.models import DeadLetterEntry, Job, Source
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.engine.context import EngineContext
 
 ACTIVE = ("leased", "running")
 MAX_MESSAGE = 2000
@@ -48,26 +47,26 @@ def _lease_cleared(now: datetime) -> dict[str, Any]:
     return {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
 
 
-def _guarded(job: Claimed, owner: str | None, statuses: tuple[str, ...] = ACTIVE):  # type: ignore[no-untyped-def]
+def _guarded(job: JobContext, owner: str | None, statuses: tuple[str, ...] = ACTIVE):  # type: ignore[no-untyped-def]
     stmt = update(Job).where(Job.tenant_id == job.tenant_id, Job.job_id == job.job_id, Job.status.in_(statuses))
     if owner is not None:
         stmt = stmt.where(Job.lease_owner == owner)
     return stmt.execution_options(synchronize_session=False)
 
 
-async def _lock_pack(session: AsyncSession, job: Claimed) -> None:
+async def _lock_pack(session: AsyncSession, job: JobContext) -> None:
     """Lock order: the pack run before its step jobs, as the cancel action does, so a step's
     outcome and a concurrent cancel never wait for each other in a cycle."""
     if job.pack_run_id is not None:
         await progress.lock(session, job.tenant_id, job.pack_run_id)
 
 
-async def _follow(session: AsyncSession, job: Claimed, now: datetime, *, blocked: str | None = None) -> None:
+async def _follow(session: AsyncSession, job: JobContext, now: datetime, *, blocked: str | None = None) -> None:
     if job.pack_run_id is not None:
         await progress.settle(session, job.tenant_id, job.pack_run_id, now=now, blocked=blocked)
 
 
-async def start(session: AsyncSession, worker_id: str, jobs: list[Claimed], now: datetime) -> list[Claimed]:
+async def start(session: AsyncSession, worker_id: str, jobs: list[JobContext], now: datetime) -> list[JobContext]:
     """Leased → running for the claimed jobs that may start; the others end here (canceled, or
     a pack step whose source was disabled meanwhile: its run is ``blocked``). Commits."""
     if not jobs:
@@ -89,7 +88,7 @@ async def start(session: AsyncSession, worker_id: str, jobs: list[Claimed], now:
             .execution_options(synchronize_session=False)
         )
     }
-    runnable: list[Claimed] = []
+    runnable: list[JobContext] = []
     for job in jobs:
         if (job.tenant_id, job.job_id) not in started:
             await _end(session, job, worker_id, "canceled", now)
@@ -111,14 +110,14 @@ async def start(session: AsyncSession, worker_id: str, jobs: list[Claimed], now:
     return runnable
 
 
-async def _end(session: AsyncSession, job: Claimed, owner: str | None, status: str, now: datetime, **values: Any) -> bool:
+async def _end(session: AsyncSession, job: JobContext, owner: str | None, status: str, now: datetime, **values: Any) -> bool:
     result = await session.execute(
         _guarded(job, owner).values(status=status, finished_at=now, **_lease_cleared(now), **values)
     )
     return bool(result.rowcount)
 
 
-async def succeed(session: AsyncSession, worker_id: str, job: Claimed, now: datetime | None = None) -> bool:
+async def succeed(session: AsyncSession, worker_id: str, job: JobContext, now: datetime | None = None) -> bool:
     now = now or datetime.now(UTC)
     await _lock_pack(session, job)
     if not await _end(session, job, worker_id, "succeeded", now):
@@ -140,7 +139,7 @@ async def succeed(session: AsyncSession, worker_id: str, job: Claimed, now: date
     return True
 
 
-async def succeed_many(session: AsyncSession, worker_id: str, jobs: list[Claimed], now: datetime | None = None) -> int:
+async def succeed_many(session: AsyncSession, worker_id: str, jobs: list[JobContext], now: datetime | None = None) -> int:
     """Success of many plain jobs (no pack run, no replayed entry) in one statement. Commits."""
     now = now or datetime.now(UTC)
     assert all(j.pack_run_id is None and j.replay_of_entry_id is None for j in jobs)
@@ -158,7 +157,7 @@ async def succeed_many(session: AsyncSession, worker_id: str, jobs: list[Claimed
     return result.rowcount or 0
 
 
-async def cancel(session: AsyncSession, owner: str | None, job: Claimed, now: datetime | None = None) -> bool:
+async def cancel(session: AsyncSession, owner: str | None, job: JobContext, now: datetime | None = None) -> bool:
     now = now or datetime.now(UTC)
     await _lock_pack(session, job)
     if not await _end(session, job, owner, "canceled", now):
@@ -169,7 +168,7 @@ async def cancel(session: AsyncSession, owner: str | None, job: Claimed, now: da
     return True
 
 
-async def release(session: AsyncSession, worker_id: str, jobs: list[Claimed], now: datetime | None = None) -> int:
+async def release(session: AsyncSession, worker_id: str, jobs: list[JobContext], now: datetime | None = None) -> int:
     """Give leases back (shutdown): pending again, the attempt not consumed, no start counted."""
     now = now or datetime.now(UTC)
     released = 0
@@ -187,7 +186,7 @@ async def release(session: AsyncSession, worker_id: str, jobs: list[Claimed], no
 async def fail(
     session: AsyncSession,
     owner: str | None,
-    job: Claimed,
+    job: JobContext,
     failure: JobFailure,
     *,
     backoff_base: float,
@@ -232,7 +231,7 @@ async def fail(
 
 
 async def dead_letter(
-    session: AsyncSession, job: Claimed, code: str, category: str, message: str, row: Any, now: datetime
+    session: AsyncSession, job: JobContext, code: str, category: str, message: str, row: Any, now: datetime
 ) -> None:
     project_id, payload, attempts = row
     template = error_template(message)
@@ -290,7 +289,7 @@ async def dead_letter(
 
 
 async def heartbeat(
-    session: AsyncSession, worker_id: str, jobs: list[Claimed], lease_seconds: float, now: datetime | None = None
+    session: AsyncSession, worker_id: str, jobs: list[JobContext], lease_seconds: float, now: datetime | None = None
 ) -> dict[tuple[int, str], bool]:
     """Extend the leases of the running jobs; returns {job: cancel_requested} for the jobs this
     worker still holds (a job missing from the answer lost its lease). Commits."""
@@ -313,8 +312,8 @@ async def heartbeat(
     return held
 
 
-def _claimed(job: Job) -> Claimed:
-    return Claimed(
+def _claimed(job: Job) -> JobContext:
+    return JobContext(
         job.tenant_id,
         job.job_id,
         job.job_type,
@@ -325,15 +324,17 @@ def _claimed(job: Job) -> Claimed:
         job.pack_run_id,
         job.step_index,
         job.replay_of_entry_id,
+        job.lease_owner or "",
+        job.started_at or job.updated_at,
     )
 
 
-async def expire_leases(runtime: Runtime, now: datetime | None = None) -> int:
+async def expire_leases(context: EngineContext, now: datetime | None = None) -> int:
     """Jobs whose lease ran out (their worker died or stalled) go back to the queue.
 
     One transaction per job, locking its pack run first (the lock order of every step change)."""
     now = now or datetime.now(UTC)
-    async with runtime.sessions() as session:
+    async with context.sessions() as session:
         candidates = list(
             await session.execute(
                 select(Job.tenant_id, Job.job_id, Job.pack_run_id)
@@ -344,7 +345,7 @@ async def expire_leases(runtime: Runtime, now: datetime | None = None) -> int:
         )
     expired = 0
     for tenant_id, job_id, pack_run_id in candidates:
-        async with runtime.sessions() as session:
+        async with context.sessions() as session:
             if pack_run_id is not None:
                 await progress.lock(session, tenant_id, pack_run_id)
             stmt = select(Job).where(

@@ -29,13 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import metrics
 from app.domain.operations import ledger, queries
 from app.domain.operations.lifecycle import RunFacts, evidence_time, reconcile_due, threshold_of
-from app.domain.operations.thresholds import Thresholds, configured
-from app.security.sanitize import sanitize
-from app.storage.models import Job, OperationRun, PackRun, Source, Tenant, Workspace
 from app.instants import iso_or_none
+from app.sanitize import sanitize
+from app.storage.models import Job, OperationRun, PackRun, Source, Tenant, Workspace
+from app.thresholds import Thresholds
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.engine.context import EngineContext
 
 log = logging.getLogger("jobgate.reconciler")
 
@@ -50,7 +50,7 @@ PACK_TERMINAL = ("succeeded", "partially_succeeded", "failed", "canceled", "bloc
 
 
 async def reconcile_once(
-    runtime: Runtime,
+    context: EngineContext,
     now: datetime | None = None,
     *,
     thresholds: Thresholds | None = None,
@@ -59,7 +59,7 @@ async def reconcile_once(
 ) -> dict[str, Any]:
     """One pass over every workspace (or over ``workspace_ids``); returns what it did."""
     now = now or datetime.now(UTC)
-    thresholds = thresholds or configured()
+    thresholds = thresholds or context.settings.lifecycle_thresholds
     summary: dict[str, Any] = {
         "workspaces": 0,
         "idle_workspaces": 0,
@@ -69,7 +69,7 @@ async def reconcile_once(
         "canceled_jobs": 0,
         "housekeeping_run_ids": [],
     }
-    async with runtime.sessions() as session:
+    async with context.sessions() as session:
         # two queries find the workspaces with anything due, however many workspaces there are
         busy = await _workspaces_with_work(session, now, thresholds, cancel_grace_seconds, workspace_ids)
         stmt = select(Workspace.id, Workspace.key).where(Workspace.id.in_(busy)).order_by(Workspace.id)
@@ -79,7 +79,7 @@ async def reconcile_once(
             total = total.where(Workspace.id.in_(workspace_ids))
         summary["idle_workspaces"] = (await session.execute(total)).scalar_one() - len(workspaces)
     for workspace_id, workspace_key in workspaces:
-        done = await _workspace(runtime, workspace_id, workspace_key, now, thresholds, cancel_grace_seconds)
+        done = await _workspace(context, workspace_id, workspace_key, now, thresholds, cancel_grace_seconds)
         if done is None:
             summary["skipped_workspaces"] += 1
             continue
@@ -94,9 +94,9 @@ async def reconcile_once(
     return summary
 
 
-async def reconcile_step(runtime: Runtime) -> None:
+async def reconcile_step(context: EngineContext) -> None:
     """The worker's periodic step (see app/engine/steps.py)."""
-    await reconcile_once(runtime)
+    await reconcile_once(context)
 
 
 async def _open_housekeeping(
@@ -128,11 +128,11 @@ async def _open_housekeeping(
 
 
 async def _workspace(
-    runtime: Runtime, workspace_id: int, workspace_key: str, now: datetime, thresholds: Thresholds, grace: int
+    context: EngineContext, workspace_id: int, workspace_key: str, now: datetime, thresholds: Thresholds, grace: int
 ) -> dict[str, Any] | None:
     """What the pass did in one workspace: ``{}`` when nothing was due, None when another
     reconciler holds the workspace."""
-    async with runtime.sessions() as session:
+    async with context.sessions() as session:
         if not await _has_work(session, workspace_id, now, thresholds, grace):
             return {}  # nothing due: no housekeeping run, so an idle pass leaves no trace in the ledger
         housekeeping = await _open_housekeeping(session, workspace_id, workspace_key, now, thresholds)
@@ -143,7 +143,7 @@ async def _workspace(
         housekeeping_id = housekeeping.id
     counts = {"reconciled_runs": 0, "canceled_pack_runs": 0, "canceled_jobs": 0}
     try:
-        async with runtime.sessions() as session:
+        async with context.sessions() as session:
             candidates = (
                 await session.execute(
                     select(OperationRun.id, OperationRun.tenant_id, OperationRun.context)
@@ -156,11 +156,11 @@ async def _workspace(
                     .limit(BATCH)
                 )
             ).all()
-        for run_id, tenant_id, context in candidates:
+        for run_id, tenant_id, run_context in candidates:
             # One transaction per run, locking in the engine's order (pack run, then operation
             # run, then jobs), so the reconciler never deadlocks with a worker settling a step.
-            async with runtime.sessions() as session:
-                pack = await _pack_run_of(session, run_id, tenant_id, context)
+            async with context.sessions() as session:
+                pack = await _pack_run_of(session, run_id, tenant_id, run_context)
                 run = (
                     await session.execute(
                         select(OperationRun)
@@ -177,7 +177,7 @@ async def _workspace(
                     pack_status = "canceled" if pack.status == "cancel_requested" else "failed"
                     counts["canceled_jobs"] += await _end_pack_run(session, pack, pack_status, now)
                 await session.commit()
-        async with runtime.sessions() as session:
+        async with context.sessions() as session:
             for pack in await _overdue_cancels(session, workspace_id, now, grace):
                 run = await _operation_run_of(session, pack)
                 counts["canceled_jobs"] += await _end_pack_run(session, pack, "canceled", now)
@@ -201,7 +201,7 @@ async def _workspace(
             await session.commit()
     except Exception as exc:
         log.exception("reconciler pass failed in workspace %s", workspace_key)
-        async with runtime.sessions() as session:
+        async with context.sessions() as session:
             run = await session.get(OperationRun, housekeeping_id)
             if run is not None:
                 ledger.complete(
@@ -209,7 +209,7 @@ async def _workspace(
                 )
                 await session.commit()
         raise
-    async with runtime.sessions() as session:
+    async with context.sessions() as session:
         run = await session.get(OperationRun, housekeeping_id)
         assert run is not None
         total = counts["reconciled_runs"]

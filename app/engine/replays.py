@@ -30,7 +30,7 @@ from app.domain.operations import ledger
 from app.storage.models import ACTIVE_RUN_STATUSES, OperationRun
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.engine.context import EngineContext
 
 log = logging.getLogger("jobgate.replays")
 
@@ -152,29 +152,29 @@ async def _advance(session: AsyncSession, run: OperationRun, now: datetime) -> i
     return replayed
 
 
-async def _record_error(runtime: Runtime, run_id: int, error: Exception) -> None:
+async def _record_error(context: EngineContext, run_id: int, error: Exception) -> None:
     """A failed chunk changed nothing; count it, and give up after MAX_ERRORS in a row."""
     now = datetime.now(UTC)
-    async with runtime.sessions.begin() as session:
+    async with context.sessions.begin() as session:
         run = (
             await session.execute(select(OperationRun).where(OperationRun.id == run_id).with_for_update())
         ).scalar_one_or_none()
         if run is None or run.status not in ACTIVE_RUN_STATUSES:
             return
-        context = dict(run.context)
-        context["errors"] = int(context.get("errors", 0)) + 1
-        context["nextAt"] = replay.iso(now + ERROR_RETRY)
-        run.context = context
+        run_context = dict(run.context)
+        run_context["errors"] = int(run_context.get("errors", 0)) + 1
+        run_context["nextAt"] = replay.iso(now + ERROR_RETRY)
+        run.context = run_context
         counts = _counts(run)
-        if context["errors"] >= MAX_ERRORS:
+        if run_context["errors"] >= MAX_ERRORS:
             left = await replay.count_pending(
                 session,
-                context["filter"],
+                run_context["filter"],
                 tenant_id=run.tenant_id,
                 project_id=run.project_id,
-                cutoff=replay.parse_iso(context["cutoff"]),
+                cutoff=replay.parse_iso(run_context["cutoff"]),
             )
-            counts["failed"] += min(left, int(context["maxEntries"]) - counts["replayed"] - counts["failed"])
+            counts["failed"] += min(left, int(run_context["maxEntries"]) - counts["replayed"] - counts["failed"])
             run.failure_summary = [
                 *(run.failure_summary or []),
                 ledger.failure_item(
@@ -186,7 +186,7 @@ async def _record_error(runtime: Runtime, run_id: int, error: Exception) -> None
             ledger.heartbeat(run, counts, now)
 
 
-async def advance_replays(runtime: Runtime, *, budget_seconds: float = 1.0) -> int:
+async def advance_replays(context: EngineContext, *, budget_seconds: float = 1.0) -> int:
     """Advance due replay runs chunk by chunk for about ``budget_seconds``; returns entries replayed.
 
     Safe in any number of processes at once; returns at once when no run is due."""
@@ -196,7 +196,7 @@ async def advance_replays(runtime: Runtime, *, budget_seconds: float = 1.0) -> i
         now = datetime.now(UTC)
         run_id: int | None = None
         try:
-            async with runtime.sessions.begin() as session:
+            async with context.sessions.begin() as session:
                 run = (await session.execute(_due(now))).scalar_one_or_none()
                 if run is None:
                     return total
@@ -206,6 +206,6 @@ async def advance_replays(runtime: Runtime, *, budget_seconds: float = 1.0) -> i
             if run_id is None:
                 raise
             log.error("replay run %s: chunk failed (%s)", run_id, type(exc).__name__)
-            await _record_error(runtime, run_id, exc)
+            await _record_error(context, run_id, exc)
         if time.monotonic() >= deadline:
             return total

@@ -6,18 +6,19 @@ once (it claims its work with guarded single statements or ``FOR UPDATE SKIP LOC
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.engine.context import EngineContext
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
     interval_seconds: float
-    run: Callable[[Runtime], Awaitable[None]]
+    run: Callable[[EngineContext], Awaitable[None]]
 
 
 def background_steps() -> list[Step]:
@@ -33,9 +34,14 @@ def background_steps() -> list[Step]:
     steps.append(Step("reconcile", 30.0, reconcile_step))
     from app.domain.deadletter.aggregates import fold_stripes
 
-    steps.append(Step("fold_aggregate_stripes", 60.0, fold_stripes))
-    from app.http.idempotency import purge_expired
+    async def fold_aggregate_stripes(context: EngineContext) -> None:
+        await fold_stripes(context.engine)
 
-    steps.append(Step("purge_idempotency_records", 60.0, purge_expired))
-    # Steps register here as their modules land.
+    steps.append(Step("fold_aggregate_stripes", 60.0, fold_aggregate_stripes))
+    from app.storage.idempotency import purge_expired
+
+    async def purge_idempotency_records(context: EngineContext) -> None:
+        await purge_expired(context.sessions)
+
+    steps.append(Step("purge_idempotency_records", 60.0, purge_idempotency_records))
     return steps

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import socket
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -24,13 +25,12 @@ from sqlalchemy import select
 from app import metrics
 from app.engine import dispatcher, outcomes
 from app.engine.config import WorkerConfig
-from app.engine.dispatcher import Claimed
 from app.engine.handlers import Handler, JobContext, JobFailure
 from app.engine.steps import Step, background_steps
 from app.storage.models import Tenant
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.engine.context import EngineContext
 
 log = logging.getLogger("jobgate.worker")
 
@@ -42,7 +42,7 @@ def default_worker_id() -> str:
 
 
 class _Running:
-    def __init__(self, job: Claimed, task: asyncio.Task[None]) -> None:
+    def __init__(self, job: JobContext, task: asyncio.Task[None]) -> None:
         self.job = job
         self.task = task
         self.stop_reason: str | None = None  # "cancel" | "lost" | "shutdown"
@@ -51,7 +51,7 @@ class _Running:
 class Worker:
     def __init__(
         self,
-        runtime: Runtime,
+        context: EngineContext,
         config: WorkerConfig,
         handlers: dict[str, Handler],
         *,
@@ -60,7 +60,7 @@ class Worker:
         tenants: tuple[str, ...] = (),
         steps: list[Step] | None = None,
     ) -> None:
-        self.runtime = runtime
+        self.context = context
         self.config = config
         self.handlers = handlers
         self.worker_id = worker_id or default_worker_id()
@@ -75,7 +75,7 @@ class Worker:
         # Outcome writes share the process's connection pool with the claim, heartbeat and
         # background loops: bound them so no write waits past the pool timeout.
         self._writes = asyncio.Semaphore(8)
-        self._successes: list[tuple[Claimed, asyncio.Future[None]]] = []
+        self._successes: list[tuple[JobContext, asyncio.Future[None]]] = []
         self._success_ready = asyncio.Event()
 
     # -- the loops
@@ -106,7 +106,7 @@ class Worker:
     async def _tenant_ids(self) -> tuple[int, ...] | None:
         if not self.tenant_keys:
             return None
-        async with self.runtime.sessions() as session:
+        async with self.context.sessions() as session:
             rows = await session.execute(select(Tenant.id).where(Tenant.key.in_(self.tenant_keys)))
             return tuple(rows.scalars())
 
@@ -123,7 +123,7 @@ class Worker:
         threshold = max(1, min(self.config.batch, self.concurrency) // 2)
         while not self.stopping.is_set():
             free = self.concurrency - len(self.running)
-            claimed: list[Claimed] = []
+            claimed: list[JobContext] = []
             if free >= threshold or (free > 0 and not self.running):
                 try:
                     claimed = await self.claim_once(min(free, self.config.batch), tenant_ids)
@@ -134,9 +134,9 @@ class Worker:
             self._slot_freed.clear()
             await self._pause(self.config.poll_seconds, self._slot_freed if free < threshold else None)
 
-    async def claim_once(self, limit: int, tenant_ids: tuple[int, ...] | None = None) -> list[Claimed]:
+    async def claim_once(self, limit: int, tenant_ids: tuple[int, ...] | None = None) -> list[JobContext]:
         now = datetime.now(UTC)
-        async with self.runtime.sessions() as session:
+        async with self.context.sessions() as session:
             claimed = await dispatcher.claim(
                 session,
                 worker_id=self.worker_id,
@@ -150,29 +150,17 @@ class Worker:
                 return []
             runnable = await outcomes.start(session, self.worker_id, claimed, now)
         if self.stopping.is_set():
-            async with self.runtime.sessions() as session:
+            async with self.context.sessions() as session:
                 await outcomes.release(session, self.worker_id, runnable)
             return claimed
         for job in runnable:
             self._launch(job)
         return claimed
 
-    def _launch(self, job: Claimed) -> None:
-        context = JobContext(
-            tenant_id=job.tenant_id,
-            job_id=job.job_id,
-            job_type=job.job_type,
-            source_id=job.source_id,
-            payload=dict(job.payload or {}),
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            pack_run_id=job.pack_run_id,
-            step_index=job.step_index,
-            replay_of_entry_id=job.replay_of_entry_id,
-            worker_id=self.worker_id,
-            claimed_at=datetime.now(UTC),
-        )
-        handler_task = asyncio.create_task(self.handlers[job.job_type](context))
+    def _launch(self, job: JobContext) -> None:
+        # A handler may change its payload without changing the claimed job the worker keeps.
+        handed = replace(job, payload=dict(job.payload or {}), claimed_at=datetime.now(UTC))
+        handler_task = asyncio.create_task(self.handlers[job.job_type](handed))
         entry = _Running(job, handler_task)
         self.running[(job.tenant_id, job.job_id)] = entry
         execution = asyncio.create_task(self._finish(entry))
@@ -202,7 +190,7 @@ class Worker:
             self.completed += 1
             self._slot_freed.set()
 
-    async def _write_outcome(self, job: Claimed, outcome: str, failure: JobFailure | None) -> None:
+    async def _write_outcome(self, job: JobContext, outcome: str, failure: JobFailure | None) -> None:
         """Record the outcome, retrying with backoff for up to one lease.
 
         An outcome that is not written makes the job run again once its lease expires, so a brief
@@ -234,8 +222,8 @@ class Worker:
             await asyncio.sleep(delay)
             delay, batched = min(delay * 2, 2.0), False  # a retry is written on its own
 
-    async def _record(self, job: Claimed, outcome: str, failure: JobFailure | None) -> None:
-        async with self.runtime.sessions() as session:
+    async def _record(self, job: JobContext, outcome: str, failure: JobFailure | None) -> None:
+        async with self.context.sessions() as session:
             if outcome == "succeeded":
                 await outcomes.succeed(session, self.worker_id, job)
             elif outcome == "failed" and failure is not None:
@@ -262,7 +250,7 @@ class Worker:
             if not batch:
                 continue
             try:
-                async with self._writes, self.runtime.sessions() as session:
+                async with self._writes, self.context.sessions() as session:
                     await outcomes.succeed_many(session, self.worker_id, [job for job, _ in batch])
             except Exception as exc:  # noqa: BLE001 - handed to every job of the batch
                 for _, done in batch:
@@ -281,7 +269,7 @@ class Worker:
             if not entries:
                 continue
             try:
-                async with self.runtime.sessions() as session:
+                async with self.context.sessions() as session:
                     held = await outcomes.heartbeat(
                         session, self.worker_id, [e.job for e in entries], self.config.lease_seconds
                     )
@@ -302,7 +290,7 @@ class Worker:
     async def _step_loop(self, step: Step) -> None:
         while not self.stopping.is_set():
             try:
-                await step.run(self.runtime)
+                await step.run(self.context)
             except Exception:
                 log.exception("background step %s failed", step.name)
             await self._pause(step.interval_seconds)

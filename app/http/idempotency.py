@@ -21,24 +21,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.http.problems import Problem
-from app.security.caller import Caller
+from app.core.caller import Caller
+from app.core.problems import Problem
+from app.storage.idempotency import RETENTION, complete_in, record_key, release_in
 from app.storage.models import IdempotencyRecord
-
-if TYPE_CHECKING:
-    from app.runtime import Runtime
 
 log = logging.getLogger("jobgate.idempotency")
 
-RETENTION = timedelta(hours=24)
 LOCK = timedelta(seconds=60)
 SETTLE_RETRY_SECONDS = 0.25
 _KEPT_HEADERS = {b"content-type", b"location", b"etag", b"cache-control"}
@@ -80,32 +76,6 @@ class Captured:
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
-
-
-def _record_key(caller: Caller) -> tuple[Any, ...]:
-    return (
-        IdempotencyRecord.tenant_id == caller.tenant.id,
-        IdempotencyRecord.subject == caller.subject,
-        IdempotencyRecord.key == caller.idempotency_key,
-    )
-
-
-async def complete_in(
-    session: AsyncSession, caller: Caller, status: int, headers: dict[str, str], body: bytes
-) -> None:
-    """Store the response of the first request in the caller's own transaction."""
-    if caller.idempotency_key is None:
-        return
-    await session.execute(
-        update(IdempotencyRecord)
-        .where(*_record_key(caller), IdempotencyRecord.state == "in_flight")
-        .values(
-            state="done",
-            response_status=status,
-            response_headers={k.lower(): v for k, v in headers.items()},
-            response_body=body,
-        )
-    )
 
 
 _Ident = tuple[int, str, str]
@@ -155,7 +125,7 @@ class IdempotencyStore:
             taken = await session.execute(
                 update(IdempotencyRecord)
                 .where(
-                    *_record_key(caller),
+                    *record_key(caller),
                     (IdempotencyRecord.expires_at < now)
                     | ((IdempotencyRecord.state == "in_flight") & (IdempotencyRecord.locked_until < now)),
                 )
@@ -163,7 +133,7 @@ class IdempotencyStore:
             )
             if taken.rowcount == 1:
                 return None
-            record = (await session.execute(select(IdempotencyRecord).where(*_record_key(caller)))).scalar_one()
+            record = (await session.execute(select(IdempotencyRecord).where(*record_key(caller)))).scalar_one()
         if record.request_hash != fingerprint:
             raise Problem(
                 422,
@@ -236,33 +206,6 @@ class IdempotencyStore:
     async def _settle(self, caller: Caller, captured: Captured) -> None:
         async with self._sessions.begin() as session:
             if captured.status >= 400:
-                await session.execute(
-                    delete(IdempotencyRecord).where(*_record_key(caller), IdempotencyRecord.state == "in_flight")
-                )
+                await release_in(session, caller)
             else:
                 await complete_in(session, caller, captured.status, captured.headers, bytes(captured.body))
-
-
-PURGE_BATCH = 5000
-
-
-async def purge_expired(runtime: Runtime, now: datetime | None = None) -> int:
-    """A background step of the workers: delete up to :data:`PURGE_BATCH` records past their
-    retention (a reused key replaces its expired record anyway; this keeps the table from growing
-    with keys never used again). Returns how many were deleted."""
-    now = now or datetime.now(UTC)
-    async with runtime.sessions.begin() as session:
-        expired = (
-            select(IdempotencyRecord.tenant_id, IdempotencyRecord.subject, IdempotencyRecord.key)
-            .where(IdempotencyRecord.expires_at < now)
-            .limit(PURGE_BATCH)
-        )
-        result = await session.execute(
-            delete(IdempotencyRecord)
-            .where(
-                tuple_(IdempotencyRecord.tenant_id, IdempotencyRecord.subject, IdempotencyRecord.key).in_(expired)
-            )
-            .execution_options(synchronize_session=False)
-        )
-        return result.rowcount or 0
-

@@ -15,13 +15,14 @@ from litestar.params import Parameter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.domain.audit.service import record
+from app.core.caller import Caller
+from app.core.problems import Problem
 from app.http.caching import encode, etag_of_body
-from app.http.idempotency import complete_in
-from app.http.problems import Problem
 from app.security import header_rules as rules
-from app.security.caller import Caller, caller_of
+from app.security.caller import caller_of
 from app.security.envelope import AUDITED_KEY
+from app.storage.audit import record
+from app.storage.idempotency import complete_in
 
 if TYPE_CHECKING:
     from app.runtime import Runtime

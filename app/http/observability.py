@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
-from app.logs import write_line
 from app.http.tracing import as_w3c_trace_id, client_trace_id, ensure_trace_id
+from app.logs import write_line
+from app.sanitize import sanitize
 from app.security.caller import CALLER_KEY
-from app.security.sanitize import sanitize
 
 if TYPE_CHECKING:
     from app.telemetry import Tracing

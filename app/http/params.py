@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from litestar.params import Parameter
 
-from app.http.problems import FieldError, Problem
+from app.core.problems import FieldError, Problem
 
 # RFC 3339 date-time; a missing offset is read as UTC.
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$")

@@ -1,8 +1,8 @@
 """RFC 9457 problem details: the one place where errors become ``application/problem+json``.
 
-Handlers and services raise :class:`Problem`; framework errors (validation, 404/405, body too
-large) and unexpected exceptions are mapped here too, so no response ever carries a stack
-trace, SQL, a DSN or a token.
+Handlers and services raise :class:`~app.core.problems.Problem`; framework errors (validation,
+404/405, body too large) and unexpected exceptions are mapped here too, so no response ever
+carries a stack trace, SQL, a DSN or a token.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from app.core.problems import FieldError, Problem
 from app.http.tracing import ensure_trace_id
-from app.security.sanitize import sanitize
+from app.sanitize import sanitize
 from app.storage.reads import DRIVER_CONNECTION_ERRORS
 
 log = logging.getLogger("jobgate.errors")
@@ -52,11 +53,6 @@ _TITLES = {
 }
 
 
-class FieldError(msgspec.Struct):
-    field: str
-    message: str
-
-
 class ProblemDetails(msgspec.Struct, omit_defaults=True):
     """The body of every error response."""
 
@@ -67,31 +63,6 @@ class ProblemDetails(msgspec.Struct, omit_defaults=True):
     code: str
     traceId: str
     errors: list[FieldError] | None = None
-
-
-class Problem(Exception):
-    """An error the client should see, with a stable machine ``code``."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str,
-        *,
-        errors: list[FieldError] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.errors = errors
-        self.headers = headers or {}
-
-
-def not_found(what: str) -> Problem:
-    """The one 404 for a missing object and for another tenant's object: no hint of which."""
-    return Problem(404, "not_found", f"{what} not found.")
 
 
 def problem_body(problem: Problem, trace_id: str) -> bytes:

@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
-from app.domain.audit.service import audit_row
+from app.core.caller import Caller
+from app.core.problems import Problem
 from app.http.idempotency import IdempotencyStore, read_body
-from app.http.problems import PROBLEM_CODE_KEY, Problem
+from app.http.problems import PROBLEM_CODE_KEY
 from app.http.tracing import ensure_trace_id, header_values
 from app.security import header_rules as rules
-from app.security.caller import CALLER_KEY, Caller
+from app.security.caller import CALLER_KEY
 from app.security.dpop import PROOF_ALGORITHMS, ReplayStoreUnavailable
 from app.security.tokens import AuthError, Claims
+from app.storage.audit import audit_row
 from app.storage.shared import RateShares
 
 if TYPE_CHECKING:

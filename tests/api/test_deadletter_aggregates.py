@@ -226,7 +226,7 @@ async def test_aggregates_follow_deletes_and_drop_emptied_rows(client, factory, 
         )
     entries = await assert_aggregates_match_entries(runtime, rows.tenant_id)
     assert "E_DENIED" not in {e.error_code for e in entries}
-    await fold_stripes(runtime)
+    await fold_stripes(runtime.engine)
     async with runtime.sessions() as session:
         codes = set(
             (
@@ -320,7 +320,7 @@ async def test_writers_of_one_cluster_do_not_wait_for_each_other(client, factory
 
     # The workers' fold moves every stripe into stripe 0 and drops what sums to zero (the echo
     # entry's +1 and -1); the sums do not change.
-    assert await fold_stripes(runtime) > 0
+    assert await fold_stripes(runtime.engine) > 0
     assert await stripes_of(runtime, rows.tenant_id) == {0}
     async with runtime.sessions() as session:
         echo = (

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 from sqlalchemy import select
 
+from app.core.caller import Caller
+from app.core.problems import Problem
 from app.http.idempotency import Captured, IdempotencyStore
-from app.http.problems import Problem
-from app.security.caller import Caller
 from app.storage.models import AuditRecord, DeadLetterEntry, Job
 from tests.api.rows import Rows
 from tests.drills.load import REQUEST_TIMEOUT, Load

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from app.domain.tenants.service import add_tenant
 from app.engine import embedded
 from app.runtime import Runtime
 from app.settings import load_settings
 from app.storage.models import Job, PackRun
+from app.storage.tenants import add_tenant
 from tests.conftest import serving
 from tests.engine.conftest import eventually
 

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 
 import app.http.mutation as mutation_module
-from app.domain.audit.service import audit_row
+from app.storage.audit import audit_row
 from tests.envelope import audit_rows, source_ids, tenant_id
 
 SOURCES = "/jobengine/sources"

@@ -7,11 +7,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from sqlalchemy import select, update
 
 from app.domain.sources import service as sources_service
-from app.http.idempotency import purge_expired
+from app.storage.idempotency import purge_expired
 from app.storage.models import IdempotencyRecord, Tenant
 from tests.envelope import audit_rows, source_ids
 
@@ -250,7 +249,7 @@ async def test_records_past_their_retention_are_purged_and_newer_ones_kept(clien
                 select(Tenant.id).where(Tenant.key == tenant).scalar_subquery()))
             .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
-    assert await purge_expired(runtime) >= 1
+    assert await purge_expired(runtime.sessions) >= 1
 
     async def keys() -> set[str]:
         async with runtime.sessions() as session:

@@ -13,8 +13,9 @@ import pytest
 from litestar import Litestar, get, post
 from litestar.middleware import DefineMiddleware
 
-from app.http.problems import Problem, problem_exception_handler
-from app.security.caller import Caller
+from app.core.caller import Caller
+from app.core.problems import Problem
+from app.http.problems import problem_exception_handler
 from app.security.envelope import MUTATING, Envelope, EnvelopeMiddleware
 from tests.conftest import ALL_SCOPES
 from tests.envelope import audit_rows
@@ -150,7 +151,7 @@ async def test_refused_mutation_for_missing_scope_is_audited(client, factory, ru
 
 
 def _caller(scopes: str) -> Caller:
-    from app.domain.tenants.service import TenantInfo
+    from app.core.caller import TenantInfo
 
     return Caller(
         subject="s",

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from app.http.paging import TOKEN_MAX_AGE, CursorCodec, PageScope
-from app.http.problems import Problem
+from app.core.cursors import TOKEN_MAX_AGE, CursorCodec, PageScope
+from app.core.problems import Problem
 
 NEW = ("new", b"n" * 32)
 OLD = ("old", b"o" * 32)

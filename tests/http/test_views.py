@@ -1,4 +1,4 @@
-"""Views made by name (``app/http/views.py``): every field from the attribute of its name."""
+"""Views made by name (``app/core/views.py``): every field from the attribute of its name."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from typing import Any
 import msgspec
 import pytest
 
+from app.core.views import by_name
 from app.domain.audit.queries import view as audit_view
 from app.domain.audit.schemas import AuditView
-from app.domain.jobs.service import view as job_view
 from app.domain.jobs.schemas import JobView
+from app.domain.jobs.service import view as job_view
 from app.domain.packruns.schemas import PackRunView, StepCounts
 from app.domain.packruns.service import view as packrun_view
 from app.domain.sources.schemas import JobCounts, SourceView
 from app.domain.sources.service import view as source_view
-from app.http.views import by_name
 from app.storage.models import AuditRecord, Job, PackRun, Source
 
 

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.logs import make_handler, timestamp, write_line
-from app.security.sanitize import SanitizingFilter
+from app.sanitize import SanitizingFilter
 from app.settings import SettingsError, load_settings
 
 SECRET_HEADER = "password=hunter2-very-secret"

@@ -10,7 +10,6 @@ import uuid
 
 from prometheus_client import REGISTRY
 
-from app.domain.operations.thresholds import DEFAULTS
 from app.engine.config import load_worker_config
 from app.engine.handlers import load_handlers
 from app.engine.reconciler import reconcile_once
@@ -18,6 +17,7 @@ from app.engine.replays import advance_replays
 from app.engine.worker import Worker
 from app.metrics import MAX_JOB_TYPE_LABELS, JobGauges, open_label
 from app.storage.models import DeadLetterEntry, OperationRun
+from app.thresholds import DEFAULTS
 from tests.conftest import make_app, serving
 from tests.observability.support import samples
 from tests.operations.support import add_run, tenant_of

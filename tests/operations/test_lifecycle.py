@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.domain.operations.lifecycle import RunFacts, listed_state, project, reconcile_due
-from app.domain.operations.thresholds import DEFAULTS, ThresholdsError, parse
+from app.thresholds import DEFAULTS, ThresholdsError, parse
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 TH = parse(None)

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from app.domain.operations import queries
 from app.domain.operations.lifecycle import RunFacts, project, reconcile_due
-from app.domain.operations.thresholds import parse
 from app.storage.models import OperationRun
+from app.thresholds import parse
 from tests.operations.support import add_run, tenant_of
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 
 from app.domain.operations import ledger
-from app.domain.operations.thresholds import DEFAULTS
 from app.engine.reconciler import CANCEL_GRACE_SECONDS, reconcile_once
 from app.engine.steps import background_steps
 from app.storage.models import Job, OperationRun, PackRun, Source, Workspace
+from app.thresholds import DEFAULTS
 from tests.conftest import ROOT
 from tests.operations.support import add_run, get_json, tenant_of
 

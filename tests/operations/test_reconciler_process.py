@@ -19,8 +19,8 @@ import pytest_asyncio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from app.domain.tenants.service import add_tenant
 from app.storage.models import Job, OperationRun, PackRun, Source
+from app.storage.tenants import add_tenant
 from tests.operations.support import add_run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -27,11 +27,11 @@ from app.domain.jobs import service as jobs
 from app.domain.packruns import service as packruns
 from app.domain.quotas import service as quotas
 from app.domain.sources import service as sources
-from app.http.paging import PageQuery
 from app.http.problems import to_problem
-from app.storage.models import Job, Source
 from app.runtime import Runtime
 from app.settings import load_settings
+from app.storage.models import Job, Source
+from app.storage.pages import PageQuery
 from app.storage.reads import SESSION_INFO_KEY, DriverReads, read_rows
 from tests.api.rows import NOW, at, tenant_rows
 from tests.conftest import free_port

@@ -8,11 +8,12 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
+from app.core.cursors import CursorCodec, PageScope
 from app.domain.audit.schemas import AuditPage, AuditView
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
-from app.security.caller import Caller
-from app.storage.models import AuditRecord
 from app.instants import iso_or_none
+from app.storage.models import AuditRecord
+from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
 ORDER = Keyset((AuditRecord.occurred_at, AuditRecord.id), descending=True)
 

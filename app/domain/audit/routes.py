@@ -8,12 +8,12 @@ from litestar import Request, get
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
 from app.domain.audit import queries
 from app.domain.audit.schemas import AuditPage
 from app.http.paging import ContinuationToken, Limit
 from app.http.params import instant_query, parse_instant
 from app.http.routes import protected
-from app.security.caller import Caller
 
 OccurredFrom = instant_query("occurredFrom", "Only rows that occurred at or after this instant")
 OccurredTo = instant_query("occurredTo", "Only rows that occurred before this instant")

@@ -10,12 +10,8 @@ replay), and deletes what sums to zero. The sums readers see do not change.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlalchemy import text
-
-if TYPE_CHECKING:
-    from app.runtime import Runtime
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 FOLD_BATCH = 5000
 
@@ -50,14 +46,14 @@ def _fold(table: str, keys: str, values: tuple[str, ...]) -> tuple[str, str]:
 _STATEMENTS = {table: _fold(table, keys, values) for table, (keys, values) in _TABLES.items()}
 
 
-async def fold_stripes(runtime: Runtime) -> int:
+async def fold_stripes(engine: AsyncEngine) -> int:
     """One fold of both aggregate tables; the number of stripe-0 rows written. PostgreSQL only (the
     embedded SQLite default writes a single stripe)."""
-    if runtime.engine.dialect.name != "postgresql":
+    if engine.dialect.name != "postgresql":
         return 0
     written = 0
     for fold, zeros in _STATEMENTS.values():
-        async with runtime.engine.begin() as conn:
+        async with engine.begin() as conn:
             written += (await conn.execute(text(fold), {"batch": FOLD_BATCH})).rowcount or 0
             await conn.execute(text(zeros))
     return written

@@ -24,6 +24,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql import expression
 
+from app.core.caller import Caller
+from app.core.problems import FieldError, Problem, not_found
 from app.domain.deadletter.schemas import (
     SAMPLE_SIZE,
     BatchReplayRequest,
@@ -37,11 +39,9 @@ from app.domain.deadletter.schemas import (
 from app.domain.deadletter.service import EntryFilter, view
 from app.domain.operations import ledger
 from app.domain.operations.ledger import failure_item
-from app.http.problems import FieldError, Problem, not_found
-from app.security.caller import Caller
+from app.instants import iso, parse_iso
 from app.storage.models import DeadLetterEntry as Entry
 from app.storage.models import Job, Source, UTCDateTime
-from app.instants import iso, parse_iso
 
 DEFAULT_MAX_ATTEMPTS = 3
 ID_LIST_MAX = 900

@@ -9,6 +9,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
 from app.domain.deadletter import replay, service
 from app.domain.deadletter.schemas import (
     BATCH_MAX,
@@ -33,7 +34,6 @@ from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
 from app.http.params import instant_query, parse_instant
 from app.http.routes import location, protected
-from app.security.caller import Caller
 
 DeadLetteredFrom = instant_query("deadLetteredFrom", "Only entries dead-lettered at or after this instant")
 DeadLetteredTo = instant_query("deadLetteredTo", "Only entries dead-lettered before this instant")

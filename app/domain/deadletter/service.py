@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, case, cast, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
+from app.core.cursors import CursorCodec, PageScope
+from app.core.problems import not_found
+from app.core.views import by_name
 from app.domain.deadletter.schemas import (
     CategoryCount,
     DeadLetterStats,
@@ -19,14 +23,11 @@ from app.domain.deadletter.schemas import (
     SummaryGroup,
     SummaryPage,
 )
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
-from app.http.problems import not_found
-from app.http.views import by_name
-from app.security.caller import Caller
+from app.instants import iso_or_none
 from app.storage.models import DeadLetterCluster as Clusters
 from app.storage.models import DeadLetterCount as Counts
 from app.storage.models import DeadLetterEntry as Entry
-from app.instants import iso_or_none
+from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
 ORDER = Keyset((Entry.dead_lettered_at, Entry.entry_id), descending=True)
 TOP_CLUSTERS = 10
@@ -79,9 +80,6 @@ class EntryFilter:
     def binding(self) -> tuple[tuple[str, Any], ...]:
         times = (("from", iso_or_none(self.dead_lettered_from)), ("to", iso_or_none(self.dead_lettered_to)))
         return (*sorted(self.equals.items()), *times)
-
-    def is_empty(self) -> bool:
-        return not self.equals and self.dead_lettered_from is None and self.dead_lettered_to is None
 
 
 

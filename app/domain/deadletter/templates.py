@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from app.security.sanitize import sanitize
+from app.sanitize import sanitize
 
 MAX_TEMPLATE = 1000
 

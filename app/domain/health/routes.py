@@ -10,7 +10,7 @@ from litestar import Request, Response, get
 from sqlalchemy import text
 
 from app import metrics
-from app.http.problems import Problem
+from app.core.problems import Problem
 from app.http.routes import PUBLIC, problem_responses
 from app.storage.migrate import schema_behind
 

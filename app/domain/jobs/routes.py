@@ -8,13 +8,13 @@ from litestar import Request, Response, get, post
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
 from app.domain.jobs import service
 from app.domain.jobs import submission as submissions
 from app.domain.jobs.schemas import JobPage, JobStatus, JobSummary, JobView
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
 from app.http.routes import location, protected
-from app.security.caller import Caller
 
 JobId = Annotated[str, Parameter(max_length=64, description="The job's id")]
 JobTypeFilter = Annotated[str | None, Parameter(query="jobType", max_length=128)]

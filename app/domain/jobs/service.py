@@ -7,12 +7,13 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
+from app.core.cursors import CursorCodec, PageScope
+from app.core.problems import not_found
+from app.core.views import by_name
 from app.domain.jobs.schemas import JobPage, JobSummary, JobTypeCounts, JobView, StatusCounts
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
-from app.http.problems import not_found
-from app.http.views import by_name
-from app.security.caller import Caller
 from app.storage.models import Job
+from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
 ORDER = Keyset((Job.created_at, Job.job_id), descending=True)
 

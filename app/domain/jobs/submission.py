@@ -11,9 +11,9 @@ import msgspec
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
+from app.core.problems import FieldError, Problem, not_found
 from app.domain.sources.schemas import SourceIdText
-from app.http.problems import FieldError, Problem, not_found
-from app.security.caller import Caller
 from app.storage.models import Job, Source
 
 JobTypeText = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9._-]{0,127}$", max_length=128)]

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.security.sanitize import sanitize
+from app.sanitize import sanitize
 from app.storage.models import ACTIVE_RUN_STATUSES, OperationRun
 
 RUN_TYPES = ("pack_run.execute", "pack_run.retry", "deadletter.replay_pending", "deadletter.replay_batch", "ops.reconcile")

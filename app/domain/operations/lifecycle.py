@@ -38,8 +38,8 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from app.domain.operations.schemas import OperationRunActiveStateProjection
-from app.domain.operations.thresholds import Thresholds
 from app.instants import iso_or_none
+from app.thresholds import Thresholds
 
 ACTIVE = ("queued", "running")
 FOLLOW_UP_OUTCOMES = ("failed", "blocked", "partially_succeeded")

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, false, func, not_, or_
 
 from app.domain.operations.lifecycle import FOLLOW_UP_OUTCOMES
-from app.domain.operations.thresholds import Thresholds, TypeThresholds
 from app.storage.models import OperationRun as R
+from app.thresholds import Thresholds, TypeThresholds
 
 LIFECYCLE_STATUSES = ("queued", "running", "completed")
 _no_evidence = and_(R.status == "running", R.heartbeat_at.is_(None), R.started_at.is_(None))

@@ -12,6 +12,9 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from app.core.caller import Caller
+from app.core.cursors import PageScope
+from app.core.problems import not_found
 from app.domain.operations import queries, service
 from app.domain.operations.lifecycle import RunFacts, listed_state
 from app.domain.operations.schemas import (
@@ -26,12 +29,11 @@ from app.domain.operations.schemas import (
     TenantActivityOperationsSummary,
     TenantOperationProgressOverlay,
 )
-from app.domain.operations.thresholds import Thresholds, ThresholdsError, configured
-from app.http.paging import ContinuationToken, Keyset, Limit, PageQuery, PageScope, fetch_built_page, fetch_page, where_present
-from app.http.problems import Problem, not_found
+from app.http.paging import ContinuationToken, Limit
 from app.http.routes import location, protected
-from app.security.caller import Caller
 from app.storage.models import OperationRun
+from app.storage.pages import Keyset, PageQuery, fetch_built_page, fetch_page, where_present
+from app.thresholds import Thresholds
 
 ORDER = Keyset((OperationRun.created_at, OperationRun.id), descending=True)
 EQUAL = (
@@ -71,12 +73,9 @@ ACTIVE_TABS = {"active": ("queued", "running"), "completed": ("completed",)}
 TAGS = ["operations"]
 
 
-def _thresholds() -> Thresholds:
-    """The configured thresholds; a bad ``JOBGATE_LIFECYCLE_THRESHOLDS`` is a 503 naming it."""
-    try:
-        return configured()
-    except ThresholdsError as exc:
-        raise Problem(503, "configuration_invalid", str(exc)) from None
+def _thresholds(request: Request[Any, Any, Any]) -> Thresholds:
+    """The thresholds of this process (``JOBGATE_LIFECYCLE_THRESHOLDS``, read at start-up)."""
+    return request.app.state.runtime.settings.lifecycle_thresholds
 
 
 def _runtime(request: Request[Any, Any, Any]) -> Any:
@@ -122,7 +121,7 @@ async def list_operations(
     seen = await service.visibility(caller, runtime)
     if tenant_id is not None and tenant_id not in seen.tenants:
         return OperationRunPage(data=[], continuation_token=None)
-    now, thresholds = service.now_utc(), _thresholds()
+    now, thresholds = service.now_utc(), _thresholds(request)
     filters = (
         ("status", status),
         ("outcome", outcome),
@@ -169,7 +168,7 @@ async def get_operation(
     request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, operationRun: int
 ) -> OperationRunDetail:
     run, _ = await _load(request, session, caller, operationRun)
-    return service.detail(run, service.projection(run, service.now_utc(), _thresholds(), "detail"))
+    return service.detail(run, service.projection(run, service.now_utc(), _thresholds(request), "detail"))
 
 
 TenantPath = Annotated[int, Parameter(description="The tenant's integer id (a visible tenant, else 404)")]
@@ -195,7 +194,7 @@ async def tenant_dashboard(
     )
     recent = base.where(OperationRun.status == "completed").order_by(*order).limit(DASHBOARD_RECENT)
     runs = [*(await session.execute(active)).scalars(), *(await session.execute(recent)).scalars()]
-    now, thresholds = service.now_utc(), _thresholds()
+    now, thresholds = service.now_utc(), _thresholds(request)
     items = [
         service.surface_item(r, service.projection(r, now, thresholds), seen, _detail_url(request, r.id))
         for r in runs
@@ -222,7 +221,7 @@ async def tenant_progress(
         .limit(OVERLAY_ITEMS)
         .options(*SURFACE_ONLY)
     )
-    now, thresholds = service.now_utc(), _thresholds()
+    now, thresholds = service.now_utc(), _thresholds(request)
     projected = [(r, service.projection(r, now, thresholds)) for r in (await session.execute(stmt)).scalars()]
     items = [
         service.surface_item(r, p, seen, _detail_url(request, r.id))
@@ -264,7 +263,7 @@ async def canonical_list(
         stmt = stmt.where(OperationRun.tenant_id == tenant)
     if active_tab in ACTIVE_TABS:
         stmt = stmt.where(OperationRun.status.in_(ACTIVE_TABS[active_tab]))
-    now, thresholds = service.now_utc(), _thresholds()
+    now, thresholds = service.now_utc(), _thresholds(request)
     if problem_class is not None:
         stmt = stmt.where(queries.problem_class(problem_class, now, thresholds))
     stmt = stmt.order_by(OperationRun.created_at.desc(), OperationRun.id.desc()).limit(CANONICAL_ITEMS)
@@ -287,7 +286,7 @@ async def canonical_detail(
     request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, run: int
 ) -> OperationRunDetailContract:
     row, _ = await _load(request, session, caller, run)
-    return service.detail_contract(row, service.projection(row, service.now_utc(), _thresholds(), "detail"))
+    return service.detail_contract(row, service.projection(row, service.now_utc(), _thresholds(request), "detail"))
 
 
 ROUTES = [list_operations, get_operation, tenant_dashboard, tenant_progress, canonical_list, canonical_detail]

@@ -18,6 +18,8 @@ import msgspec
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller, TenantInfo
+from app.core.problems import not_found
 from app.domain.operations import queries
 from app.domain.operations.lifecycle import (
     OUTCOME_LABELS,
@@ -36,11 +38,8 @@ from app.domain.operations.schemas import (
     OperationRunSurfaceItem,
     ReconciliationRecord,
 )
-from app.domain.operations.thresholds import Thresholds
-from app.domain.tenants.service import TenantInfo
-from app.http.problems import not_found
-from app.security.caller import Caller
 from app.storage.models import OperationRun
+from app.thresholds import Thresholds
 
 RECONCILIATION_SOURCES = ("failed_callback", "scheduled_reconciler", "adapter_reconciler")
 

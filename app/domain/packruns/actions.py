@@ -17,13 +17,13 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
+from app.core.problems import Problem
 from app.domain.jobs.submission import check_payload, new_job, take_source
 from app.domain.operations import ledger
 from app.domain.packruns import progress, service
 from app.domain.packruns.schemas import PackRunSubmit
 from app.engine.handlers import known_job_types
-from app.http.problems import Problem
-from app.security.caller import Caller
 from app.storage.models import Job, PackRun
 
 RETRYABLE = frozenset({"failed", "canceled", "blocked"})

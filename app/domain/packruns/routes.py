@@ -9,12 +9,12 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
 from app.domain.packruns import actions, service
 from app.domain.packruns.schemas import PackRunPage, PackRunStatus, PackRunSubmit, PackRunView
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
 from app.http.routes import location, protected
-from app.security.caller import Caller
 
 PackRunId = Annotated[str, Parameter(max_length=64, description="The pack run's id")]
 

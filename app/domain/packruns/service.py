@@ -5,11 +5,12 @@ from __future__ import annotations
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
+from app.core.cursors import CursorCodec, PageScope
+from app.core.problems import not_found
 from app.domain.packruns.schemas import PackRunPage, PackRunView, StepCounts
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
-from app.http.problems import not_found
-from app.security.caller import Caller
 from app.storage.models import PackRun
+from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
 ORDER = Keyset((PackRun.created_at, PackRun.pack_run_id), descending=True)
 

@@ -8,14 +8,14 @@ from litestar import Request, Response, delete, get, post, put
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
+from app.core.problems import Problem
 from app.domain.quotas import service
 from app.domain.quotas.schemas import QuotaCreate, QuotaPage, QuotaReplace, QuotaSummary, QuotaView
 from app.http.caching import etag_of, matches
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
-from app.http.problems import Problem
 from app.http.routes import location, protected
-from app.security.caller import Caller
 from app.storage.models import Quota
 
 QuotaId = Annotated[str, Parameter(max_length=64, description="The quota's id")]

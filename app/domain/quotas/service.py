@@ -9,6 +9,10 @@ from sqlalchemy import bindparam, case, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
+from app.core.cursors import CursorCodec, PageScope
+from app.core.problems import FieldError, Problem, not_found
+from app.core.views import by_name
 from app.domain.quotas import rules
 from app.domain.quotas.schemas import (
     QuotaCreate,
@@ -19,12 +23,9 @@ from app.domain.quotas.schemas import (
     QuotaUsage,
     QuotaView,
 )
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
-from app.http.problems import FieldError, Problem, not_found
-from app.http.views import by_name
-from app.security.caller import Caller
-from app.security.sanitize import sanitize
+from app.sanitize import sanitize
 from app.storage.models import Job, Quota
+from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
 ORDER = Keyset((Quota.job_type, Quota.quota_id))
 ACTIVE_JOB_STATUSES = ("leased", "running")

@@ -8,14 +8,14 @@ from litestar import Request, Response, get, post, put
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
+from app.core.problems import Problem
 from app.domain.sources import service
 from app.domain.sources.schemas import SourceCreate, SourcePage, SourceReplace, SourceView
 from app.http.caching import etag_of, matches
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
-from app.http.problems import Problem
 from app.http.routes import location, protected
-from app.security.caller import Caller
 
 SourceId = Annotated[str, Parameter(max_length=64, description="The source's id")]
 

@@ -9,11 +9,12 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
+from app.core.cursors import CursorCodec, PageScope
+from app.core.problems import Problem, not_found
 from app.domain.sources.schemas import JobCounts, SourceCreate, SourcePage, SourceReplace, SourceView
-from app.http.paging import CursorCodec, Keyset, PageQuery, PageScope, fetch_page, where_present
-from app.http.problems import Problem, not_found
-from app.security.caller import Caller
 from app.storage.models import Source
+from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
 ORDER = Keyset((Source.name, Source.source_id))
 

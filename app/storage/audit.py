@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.security.caller import Caller
-from app.security.sanitize import sanitize
+from app.core.caller import Caller
+from app.sanitize import sanitize
 from app.storage.models import AuditRecord
 
 

@@ -5,24 +5,15 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.caller import TenantInfo
 from app.storage.models import Tenant, Workspace
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class TenantInfo:
-    id: int
-    key: str
-    external_id: str
-    workspace_id: int
-    workspace_key: str
 
 
 async def add_tenant(session: AsyncSession, key: str, workspace: str, *, external_id: str | None = None) -> Tenant:

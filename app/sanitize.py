@@ -67,13 +67,6 @@ def sanitize(text: str) -> str:
     return text
 
 
-def sanitize_everywhere(text: str) -> str:
-    """:func:`sanitize` without the word pre-check (every pattern on every text): its reference."""
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
 class SanitizingFilter(logging.Filter):
     """Applied to every handler: the formatted message is sanitised before it is written."""
 

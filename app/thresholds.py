@@ -1,8 +1,8 @@
 """Per-type lifecycle thresholds: when an active run is past its expected lifecycle, and when the
 reconciler gives up on it.
 
-Defaults live in :data:`DEFAULTS`; ``JOBGATE_LIFECYCLE_THRESHOLDS`` (JSON) overrides them per
-type, e.g. ``{"pack_run.execute": {"heartbeat_seconds": 600}, "*": {"queued_seconds": 1200}}``
+Defaults live in :data:`DEFAULTS`; ``JOBGATE_LIFECYCLE_THRESHOLDS`` (JSON, read once into
+:attr:`app.settings.Settings.lifecycle_thresholds`) overrides them per type, e.g. ``{"pack_run.execute": {"heartbeat_seconds": 600}, "*": {"queued_seconds": 1200}}``
 (``*`` is the fallback for types without an entry). Unknown keys, non-integer or non-positive
 values, and a ``reconcile_after_seconds`` below the type's other two thresholds are refused with
 a :class:`ThresholdsError` naming the variable. See docs/operations.md.
@@ -11,7 +11,6 @@ a :class:`ThresholdsError` naming the variable. See docs/operations.md.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -61,6 +60,9 @@ class Thresholds:
         return tuple(t for t in self.by_type if t != FALLBACK)
 
 
+DEFAULT_THRESHOLDS = Thresholds(DEFAULTS)
+
+
 def _check(run_type: str, values: TypeThresholds) -> None:
     if values.reconcile_after_seconds < max(values.queued_seconds, values.heartbeat_seconds):
         raise ThresholdsError(
@@ -94,14 +96,3 @@ def parse(text: str | None) -> Thresholds:
     for run_type, values in merged.items():
         _check(run_type, values)
     return Thresholds(merged)
-
-
-_cache: dict[str | None, Thresholds] = {}
-
-
-def configured(environ: Mapping[str, str] | None = None) -> Thresholds:
-    """The thresholds of this process (read from the environment once per distinct value)."""
-    text = (os.environ if environ is None else environ).get(ENV_VAR)
-    if text not in _cache:
-        _cache[text] = parse(text)
-    return _cache[text]
