@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -13,8 +13,8 @@ from app.security.keys import KeySet, dev_signing_key
 from app.security.tokens import TokenVerifier
 from app.settings import Settings
 from app.storage import migrate
-from app.storage.db import create_engine, session_factory
-from app.storage.reads import SESSION_INFO_KEY, DriverReads
+from app.storage.db import create_engine, read_pool_size, session_factory
+from app.storage.reads import SESSION_INFO_KEY, ListReads, open_list_reads
 from app.storage.shared import SharedStore, create_store
 from app.storage.tenants import TenantRegistry
 
@@ -33,8 +33,7 @@ class Runtime:
     proofs: ProofVerifier
     cursors: CursorCodec
     tenants: TenantRegistry
-    # GET sessions left by finished requests, taken by the next (app/http/mutation.py:read_session)
-    idle_read_sessions: list[AsyncSession] = field(default_factory=list)
+    list_reads: ListReads | None  # PostgreSQL only (app/storage/reads.py)
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
@@ -48,13 +47,14 @@ class Runtime:
             file=settings.dev_jwks_path if settings.uses_dev_keys else settings.jwks_file,
             url=settings.jwks_url,
         )
+        list_reads = open_list_reads(settings, engine, size=read_pool_size(settings))
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
             read_sessions=session_factory(
                 engine.execution_options(isolation_level="AUTOCOMMIT"),
-                info={SESSION_INFO_KEY: DriverReads(engine)} if DriverReads.supports(engine) else None,
+                info={SESSION_INFO_KEY: list_reads} if list_reads is not None else None,
             ),
             store=store,
             keys=keys,
@@ -62,13 +62,18 @@ class Runtime:
             proofs=ProofVerifier(store),
             cursors=CursorCodec(settings.cursor_secrets),
             tenants=TenantRegistry(sessions),
+            list_reads=list_reads,
         )
 
     async def start(self) -> None:
         if self.settings.is_sqlite:
             await migrate.upgrade(self.engine)  # the embedded default migrates itself
+        if self.list_reads is not None:
+            await self.list_reads.open()
         await self.keys.refresh()
 
     async def stop(self) -> None:
         await self.store.close()
+        if self.list_reads is not None:
+            await self.list_reads.close()
         await self.engine.dispose()

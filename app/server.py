@@ -32,7 +32,6 @@ from app.domain.sources import routes as sources
 from app import metrics
 from app.engine import embedded
 from app.http.caching import GatewayResponse, keep_vary
-from app.http.direct import plan_all
 from app.http.links import add_links
 from app.http.observability import RequestObserver
 from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
@@ -139,7 +138,6 @@ def create_app(
     )
     close_strict_objects(app)
     add_links(app)
-    envelope.direct_reads = plan_all(app)
     # Outside the router, so that requests no route matches are observed too.
     app.asgi_handler = RequestObserver(app.asgi_handler, tracing)
     return app

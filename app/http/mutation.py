@@ -81,31 +81,21 @@ class Mutation:
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
 
 
-# Sessions a finished GET left behind, per runtime, for the next GETs (see read_session).
-IDLE_READ_SESSIONS = 64
-
-
 @asynccontextmanager
 async def read_session(runtime: Runtime, method: str) -> AsyncIterator[AsyncSession]:
-    """A session per request. Reads (GET) run in autocommit (no BEGIN/ROLLBACK round trips);
-    writes in one transaction that :meth:`Mutation.commit` commits.
+    """A session per request. Reads (GET) run in autocommit (no BEGIN/ROLLBACK round trips) and
+    their list statements on the list reads' pool; writes run in one transaction that
+    :meth:`Mutation.commit` commits.
 
-    A GET's session is one an earlier GET left behind where there is one: after its read a
-    session holds nothing (one that began a transaction or holds objects is closed, which empties
-    it), and making a session costs a list read as much as its ETag."""
-    read = method == "GET"
-    idle = runtime.idle_read_sessions
-    session = (idle.pop() if idle else runtime.read_sessions()) if read else runtime.sessions()
+    A session that never began a transaction and holds no object (a list read on the list reads'
+    pool) holds nothing to release: it is dropped without ``close()``, which would cost the read
+    as much as its ETag."""
+    session = runtime.read_sessions() if method == "GET" else runtime.sessions()
     try:
         yield session
     finally:
-        # A session that never began a transaction holds no connection and nothing to release
-        # (a list read with the driver directly); closing it would cost as much as its page.
-        held = session.sync_session
-        if session.in_transaction() or (read and (held.identity_map or held._new or held._deleted)):  # noqa: SLF001
+        if session.in_transaction() or session.identity_map or session.new or session.deleted:
             await session.close()
-        if read and len(idle) < IDLE_READ_SESSIONS:
-            idle.append(session)
 
 
 async def provide_session(request: Request[Any, Any, Any], caller: Caller) -> AsyncIterator[AsyncSession]:

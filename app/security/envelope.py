@@ -30,7 +30,6 @@ from app.storage.audit import audit_row
 from app.storage.shared import RateShares
 
 if TYPE_CHECKING:
-    from app.http.direct import DirectRead
     from app.runtime import Runtime
 
 log = logging.getLogger("jobgate.envelope")
@@ -116,9 +115,6 @@ class Envelope:
         self.dpop_mode = runtime.settings.dpop
         self.idempotency = IdempotencyStore(runtime.sessions)
         self.rates = RateShares(runtime.store)
-        # The read routes answered past the framework's per-request machinery, by route handler
-        # (``app/http/direct.py``); planned once the application is built.
-        self.direct_reads: dict[Any, DirectRead] = {}
 
     # -- credentials ----------------------------------------------------------------------------
 
@@ -364,8 +360,6 @@ class EnvelopeMiddleware:
             state[CALLER_KEY] = caller
             if key is not None:
                 status = await self._idempotent(scope, receive, send, caller)
-            elif (direct := envelope.direct_reads.get(scope["route_handler"])) is not None:
-                status = await direct.answer(scope, receive, send, otherwise=self._forward)
             else:
                 status = await self._forward(scope, receive, send)
         except Problem as problem:

@@ -11,7 +11,6 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.settings import Settings
-from app.storage.reads import LeasingPool
 
 
 _JSON = msgspec.json.Decoder()
@@ -26,6 +25,16 @@ def decode_json(text: str | bytes) -> Any:
         return _JSON.decode(text)
     except msgspec.DecodeError:
         return json.loads(text)
+
+
+def read_pool_size(settings: Settings) -> int:
+    """The list reads' share of the process's connections (half, at least one)."""
+    return max(1, settings.database_pool_size // 2)
+
+
+def session_pool_size(settings: Settings) -> int:
+    """The sessions' share: the rest of the budget, at least one."""
+    return max(1, settings.database_pool_size - read_pool_size(settings))
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -46,10 +55,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         return engine
     return create_async_engine(
         settings.database_url,
-        # A fixed pool: overflow connections would be opened and closed again under every burst;
-        # it keeps the driver reads' connections between reads (app/storage/reads.py).
-        poolclass=LeasingPool,
-        pool_size=settings.database_pool_size,
+        # A fixed pool: overflow connections would be opened and closed again under every burst.
+        # The list reads have a pool of their own (app/storage/reads.py); the two share the
+        # process's budget of JOBGATE_DATABASE_POOL_SIZE connections.
+        pool_size=session_pool_size(settings),
         max_overflow=0,
         pool_timeout=5,
         # No ping per checkout (a round trip on every request): a connection broken by a database

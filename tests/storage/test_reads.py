@@ -1,10 +1,10 @@
-"""Reads run with the driver (app/storage/reads.py) return exactly what the session returns.
+"""List reads (app/storage/reads.py) return exactly what the session returns.
 
-Each statement below runs both ways on the same rows of PostgreSQL: through
-``DriverReads.rows`` (compiled once, bound, fetched with asyncpg, result-processed) and through
+Each statement below runs both ways on the same rows of PostgreSQL: through ``ListReads.rows``
+(compiled once, bound, fetched on the reads' asyncpg pool, result-processed) and through
 ``session.execute``. They cover every list's statement shapes (filters present or not, a
-continuation key), grouped aggregates, an expanding IN, JSON, NULLs, booleans and instants. A
-connection error drops the connection, answers 503, and the next read works.
+continuation key), expanding INs of several lengths, JSON, NULLs, booleans and instants. A
+connection error answers 503, and the next read works.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import func, select, text
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy import bindparam, func, select, text
 
 from app.domain.audit import queries as audit
 from app.domain.deadletter import service as deadletter
@@ -32,7 +31,7 @@ from app.runtime import Runtime
 from app.settings import load_settings
 from app.storage.models import Job, Source
 from app.storage.pages import PageQuery
-from app.storage.reads import SESSION_INFO_KEY, DriverReads, read_rows
+from app.storage.reads import SESSION_INFO_KEY, ListReads, read_rows
 from tests.api.rows import NOW, at, tenant_rows
 from tests.conftest import free_port
 
@@ -45,14 +44,17 @@ async def own_runtime(gateway_env: dict[str, str], **overrides: str) -> AsyncIte
     connection for later tests)."""
     runtime = Runtime.create(load_settings({**gateway_env, **overrides}))
     try:
+        await runtime.list_reads.open()
         yield runtime
     finally:
         await runtime.stop()
 
 
-async def driver_rows(runtime: Runtime, stmt: Any) -> list[Any]:
-    async with runtime.read_sessions() as session:
-        return await session.info[SESSION_INFO_KEY].rows(session, stmt)
+async def driver_rows(runtime: Runtime, stmt: Any, params: dict[str, Any] | None = None) -> list[Any]:
+    await runtime.list_reads.open()  # the shared runtime's, unless a served app opened it already
+    rows = await runtime.list_reads.rows(stmt, params or {}, tuple)
+    assert rows is not None
+    return rows
 
 
 async def _seed(runtime: Any, factory: Any) -> tuple[Any, dict[str, Any]]:
@@ -117,11 +119,8 @@ LISTS = [
 @pytest.fixture
 async def both(runtime):  # type: ignore[no-untyped-def]
     """Runs a statement through the driver and through the session; returns both row lists."""
-    reads = DriverReads(runtime.engine)
-
     async def run(stmt: Any, params: dict[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
-        async with runtime.read_sessions() as session:
-            driver = await reads.rows(session, stmt, params)
+        driver = await driver_rows(runtime, stmt, params)
         async with runtime.sessions() as session:
             plain = [tuple(row) for row in await session.execute(stmt, params)]
         return driver, plain
@@ -171,85 +170,87 @@ async def test_statements_built_per_request_read_the_same_rows_whatever_their_va
     assert driver == plain and len(driver) == 2
 
 
-async def test_instants_arrive_in_utc_without_conversion_whatever_the_session_time_zone(gateway_env, factory):
+async def test_instants_arrive_in_utc_without_conversion_whatever_the_session_time_zone(runtime, factory):
     """On asyncpg the instants' type converts nothing (``UTCDateTime.result_processor``): the
     driver itself answers every timestamptz as an aware datetime in UTC, also where the
-    connection's TimeZone is another (one connection in the pool: the read uses the one set)."""
-    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="1") as runtime:
-        rows, _ = await _seed(runtime, factory)
-        assert Source.__table__.c.created_at.type._cached_result_processor(runtime.engine.dialect, None) is None
-        stmt = select(Source.created_at, Source.last_job_at).where(Source.tenant_id == rows.tenant_id)
-        async with runtime.read_sessions() as session:
-            fairy = await runtime.engine.raw_connection()
-            try:
-                await fairy.driver_connection.execute("SET TIME ZONE 'Asia/Kolkata'")
-                assert await fairy.driver_connection.fetchval("SHOW TimeZone") == "Asia/Kolkata"
-            finally:
-                await greenlet_spawn(fairy.close)
-            driver = await session.info[SESSION_INFO_KEY].rows(session, stmt)
-            assert (await session.info[SESSION_INFO_KEY].rows(session, select(text("current_setting('TimeZone')")))) == [
-                ("Asia/Kolkata",)
-            ]
-        async with runtime.sessions() as session:
-            await session.execute(text("SET TIME ZONE 'America/Los_Angeles'"))
-            plain = [tuple(row) for row in await session.execute(stmt)]
-        instants = [value for row in driver + plain for value in row if value is not None]
-        assert driver == plain and len(instants) > len(driver)
-        assert all(value.tzinfo is UTC for value in instants)
+    connection's TimeZone is another."""
+    rows, _ = await _seed(runtime, factory)
+    dialect = runtime.engine.dialect
+    assert Source.__table__.c.created_at.type.dialect_impl(dialect).result_processor(dialect, None) is None
+    stmt = select(Source.created_at, Source.last_job_at).where(Source.tenant_id == rows.tenant_id)
+    # A server setting in the DSN applies to every connection of the reads' pool.
+    reads = ListReads(runtime.list_reads.dsn + "?timezone=Asia%2FKolkata", dialect, size=1)
+    await reads.open()
+    try:
+        assert await reads.rows(select(text("current_setting('TimeZone')")), {}, tuple) == [("Asia/Kolkata",)]
+        driver = await reads.rows(stmt, {}, tuple)
+    finally:
+        await reads.close()
+    async with runtime.sessions() as session:
+        await session.execute(text("SET TIME ZONE 'America/Los_Angeles'"))
+        plain = [tuple(row) for row in await session.execute(stmt)]
+    instants = [value for row in driver + plain for value in row if value is not None]
+    assert driver == plain and len(instants) > len(driver)
+    assert all(value.tzinfo is UTC for value in instants)
 
 
 async def test_rows_are_made_by_the_given_callable_on_both_paths(runtime, factory):
     rows, _ = await _seed(runtime, factory)
-    stmt = select(Source.source_id, Source.name).where(Source.tenant_id == rows.tenant_id).order_by(Source.source_id)
+    stmt = (
+        select(Source.source_id, Source.name)
+        .where(Source.tenant_id == bindparam("tenant"))
+        .order_by(Source.source_id)
+    )
     async with runtime.read_sessions() as session:
-        driver = await read_rows(session, stmt, make=list)
+        driver = await read_rows(session, stmt, {"tenant": rows.tenant_id}, make=list)
     async with runtime.sessions() as session:
-        plain = await read_rows(session, stmt, make=list)
+        plain = await read_rows(session, stmt, {"tenant": rows.tenant_id}, make=list)
     assert driver == plain and len(driver) == 7 and all(type(row) is list for row in driver + plain)
 
 
 async def test_a_session_inside_a_transaction_reads_its_own_writes_on_the_session(runtime, factory):
     rows, _ = await _seed(runtime, factory)
-    reads = DriverReads(runtime.engine)
-    stmt = select(Source.source_id).where(Source.tenant_id == rows.tenant_id, Source.name == "uncommitted")
+    stmt = select(Source.source_id).where(Source.tenant_id == bindparam("tenant"), Source.name == "uncommitted")
+    params = {"tenant": rows.tenant_id}
     async with runtime.sessions() as session:
         session.add(rows.source(name="uncommitted", source_id="src-uncommitted"))
         await session.flush()
-        assert await reads.rows(session, stmt) == [("src-uncommitted",)]
+        assert await read_rows(session, stmt, params) == [("src-uncommitted",)]
         await session.rollback()
     async with runtime.read_sessions() as session:
-        assert await reads.rows(session, stmt) == []
+        assert await read_rows(session, stmt, params) == []
 
 
-async def test_read_sessions_carry_the_driver_reads_on_postgresql(runtime):
+async def test_read_sessions_carry_the_list_reads_on_postgresql(runtime):
     async with runtime.read_sessions() as session:
-        assert isinstance(session.info.get(SESSION_INFO_KEY), DriverReads)
+        assert isinstance(session.info.get(SESSION_INFO_KEY), ListReads)
     async with runtime.sessions() as session:  # writes never read beside their transaction
         assert SESSION_INFO_KEY not in session.info
 
 
-async def test_a_refused_value_is_a_400_and_the_connection_stays_usable(runtime, factory):
+async def test_a_refused_value_is_a_400_and_the_pool_stays_usable(runtime, factory):
     rows, _ = await _seed(runtime, factory)
-    reads = DriverReads(runtime.engine)
-    async with runtime.read_sessions() as session:
-        with pytest.raises(asyncpg.PostgresError) as refused:
-            await reads.rows(session, select(Source).where(Source.name == "nul\x00"))
-        assert to_problem(refused.value).status == 400
-        assert len(await reads.rows(session, select(Source.source_id).where(Source.tenant_id == rows.tenant_id))) == 7
+    with pytest.raises(asyncpg.PostgresError) as refused:
+        await driver_rows(runtime, select(Source).where(Source.name == "nul\x00"))
+    assert to_problem(refused.value).status == 400
+    assert len(await driver_rows(runtime, select(Source.source_id).where(Source.tenant_id == rows.tenant_id))) == 7
 
 
-async def test_a_dropped_connection_is_a_503_and_the_next_read_gets_a_new_one(gateway_env, services):
-    # One connection: the terminated one is the next handed out.
-    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="1") as runtime:
+async def test_a_dropped_connection_is_replaced_and_never_a_500(gateway_env, services):
+    # One connection in the reads' pool: the terminated one is the next handed out.
+    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="2") as runtime:
         (first,), = await driver_rows(runtime, BACKEND_PID)
         admin = await asyncpg.connect(services.pg_url)
         try:
             await admin.execute("SELECT pg_terminate_backend($1)", first)
         finally:
             await admin.close()
-        with pytest.raises(Exception) as dropped:
+        # The pool usually notices the closed connection before handing it out; a read that gets
+        # it first answers 503 (never 500), and the next read has a new connection.
+        try:
             await driver_rows(runtime, BACKEND_PID)
-        assert to_problem(dropped.value).status == 503, repr(dropped.value)
+        except Exception as dropped:  # noqa: BLE001
+            assert to_problem(dropped).status == 503, repr(dropped)
         (second,), = await driver_rows(runtime, BACKEND_PID)
         assert second != first
 
@@ -292,15 +293,18 @@ async def test_a_database_that_cannot_take_connections_is_a_503(gateway_env, kin
             server.close()
 
 
-async def test_an_interrupted_read_drops_its_connection_and_the_next_read_works(gateway_env):
-    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="1") as runtime:
-        async with runtime.read_sessions() as session:
-            reads = session.info[SESSION_INFO_KEY]
-            (first,), = await reads.rows(session, BACKEND_PID)
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(reads.rows(session, select(func.pg_sleep(3))), 0.2)
-            (second,), = await reads.rows(session, BACKEND_PID)  # not the connection left mid-statement
-        assert second != first
+async def test_an_interrupted_read_stops_its_statement_and_the_next_read_works(gateway_env):
+    async with own_runtime(gateway_env, JOBGATE_DATABASE_POOL_SIZE="2") as runtime:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(driver_rows(runtime, select(func.pg_sleep(30))), 0.2)
+        # The one connection of the reads' pool answers the next read with its own rows, and the
+        # interrupted statement no longer runs on the server.
+        running = (
+            select(func.count())
+            .select_from(text("pg_stat_activity"))
+            .where(text("query LIKE '%pg_sleep(%' AND state = 'active' AND pid <> pg_backend_pid()"))
+        )
+        assert await driver_rows(runtime, running) == [(0,)]
 
 
 async def test_every_operation_run_list_shape_reads_the_same_rows(runtime, factory, both):
