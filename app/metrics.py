@@ -50,6 +50,25 @@ RATE_LIMITED = Counter("jobgate_rate_limited_total", "Requests refused by the ra
 RATE_LIMIT_FAIL_OPEN = Counter(
     "jobgate_rate_limit_fail_open_total", "Requests let through because the rate-limit store failed"
 )
+JWKS_REFRESHES = Counter(
+    "jobgate_auth_jwks_refreshes_total",
+    "Verification-key (JWKS) fetches, by outcome",
+    ["outcome"],  # changed | unchanged | error (unreachable, HTTP error, unreadable file) | invalid (not a usable JWKS)
+)
+# Per key source (file or url), set only by the processes that keep a key set: a process that never
+# does adds no sample, so the minimum over live processes is the one that matters.
+JWKS_KEYS = Gauge(
+    "jobgate_auth_jwks_keys",
+    "Verification keys loaded, the fewest of any live process",
+    ["source"],
+    multiprocess_mode="livemin",
+)
+JWKS_FRESH = Gauge(
+    "jobgate_auth_jwks_last_success_timestamp_seconds",
+    "Unix time of the last successful JWKS fetch (0 before the first), the oldest of any live process",
+    ["source"],
+    multiprocess_mode="livemin",
+)
 AUDIT_FAILURES = Counter("jobgate_audit_failures_total", "Refusal audit rows that could not be written")
 
 DEAD_LETTERED = Counter(
@@ -234,10 +253,36 @@ def _bounded(counts: dict[str, int]) -> dict[str, int]:
 JOB_GAUGES = JobGauges()
 
 
+class KeyAge:
+    """``jobgate_auth_jwks_age_seconds``, worked out at scrape time from the fetch timestamps the
+    processes write: a value stored by each process would stop ageing with the process's refresh
+    loop, and a process whose refreshes stopped is the one to see."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "jobgate_auth_jwks_age_seconds",
+            "Seconds since the last successful JWKS fetch, of the stalest live process",
+            labels=["source"],
+        )
+        now = time.time()
+        for metric in self.registry.collect():
+            if metric.name == "jobgate_auth_jwks_last_success_timestamp_seconds":
+                for sample in metric.samples:
+                    family.add_metric([sample.labels["source"]], max(0.0, now - sample.value))
+        yield family
+
+
 async def render(runtime: Runtime | None = None) -> bytes:
-    """The exposition text: every process's samples (all of them under PROMETHEUS_MULTIPROC_DIR)
-    and, given the runtime, the job gauges."""
-    text = generate_latest(_process_registry())
+    """The exposition text: every process's samples (all of them under PROMETHEUS_MULTIPROC_DIR),
+    the age of the verification keys and, given the runtime, the job gauges."""
+    registry = _process_registry()
+    text = generate_latest(registry)
+    ages = CollectorRegistry(auto_describe=False)
+    ages.register(KeyAge(registry))  # type: ignore[arg-type]
+    text += generate_latest(ages)
     if runtime is not None:
         try:
             await JOB_GAUGES.refresh(runtime)

@@ -46,6 +46,8 @@ class Runtime:
             settings.algorithms,
             file=settings.dev_jwks_path if settings.uses_dev_keys else settings.jwks_file,
             url=settings.jwks_url,
+            refresh_seconds=settings.jwks_refresh_seconds,
+            max_stale_seconds=settings.jwks_max_stale_seconds,
         )
         list_reads = open_list_reads(settings, engine, size=read_pool_size(settings))
         return cls(
@@ -70,9 +72,10 @@ class Runtime:
             await migrate.upgrade(self.engine)  # the embedded default migrates itself
         if self.list_reads is not None:
             await self.list_reads.open()
-        await self.keys.refresh()
+        await self.keys.start()  # an unreachable key provider leaves the process unready, not stopped
 
     async def stop(self) -> None:
+        await self.keys.stop()
         await self.store.close()
         if self.list_reads is not None:
             await self.list_reads.close()

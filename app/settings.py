@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -47,6 +47,8 @@ class Settings:
     redis_prefix: str = "jobgate:"
     jwks_file: Path | None = None
     jwks_url: str | None = None
+    jwks_refresh_seconds: int = 300
+    jwks_max_stale_seconds: int = 86400
     issuer: str = DEV_ISSUER
     audience: str = DEV_AUDIENCE
     algorithms: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
@@ -81,6 +83,17 @@ def _parse_rate(value: str) -> RateLimit:
     if not match or int(match.group(1)) < 1:
         raise SettingsError(f"JOBGATE_RATE_LIMIT must look like '600/minute' (got {value!r})")
     return RateLimit(int(match.group(1)), _RATE_SECONDS[match.group(2)])
+
+
+def _bounded_int(get: Callable[..., str | None], name: str, default: int, low: int, high: int) -> int:
+    raw = get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"JOBGATE_{name} must be an integer (got {raw!r})") from None
+    if not low <= value <= high:
+        raise SettingsError(f"JOBGATE_{name} must be between {low} and {high} (got {value})")
+    return value
 
 
 def _parse_algorithms(value: str) -> tuple[str, ...]:
@@ -181,6 +194,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("JOBGATE_AUTH_JWKS_URL must be an absolute http(s) URL")
     uses_dev_keys = not (jwks_file or jwks_url)
 
+    jwks_refresh = _bounded_int(get, "AUTH_JWKS_REFRESH_SECONDS", 300, 30, 86400)
+    # At least twice the shortest refresh interval: a process whose provider answers must not
+    # go stale between two refreshes (the key set refreshes at least twice per window).
+    jwks_max_stale = _bounded_int(get, "AUTH_JWKS_MAX_STALE_SECONDS", 86400, 60, 30 * 86400)
+
     dpop = get("AUTH_DPOP", "optional")
     if dpop not in {"off", "optional", "required"}:
         raise SettingsError(f"JOBGATE_AUTH_DPOP must be off, optional or required (got {dpop!r})")
@@ -252,6 +270,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         redis_prefix=prefix,
         jwks_file=Path(jwks_file) if jwks_file else None,
         jwks_url=jwks_url,
+        jwks_refresh_seconds=jwks_refresh,
+        jwks_max_stale_seconds=jwks_max_stale,
         issuer=get("AUTH_ISSUER", DEV_ISSUER),
         audience=get("AUTH_AUDIENCE", DEV_AUDIENCE),
         algorithms=_parse_algorithms(get("AUTH_ALGORITHMS", "ES256,RS256,EdDSA")),

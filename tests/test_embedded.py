@@ -112,4 +112,4 @@ def test_embedded_default_keeps_its_sqlite_file_under_dot_jobgate(embedded: Embe
 def test_embedded_default_reports_redis_as_not_configured(embedded: EmbeddedGateway):
     response = httpx.get(f"{embedded.url}/readyz", timeout=5)
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ok", "database": "ok", "redis": "not_configured"}
+    assert response.json() == {"status": "ok", "database": "ok", "redis": "not_configured", "keys": "ok"}

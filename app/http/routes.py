@@ -18,7 +18,7 @@ _PROBLEMS = {
     404: "No such object in this tenant and project",
     429: "Tenant request budget spent (see Retry-After)",
     412: "If-Match does not match the current ETag",
-    503: "A backing service is unavailable (see Retry-After)",
+    503: "A backing service is unavailable, or the verification keys could not be fetched for too long (see Retry-After)",
 }
 
 

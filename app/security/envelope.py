@@ -25,6 +25,7 @@ from app.http.tracing import ensure_trace_id, header_values
 from app.security import header_rules as rules
 from app.security.caller import CALLER_KEY
 from app.security.dpop import PROOF_ALGORITHMS, ReplayStoreUnavailable
+from app.security.keys import KeysUnavailable
 from app.security.tokens import AuthError, Claims
 from app.storage.audit import audit_row
 from app.storage.shared import RateShares
@@ -197,6 +198,15 @@ class Envelope:
             return claims
         except AuthError as error:
             raise self._unauthorised(error) from None
+        except KeysUnavailable as unavailable:
+            # Fail closed: a key revoked at the provider since the last good fetch must not verify.
+            # The refresh failures are logged and counted where they happen (app/security/keys.py).
+            raise Problem(
+                503,
+                "keys_unavailable",
+                "The token signing keys cannot be confirmed with the identity provider right now; retry shortly.",
+                headers={"Retry-After": str(unavailable.retry_after)},
+            ) from None
         except ReplayStoreUnavailable:
             log.error("DPoP replay store unavailable; refusing DPoP request")
             raise Problem(

@@ -67,7 +67,9 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Claims:
         """Verify ``token``; a token verified before is answered from the cache while it is
-        unexpired and its key is still the loaded key of its ``kid`` (a rotated-out key ends it)."""
+        unexpired and its key is still the loaded key of its ``kid`` (a rotated-out key ends it).
+        Raises :class:`KeysUnavailable` while the key set is too stale to trust, cached or not."""
+        self.keys.ensure_available()
         cached = self._verified.get(token)
         if cached is not None:
             claims, expires, kid, key = cached

@@ -1,4 +1,5 @@
-"""/readyz answers ready only when PostgreSQL (at this code's schema) and Redis answer."""
+"""/readyz answers ready only when PostgreSQL (at this code's schema) and Redis answer and the
+verification keys are current (tests/security/test_key_rotation.py covers the keys)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from app.storage.migrate import known_revisions
 async def test_ready_when_the_database_is_at_head_and_redis_answers(client):
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert response.json() == {"status": "ok", "database": "ok", "redis": "ok", "keys": "ok"}
 
 
 async def test_a_database_behind_this_codes_migrations_is_not_ready(client, runtime):

@@ -135,10 +135,24 @@ def test_valid_production_settings_load(prod):
         ("JOBGATE_MAX_BODY_BYTES", "100"),
         ("JOBGATE_REDIS_PREFIX", "has space"),
         ("JOBGATE_EMBEDDED_WORKER", "yes please"),
+        ("JOBGATE_AUTH_JWKS_REFRESH_SECONDS", "29"),
+        ("JOBGATE_AUTH_JWKS_REFRESH_SECONDS", "86401"),
+        ("JOBGATE_AUTH_JWKS_REFRESH_SECONDS", "5m"),
+        ("JOBGATE_AUTH_JWKS_MAX_STALE_SECONDS", "59"),
+        ("JOBGATE_AUTH_JWKS_MAX_STALE_SECONDS", "2592001"),
+        ("JOBGATE_AUTH_JWKS_MAX_STALE_SECONDS", "1.5"),
     ],
 )
 def test_invalid_variable_is_refused_naming_it(data_dir, variable, value):
     refused({"JOBGATE_DATA_DIR": str(data_dir), variable: value}, variable)
+
+
+def test_key_refresh_settings_are_read_within_their_bounds(data_dir):
+    default = load_settings({"JOBGATE_DATA_DIR": str(data_dir)})
+    assert (default.jwks_refresh_seconds, default.jwks_max_stale_seconds) == (300, 86400)
+    low = load_settings({"JOBGATE_DATA_DIR": str(data_dir), "JOBGATE_AUTH_JWKS_REFRESH_SECONDS": "30",
+                         "JOBGATE_AUTH_JWKS_MAX_STALE_SECONDS": "60"})
+    assert (low.jwks_refresh_seconds, low.jwks_max_stale_seconds) == (30, 60)
 
 
 def test_jwks_file_and_url_together_are_refused(data_dir, jwks):

@@ -23,6 +23,7 @@ class Readiness(msgspec.Struct):
     status: str
     database: str
     redis: str
+    keys: str
 
 
 @get("/healthz", **PUBLIC, summary="Process is up", tags=["health"])
@@ -41,9 +42,12 @@ async def _check(probe: Any) -> str:
 @get(
     "/readyz",
     **PUBLIC,
-    summary="Database (at this code's schema) and Redis reachable",
+    summary="Database (at this code's schema) and Redis reachable, verification keys current",
     tags=["health"],
-    responses=problem_responses(s503="The database or Redis is unreachable, or the database schema lacks this code's migrations"),
+    responses=problem_responses(
+        s503="The database or Redis is unreachable, the database schema lacks this code's migrations, "
+        "or no verification key set was fetched within JOBGATE_AUTH_JWKS_MAX_STALE_SECONDS"
+    ),
 )
 async def readyz(request: Request[Any, Any, Any]) -> Readiness:
     runtime = request.app.state.runtime
@@ -60,14 +64,16 @@ async def readyz(request: Request[Any, Any, Any]) -> Readiness:
     if db == "ok" and behind:
         db = "schema_behind"  # a gateway started before its migration ran: not ready to serve yet
     redis = await _check(runtime.store.ping()) if runtime.settings.redis_url else "not_configured"
-    if db != "ok" or redis == "unavailable":
+    # Without a current key set every protected request would answer 503 keys_unavailable.
+    keys = "ok" if runtime.keys.available() else "unavailable"
+    if db != "ok" or redis == "unavailable" or keys != "ok":
         raise Problem(
             503,
             "not_ready",
-            f"Not ready: database {db}, redis {redis}.",
+            f"Not ready: database {db}, redis {redis}, keys {keys}.",
             headers={"Retry-After": "5"},
         )
-    return Readiness(status="ok", database=db, redis=redis)
+    return Readiness(status="ok", database=db, redis=redis, keys=keys)
 
 
 @get("/metrics", **PUBLIC, summary="Prometheus metrics", tags=["health"], media_type="text/plain; version=0.0.4")
