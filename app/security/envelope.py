@@ -370,6 +370,8 @@ class EnvelopeMiddleware:
             state[CALLER_KEY] = caller
             if key is not None:
                 status = await self._idempotent(scope, receive, send, caller)
+            elif mutating:
+                status = await self._forward(scope, receive, self._audit_refusal(scope, send, caller))
             else:
                 status = await self._forward(scope, receive, send)
         except Problem as problem:
@@ -378,6 +380,19 @@ class EnvelopeMiddleware:
             raise
         if mutating and status >= 400 and not state.get(AUDITED_KEY):
             await envelope.audit_outcome(caller, scope, status, state.get(PROBLEM_CODE_KEY))
+
+    def _audit_refusal(self, scope: Scope, send: Send, caller: Caller) -> Send:
+        """``send`` that writes a refused mutation's audit row before its response starts, so a
+        client that reads the audit log after its answer finds the row."""
+
+        async def audited(message: Message) -> None:
+            state = scope["state"]
+            if message["type"] == "http.response.start" and message["status"] >= 400 and not state.get(AUDITED_KEY):
+                await self.envelope.audit_outcome(caller, scope, message["status"], state.get(PROBLEM_CODE_KEY))
+                state[AUDITED_KEY] = True
+            await send(message)
+
+        return audited
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> int:
         status = 500
@@ -411,7 +426,7 @@ class EnvelopeMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        captured = await store.capture(self.app, scope, replay_receive, send)
+        captured = await store.capture(self.app, scope, replay_receive, self._audit_refusal(scope, send, caller))
         await store.settle(caller, captured)
         return captured.status
 

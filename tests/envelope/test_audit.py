@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from sqlalchemy import text
 
@@ -345,3 +346,19 @@ async def test_postgresql_refuses_to_change_audit_rows_through_raw_asyncpg(
         assert await connection.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id = $1", tid) == 1
     finally:
         await connection.close()
+
+
+async def test_a_refused_mutations_audit_row_is_committed_before_its_answer(factory, runtime, two_gateways):
+    """Served by a real server: the audit row of a handler's refusal (404, 409, …) is readable as
+    soon as the client has its answer, every time, with and without an Idempotency-Key."""
+    tenant = await factory.tenant()
+    async with httpx.AsyncClient(base_url=two_gateways[0].url, timeout=30) as client:
+        for attempt in range(20):
+            headers = factory.headers(tenant)
+            if attempt % 2:
+                headers["Idempotency-Key"] = f"refusal-{attempt}"
+            response = await client.post("/jobengine/deadletter/no-such-entry/replay", headers=headers)
+            assert response.status_code == 404
+            rows = await audit_rows(runtime, tenant)
+            assert len(rows) == attempt + 1, f"attempt {attempt}: the audit row came after the answer"
+            assert (rows[-1].result_status, rows[-1].action) == (404, "deadletter.replay")
