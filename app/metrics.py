@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -25,12 +25,10 @@ from prometheus_client import (
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import event, func, select
+from sqlalchemy import event
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
-
-    from app.runtime import Runtime
 
 log = logging.getLogger("jobgate.metrics")
 
@@ -93,8 +91,7 @@ WORKER_JOBS = Counter(
 )
 POOL_CHECKED_OUT = Gauge(
     "jobgate_db_pool_checked_out",
-    "Database connections checked out of the pools (those the reads keep between reads included), "
-    "summed over live processes",
+    "Database connections in use (the sessions' pool and the list reads' pool), summed over live processes",
     multiprocess_mode="livesum",
 )
 POOL_SIZE = Gauge(
@@ -135,12 +132,13 @@ def count_reconciled(summary: dict[str, Any]) -> None:
             RECONCILER_ACTIONS.labels(action).inc(summary[key])
 
 
-def watch_pool(engine: AsyncEngine) -> Callable[[], None]:
+def watch_pool(engine: AsyncEngine, *, also: int = 0) -> Callable[[], None]:
     """Keep the pool gauges of this process up to date (connection checkout and checkin events);
-    returns the function that stops watching."""
+    ``also`` is the size of a pool beside the engine's (the list reads', which counts its own
+    connections in use). Returns the function that stops watching."""
     sync_engine = engine.sync_engine
     size_of = getattr(sync_engine.pool, "size", None)
-    size = size_of() if callable(size_of) else 0
+    size = (size_of() if callable(size_of) else 0) + also
     POOL_SIZE.inc(size)
 
     def checked_out(*_: Any) -> None:
@@ -195,22 +193,15 @@ class JobGauges:
         self.queued: dict[str, int] = {}
         self.running: dict[str, int] = {}
 
-    async def refresh(self, runtime: Runtime) -> None:
+    async def refresh(self, read: Callable[[], Awaitable[Iterable[tuple[str, str, int]]]]) -> None:
+        """``read`` answers (job type, status, count) of the live jobs; called at most once per TTL."""
         if time.monotonic() - self.read_at < self.ttl_seconds:
             return
-        from app.storage.models import Job
-
-        statement = (
-            select(Job.job_type, Job.status, func.count())
-            .where(Job.status.in_(("pending", "scheduled", "leased", "running")))
-            .group_by(Job.job_type, Job.status)
-        )
         queued: dict[str, int] = {}
         running: dict[str, int] = {}
-        async with runtime.read_sessions() as session:
-            for job_type, status, count in await session.execute(statement):
-                target = queued if status in ("pending", "scheduled") else running
-                target[job_type] = target.get(job_type, 0) + count
+        for job_type, status, count in await read():
+            target = queued if status in ("pending", "scheduled") else running
+            target[job_type] = target.get(job_type, 0) + count
         self.queued, self.running = _bounded(queued), _bounded(running)
         self.read_at = time.monotonic()
 
@@ -275,17 +266,17 @@ class KeyAge:
         yield family
 
 
-async def render(runtime: Runtime | None = None) -> bytes:
+async def render(live_jobs: Callable[[], Awaitable[Iterable[tuple[str, str, int]]]] | None = None) -> bytes:
     """The exposition text: every process's samples (all of them under PROMETHEUS_MULTIPROC_DIR),
-    the age of the verification keys and, given the runtime, the job gauges."""
+    the age of the verification keys and, given a reader of the live jobs' counts, the job gauges."""
     registry = _process_registry()
     text = generate_latest(registry)
     ages = CollectorRegistry(auto_describe=False)
     ages.register(KeyAge(registry))  # type: ignore[arg-type]
     text += generate_latest(ages)
-    if runtime is not None:
+    if live_jobs is not None:
         try:
-            await JOB_GAUGES.refresh(runtime)
+            await JOB_GAUGES.refresh(live_jobs)
         except Exception as exc:  # noqa: BLE001 - a scrape still answers; the gauges keep their last values
             log.warning("job gauges not refreshed (%s)", type(exc).__name__)
         jobs = CollectorRegistry(auto_describe=False)

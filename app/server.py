@@ -76,7 +76,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
-        unwatch_pool = metrics.watch_pool(runtime.engine)
+        reads = runtime.list_reads.size if runtime.list_reads else 0
+        unwatch_pool = metrics.watch_pool(runtime.engine, also=reads)
         stop_worker = await embedded.start(runtime)  # the embedded default runs its worker in-process
         try:
             yield

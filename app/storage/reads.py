@@ -27,6 +27,7 @@ from sqlalchemy import Select
 from sqlalchemy.engine import Compiled, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app import metrics
 from app.settings import Settings
 from app.storage.db import decode_json
 
@@ -167,7 +168,11 @@ class ListReads:
         arguments = plan.arguments(values)
         try:
             async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:  # type: ignore[union-attr]
-                records = await connection.fetch(plan.sql, *arguments)
+                metrics.POOL_CHECKED_OUT.inc()
+                try:
+                    records = await connection.fetch(plan.sql, *arguments)
+                finally:
+                    metrics.POOL_CHECKED_OUT.dec()
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as error:
             # The database went away (a restart, a failover): every connection opened before now
             # is replaced when next acquired, rather than failing one request each.

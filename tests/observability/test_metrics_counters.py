@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 from prometheus_client import REGISTRY
 
+from app.domain.jobs.service import live_counts
 from app.engine.config import load_worker_config
 from app.engine.handlers import load_handlers
 from app.engine.reconciler import reconcile_once
@@ -165,14 +167,17 @@ async def test_job_gauges_count_queued_and_running_jobs_per_type_and_are_cached(
 
     for _ in range(3):
         await submit()
+    def live() -> Any:
+        return live_counts(runtime.read_sessions)
+
     cached = JobGauges(ttl_seconds=3600)
-    await cached.refresh(runtime)
+    await cached.refresh(live)
     assert (cached.queued.get(job_type), cached.running.get(job_type)) == (3, None)
     await submit()
-    await cached.refresh(runtime)  # within the cache time: no new query
+    await cached.refresh(live)  # within the cache time: no new query
     assert cached.queued[job_type] == 3
     fresh = JobGauges(ttl_seconds=0)
-    await fresh.refresh(runtime)
+    await fresh.refresh(live)
     assert fresh.queued[job_type] == 4
     page = (await client.get("/metrics")).text
     assert "jobgate_jobs_queued" in page and "jobgate_jobs_running" in page

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from app import metrics
 from app.core.problems import Problem
+from app.domain.jobs import service as jobs
 from app.http.routes import PUBLIC, problem_responses
 from app.storage.migrate import schema_behind
 
@@ -78,7 +79,9 @@ async def readyz(request: Request[Any, Any, Any]) -> Readiness:
 
 @get("/metrics", **PUBLIC, summary="Prometheus metrics", tags=["health"], media_type="text/plain; version=0.0.4")
 async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return Response(content=await metrics.render(request.app.state.runtime), media_type="text/plain; version=0.0.4")
+    runtime = request.app.state.runtime
+    body = await metrics.render(lambda: jobs.live_counts(runtime.read_sessions))
+    return Response(content=body, media_type="text/plain; version=0.0.4")
 
 
 ROUTES = [healthz, readyz, metrics_endpoint]
