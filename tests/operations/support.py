@@ -14,8 +14,9 @@ import yaml
 from app.domain.operations.ledger import identity_hash
 from app.storage.models import OperationRun
 
-SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds"
-SEED_FILES = ("000-operation-run-lifecycle.openapi.yaml", "001-operation-run-active-state.openapi.yaml")
+# The lifecycle contracts the gateway conforms to, kept in the repository (see its README).
+SEEDS = Path(__file__).resolve().parents[2] / "contracts" / "reference"
+SEED_FILES = ("operation-run-lifecycle.openapi.yaml", "operation-run-active-state.openapi.yaml")
 
 
 def _nullable_to_31(node: Any) -> Any:

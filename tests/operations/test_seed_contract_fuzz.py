@@ -1,5 +1,6 @@
-"""Schemathesis fuzzes a live gateway with the seed contracts 000 and 001 themselves (not the
-generated one), so a drift of the lifecycle routes from the seeds is found from this side too.
+"""Schemathesis fuzzes a live gateway with the lifecycle reference contracts themselves
+(``contracts/reference/``, not the generated contract), so a drift of the lifecycle routes from
+them is found from this side too.
 
 The seeds write OpenAPI 3.0's ``nullable: true`` inside 3.1 documents; the copies fuzzed here
 spell it as JSON Schema's ``null`` type (``support._nullable_to_31``), nothing else changes.
@@ -20,7 +21,7 @@ from sqlalchemy import select
 
 from app.storage.models import OperationRun
 from tests.conftest import ROOT, GatewayProcess, free_port
-from tests.operations.support import SEED_FILES, seed_documents, tenant_of
+from tests.operations.support import seed_documents, tenant_of
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 MAX_EXAMPLES = int(os.environ.get("JOBGATE_FUZZ_EXAMPLES", "25"))
@@ -59,7 +60,7 @@ async def _demo_values(runtime) -> dict[str, int]:  # type: ignore[no-untyped-de
     return {"path.tenant": acme.id, "path.run": run_id, "path.operationRun": run_id}
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=[name.split("-")[0] for name in SEED_FILES])
+@pytest.mark.parametrize("index", [0, 1], ids=["lifecycle", "active-state"])
 async def test_fuzzing_with_the_seed_contract_finds_nothing(
     live_gateway, keys, runtime, tmp_path, index: int
 ) -> None:  # type: ignore[no-untyped-def]
