@@ -13,8 +13,7 @@ V = TypeVar("V", bound=msgspec.Struct)
 
 def by_name(view: type[V]) -> Callable[[Any], V]:
     """The view of any object whose attributes are named as the view's fields (an entity, or a
-    list page's row of its columns), each field from the attribute of its name. The fields are
-    passed in order: a list page makes 50 views, and keyword arguments cost four times as much."""
+    list page's row of its columns), each field from the attribute of its name."""
     fields = view.__struct_fields__
     values = attrgetter(*fields)
     if len(fields) == 1:

@@ -70,7 +70,7 @@ def _distinct_row(model: type) -> Any:
     ],
     ids=["source", "pack-run", "audit"],
 )
-def test_a_positional_view_takes_each_field_from_the_column_of_its_name(make, model, view_type, derived):
+def test_each_view_takes_each_field_from_the_column_of_its_name(make, model, view_type, derived):
     row = _distinct_row(model)
     made = make(row)
     for field in view_type.__struct_fields__:
@@ -78,7 +78,7 @@ def test_a_positional_view_takes_each_field_from_the_column_of_its_name(make, mo
         assert getattr(made, field) == expected, field
 
 
-def test_the_positional_operation_run_list_item_takes_each_field_from_the_column_of_its_name():
+def test_the_operation_run_list_item_takes_each_field_from_the_column_of_its_name():
     from app.domain.operations.schemas import OperationRunListItem
     from app.domain.operations.service import list_item
     from app.storage.models import OperationRun

@@ -19,12 +19,25 @@ ORDER = Keyset((AuditRecord.occurred_at, AuditRecord.id), descending=True)
 
 
 def view(row: AuditRecord, tenant: str) -> AuditView:
-    """Positional, in ``AuditView``'s field order (as the sources' view, see there)."""
     r = row
     return AuditView(
-        r.id, r.occurred_at, tenant, r.project_id, r.subject, r.client_id, r.action, r.method, r.route, r.target,
-        r.reason, r.ticket, r.trace_id, r.idempotency_key, r.result_status, r.result_code,
-    )  # fmt: skip
+        audit_id=r.id,
+        occurred_at=r.occurred_at,
+        tenant=tenant,
+        project_id=r.project_id,
+        subject=r.subject,
+        client_id=r.client_id,
+        action=r.action,
+        method=r.method,
+        route=r.route,
+        target=r.target,
+        reason=r.reason,
+        ticket=r.ticket,
+        trace_id=r.trace_id,
+        idempotency_key=r.idempotency_key,
+        result_status=r.result_status,
+        result_code=r.result_code,
+    )
 
 
 FILTERS = (("action", AuditRecord.action), ("subject", AuditRecord.subject), ("target", AuditRecord.target))

@@ -111,15 +111,24 @@ def projection(run: OperationRun, now: datetime, thresholds: Thresholds, surface
 
 
 def list_item(run: OperationRun, freshness: str, reconciled: bool) -> OperationRunListItem:
-    """The seed-000 list item, with what it shows of the run's projection (``listed_state``).
-    Positional (a page makes 50, and keywords cost several times as much): in
-    ``OperationRunListItem``'s field order, which ``tests/http/test_views.py`` holds to the names."""
+    """The seed-000 list item, with what it shows of the run's projection (``listed_state``)."""
     r = run
     message = r.operator_message
     return OperationRunListItem(
-        r.id, r.type, r.status, r.outcome, freshness, reconciled, r.created_at, type_label(r.type),  # type: ignore[arg-type]
-        r.tenant_id, r.initiator_name, r.started_at, r.completed_at, msgspec.UNSET if message is None else message,
-    )  # fmt: skip
+        id=r.id,
+        type=r.type,
+        status=r.status,  # type: ignore[arg-type]
+        outcome=r.outcome,  # type: ignore[arg-type]
+        freshness_state=freshness,  # type: ignore[arg-type]
+        reconciled=reconciled,
+        created_at=r.created_at,
+        type_label=type_label(r.type),
+        tenant_id=r.tenant_id,
+        initiator_name=r.initiator_name,
+        started_at=r.started_at,
+        completed_at=r.completed_at,
+        operator_message=msgspec.UNSET if message is None else message,
+    )
 
 
 def reconciliation_record(run: OperationRun) -> ReconciliationRecord | None:

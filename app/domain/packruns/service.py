@@ -16,13 +16,24 @@ ORDER = Keyset((PackRun.created_at, PackRun.pack_run_id), descending=True)
 
 
 def view(run: PackRun) -> PackRunView:
-    """Positional, in ``PackRunView``'s field order (as the sources' view, see there)."""
     r = run
     return PackRunView(
-        r.pack_run_id, r.pack_name, r.pack_version, r.status, r.project_id, r.source_id, r.retry_of,  # type: ignore[arg-type]
-        r.operation_run_id, StepCounts(r.steps_total, r.steps_succeeded, r.steps_failed), r.initiated_by,
-        r.cancel_requested_at, r.created_at, r.updated_at, r.started_at, r.finished_at,
-    )  # fmt: skip
+        pack_run_id=r.pack_run_id,
+        pack_name=r.pack_name,
+        pack_version=r.pack_version,
+        status=r.status,  # type: ignore[arg-type]
+        project_id=r.project_id,
+        source_id=r.source_id,
+        retry_of=r.retry_of,
+        operation_run_id=r.operation_run_id,
+        steps=StepCounts(total=r.steps_total, succeeded=r.steps_succeeded, failed=r.steps_failed),
+        initiated_by=r.initiated_by,
+        cancel_requested_at=r.cancel_requested_at,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+    )
 
 
 def visible(caller: Caller):  # type: ignore[no-untyped-def]

@@ -20,14 +20,20 @@ ORDER = Keyset((Source.name, Source.source_id))
 
 
 def view(source: Source) -> SourceView:
-    """The view of an entity or a list page's row. Positional (a page makes 50, and keywords cost
-    about four times as much): in ``SourceView``'s field order, which ``tests/http/test_views.py``
-    holds to the names."""
+    """The view of an entity or a list page's row (both name their values as the entity does)."""
     s = source
     return SourceView(
-        s.source_id, s.name, s.source_type, s.enabled, s.project_id, s.description, s.created_at, s.updated_at,
-        s.last_job_at, JobCounts(s.jobs_submitted, s.jobs_active, s.jobs_failed),
-    )  # fmt: skip
+        source_id=s.source_id,
+        name=s.name,
+        source_type=s.source_type,
+        enabled=s.enabled,
+        project_id=s.project_id,
+        description=s.description,
+        created_at=s.created_at,
+        updated_at=s.updated_at,
+        last_job_at=s.last_job_at,
+        job_counts=JobCounts(submitted=s.jobs_submitted, active=s.jobs_active, failed=s.jobs_failed),
+    )
 
 
 def _visible(caller: Caller):  # type: ignore[no-untyped-def]
