@@ -34,8 +34,8 @@ def encode(content: Any) -> bytes:
 
 
 def etag_of_body(body: bytes) -> str:
-    # SHA-256 (OpenSSL, with the CPU's SHA instructions where it has them) hashes a page about
-    # twice as fast as BLAKE2b here; 128 bits of it are plenty for a tag.
+    # SHA-256: OpenSSL uses the CPU's SHA instructions where it has them (docs/benchmarks.md);
+    # 128 bits of it are plenty for a tag.
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 

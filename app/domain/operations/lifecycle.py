@@ -132,8 +132,8 @@ class RunFacts:
 
 
 class Projection(msgspec.Struct, frozen=True):
-    """The projection of one run (a struct: a list page makes one per run, and a frozen
-    dataclass costs several times as much to make)."""
+    """The projection of one run (a struct: a list page makes one per run, and a struct is
+    cheaper to make than a frozen dataclass)."""
 
     freshness_state: str
     problem_class: str
