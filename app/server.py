@@ -1,16 +1,19 @@
 """The composition root: ``create_app()`` builds the gateway from its settings.
 
 A request enters through the request observer (``app/http/observability.py``: metrics, access
-log, span), then the envelope middleware (``app/security/envelope.py``), which decides the
-caller, tenant and scope; routes live in their domain packages; errors become problem
-details in ``app/http/problems.py``; every JSON response is encoded in ``app/http/caching.py``.
+log, span), then the envelope: the allowed-hosts check (``app/security/hosts.py``),
+authentication (``app/security/authentication.py``: credentials, tenant → the caller), the audit
+of refused mutations (``app/security/audit.py``), the guards (``app/security/guards.py``: rate
+limit, scope, operator reason) and the Idempotency-Key (``app/http/idempotency.py``). Routes live
+in their domain packages; errors become problem details in ``app/http/problems.py``; every JSON
+response is encoded in ``app/http/caching.py``. docs/design.md "The request path" has the map.
 """
 
 from __future__ import annotations
 
 import gc
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
@@ -32,21 +35,31 @@ from app.domain.sources import routes as sources
 from app import metrics
 from app.engine import embedded
 from app.http.caching import GatewayResponse, keep_vary
+from app.http.idempotency import IdempotencyClaim, IdempotencySettle, IdempotencyStore
 from app.http.links import add_links
+from app.http.mutation import provide_caller, provide_mutation, provide_submission
 from app.http.observability import RequestObserver
-from app.http.mutation import provide_caller, provide_mutation, provide_session, provide_submission
+from app.http.options import AutomaticOptions
 from app.http.openapi import close_strict_objects
 from app.http.problems import problem_exception_handler
+from app.http.requests import GatewayRequest
 from app.http.routes import BEARER
+from app.http.sessions import provide_session
 from app.logs import configure_logging
 from app.runtime import Runtime
-from app.security.envelope import Envelope, EnvelopeMiddleware
+from app.security.audit import MutationAudit
+from app.security.authentication import CallerAuthentication
+from app.security.guards import RateLimitGuard, require_operator, require_scope
+from app.security.hosts import HostCheck, allowed_hosts_config
 from app.settings import Settings, load_settings
+from app.storage.rates import RateShares
 from app.telemetry import Tracing, configure_tracing
 
 VERSION = "0.1.0"
 PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES, *operations.ROUTES]
 PUBLIC_ROUTES = [*health.ROUTES]
+
+OPENAPI_PATH = "/schema"
 
 CORS_ALLOW_HEADERS = [
     "Authorization",
@@ -89,10 +102,15 @@ def create_app(
             if tracing is not None:
                 tracing.shutdown()
 
-    envelope = Envelope(runtime)
+    idempotency = IdempotencyStore(runtime.sessions)
     app = Litestar(
         route_handlers=[*PUBLIC_ROUTES, *PROTECTED_ROUTES],
-        middleware=[DefineMiddleware(EnvelopeMiddleware, envelope=envelope)],
+        # The envelope, in the order a request meets it (middleware first, then the guards, then
+        # the before_request hook); docs/design.md "The request path".
+        middleware=envelope_middleware(runtime, OPENAPI_PATH, idempotency),
+        guards=[RateLimitGuard(RateShares(runtime.store), settings.rate_limit), require_scope, require_operator],
+        before_request=IdempotencyClaim(idempotency),
+        request_class=GatewayRequest,
         dependencies={
             "session": Provide(provide_session),
             "caller": Provide(provide_caller),
@@ -103,7 +121,7 @@ def create_app(
         response_class=GatewayResponse,
         before_send=[keep_vary],
         lifespan=[lifespan],
-        state=State({"runtime": runtime, "envelope": envelope}),
+        state=State({"runtime": runtime}),
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),
             allow_headers=CORS_ALLOW_HEADERS,
@@ -119,7 +137,7 @@ def create_app(
             title="Stella JobEngine Gateway",
             version=VERSION,
             description="The HTTP entry point to the job engine's control plane.",
-            path="/schema",
+            path=OPENAPI_PATH,
             render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
             servers=[Server(url="/")],
             components=Components(
@@ -142,6 +160,19 @@ def create_app(
     # Outside the router, so that requests no route matches are observed too.
     app.asgi_handler = RequestObserver(app.asgi_handler, tracing)
     return app
+
+
+def envelope_middleware(runtime: Runtime, openapi_path: str, idempotency: IdempotencyStore) -> list[Any]:
+    """Host, then authentication (a request refused there has no tenant to audit), then the audit
+    of refused mutations around the Idempotency-Key's settling, around the guards and handler."""
+    hosts = runtime.settings.allowed_hosts
+    return [
+        AutomaticOptions,
+        *([DefineMiddleware(HostCheck, config=allowed_hosts_config(hosts))] if hosts else []),
+        DefineMiddleware(CallerAuthentication, runtime=runtime, openapi_path=openapi_path),
+        DefineMiddleware(MutationAudit, sessions=runtime.sessions),
+        DefineMiddleware(IdempotencySettle, store=idempotency),
+    ]
 
 
 def create_served_app() -> Litestar:

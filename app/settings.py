@@ -54,12 +54,14 @@ class Settings:
     algorithms: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
     dpop: str = "optional"
     public_url: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
     cursor_secrets: tuple[tuple[str, bytes], ...] = ()
     cors_origins: tuple[str, ...] = ()
     rate_limit: RateLimit = RateLimit(600, 60)
     max_body_bytes: int = 1024 * 1024
     database_pool_size: int = 20
     embedded_worker: bool = False
+    embedded_worker_concurrency: int = 16
     log_format: str = "json"
     log_level: str = "INFO"
     shutdown_grace_seconds: float = 30.0
@@ -112,6 +114,7 @@ _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
 _HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"
 _ORIGIN = re.compile(rf"^https?://{_HOST}(?::\d{{1,5}})?$")
 _HTTP_URL = re.compile(rf"^https?://{_HOST}(?::\d{{1,5}})?(?:/[^?#\s]*)?$")
+_ALLOWED_HOST = re.compile(rf"^(?:\*\.)?{_HOST}$")
 _HTTP_URL_WITH_QUERY = re.compile(rf"^https?://{_HOST}(?::\d{{1,5}})?(?:[/?][^#\s]*)?$")
 
 
@@ -156,6 +159,9 @@ def _refuse_dev_values_in_prod(settings: Settings) -> None:
         raise SettingsError("JOBGATE_AUTH_AUDIENCE must be set (not the dev audience) when JOBGATE_ENV=prod")
     if settings.is_sqlite:
         raise SettingsError("JOBGATE_DATABASE_URL must name PostgreSQL when JOBGATE_ENV=prod")
+    if not settings.public_url and not settings.allowed_hosts:
+        # Otherwise the request's Host header would be trusted for DPoP htu and Location.
+        raise SettingsError("JOBGATE_PUBLIC_URL or JOBGATE_ALLOWED_HOSTS is required when JOBGATE_ENV=prod")
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -212,6 +218,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             )
         public_url = public_url.rstrip("/")
 
+    allowed_hosts = tuple(h.strip().lower() for h in (get("ALLOWED_HOSTS", "") or "").split(",") if h.strip())
+    for host in allowed_hosts:
+        if not _ALLOWED_HOST.match(host):
+            raise SettingsError(
+                f"JOBGATE_ALLOWED_HOSTS has an invalid host name: {host!r} (names without port; '*.' for subdomains)"
+            )
+
     cursor_raw = get("CURSOR_SECRET")
     cursor_secrets = () if cursor_raw is None else _parse_cursor_secrets(cursor_raw)
 
@@ -257,6 +270,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     embedded_worker = get("EMBEDDED_WORKER", "false").lower()
     if embedded_worker not in {"true", "false"}:
         raise SettingsError(f"JOBGATE_EMBEDDED_WORKER must be true or false (got {embedded_worker!r})")
+    # Jobs the in-process worker runs at once: above the demo's quota-bound sleeps (3 per tenant).
+    embedded_worker_concurrency = _bounded_int(get, "EMBEDDED_WORKER_CONCURRENCY", 16, 1, 64)
 
     prefix = get("REDIS_PREFIX", "jobgate:")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
@@ -277,11 +292,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         algorithms=_parse_algorithms(get("AUTH_ALGORITHMS", "ES256,RS256,EdDSA")),
         dpop=dpop,
         public_url=public_url,
+        allowed_hosts=allowed_hosts,
         cursor_secrets=cursor_secrets,
         cors_origins=cors,
         rate_limit=_parse_rate(get("RATE_LIMIT", "600/minute")),
         max_body_bytes=max_body,
         embedded_worker=embedded_worker == "true",
+        embedded_worker_concurrency=embedded_worker_concurrency,
         database_pool_size=pool_size,
         log_format=log_format,
         log_level=log_level,

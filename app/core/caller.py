@@ -1,5 +1,5 @@
-"""Who is calling, for which tenant and project, and why: decided once by the envelope
-(``app/security/envelope.py``) and handed to the domain services."""
+"""Who is calling, for which tenant and project, and why: decided once by authentication and the
+guards (``app/security/``), kept in ``request.user`` and handed to the domain services."""
 
 from __future__ import annotations
 

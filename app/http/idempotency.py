@@ -1,4 +1,11 @@
-"""``Idempotency-Key`` on POST (IETF httpapi idempotency-key draft).
+"""``Idempotency-Key`` on mutations (IETF httpapi idempotency-key draft).
+
+Two halves around the handler. :class:`IdempotencyClaim`, the app's ``before_request`` hook,
+runs after the guards (so a request refused for its rate, scope or reason never claims or
+replays a key): it checks the key, reads the body and claims the key, and answers a completed
+first request's stored response in place of the handler. :class:`IdempotencySettle`, an ASGI
+middleware, sees the whole response and settles the claim after it. (A middleware alone cannot
+do both: Litestar runs every middleware before the guards.)
 
 A key is claimed (committed, ``in_flight``) before the handler runs. A handler that commits
 through :class:`app.http.mutation.Mutation` stores its response in the same transaction as its
@@ -19,9 +26,11 @@ import asyncio
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from litestar import Request, Response
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -30,6 +39,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.caller import Caller
 from app.core.problems import Problem
+from app.http.tracing import header_values
+from app.security.audit import REPLAYED_KEY
+from app.security.guards import MUTATING
+from app.security.header_rules import idempotency_key
 from app.storage.idempotency import RETENTION, complete_in, record_key, release_in
 from app.storage.models import IdempotencyRecord
 
@@ -38,23 +51,7 @@ log = logging.getLogger("jobgate.idempotency")
 LOCK = timedelta(seconds=60)
 SETTLE_RETRY_SECONDS = 0.25
 _KEPT_HEADERS = {b"content-type", b"location", b"etag", b"cache-control"}
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise Problem(413, "body_too_large", f"The request body exceeds {limit} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+CLAIM_KEY = "jobgate_idempotency_claim"
 
 
 @dataclass
@@ -63,12 +60,12 @@ class StoredResponse:
     headers: dict[str, str]
     body: bytes
 
-    async def send(self, send: Send) -> None:
-        headers = [(k.encode(), v.encode()) for k, v in self.headers.items()]
-        headers.append((b"idempotent-replayed", b"true"))
-        headers.append((b"content-length", str(len(self.body)).encode()))
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body, "more_body": False})
+    def replay(self) -> Response[bytes]:
+        headers = {k: v for k, v in self.headers.items() if k != "content-type"}
+        headers["idempotent-replayed"] = "true"
+        return Response(
+            content=self.body, status_code=self.status, headers=headers, media_type=self.headers.get("content-type")
+        )
 
 
 @dataclass
@@ -149,25 +146,6 @@ class IdempotencyStore:
             )
         return StoredResponse(record.response_status or 200, record.response_headers or {}, record.response_body or b"")
 
-    @staticmethod
-    async def capture(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Captured:
-        captured = Captured()
-
-        async def tee(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                captured.status = message["status"]
-                captured.headers = {
-                    k.decode().lower(): v.decode("latin-1")
-                    for k, v in message.get("headers", [])
-                    if k.lower() in _KEPT_HEADERS
-                }
-            elif message["type"] == "http.response.body":
-                captured.body += message.get("body", b"")
-            await send(message)
-
-        await app(scope, receive, tee)
-        return captured
-
     async def settle(self, caller: Caller, captured: Captured) -> None:
         """After the response: release the key of a failed request; store a response not yet stored."""
         try:
@@ -209,3 +187,62 @@ class IdempotencyStore:
                 await release_in(session, caller)
             else:
                 await complete_in(session, caller, captured.status, captured.headers, bytes(captured.body))
+
+
+class IdempotencyClaim:
+    """``before_request``: claim the request's key; a completed first request's answer is returned
+    (and so sent instead of calling the handler), marked for the audit as a replay."""
+
+    def __init__(self, store: IdempotencyStore) -> None:
+        self.store = store
+
+    async def __call__(self, request: Request[Any, Any, Any]) -> Response[bytes] | None:
+        scope = request.scope
+        caller: Caller | None = scope.get("user")
+        if caller is None or scope["method"] not in MUTATING:
+            return None
+        key = idempotency_key(header_values(scope, b"idempotency-key"))
+        if key is None:
+            return None
+        caller = replace(caller, idempotency_key=key)
+        scope["user"] = caller
+        stored = await self.store.claim(caller, self.store.fingerprint(scope, await request.body()))
+        if stored is not None:
+            scope["state"][REPLAYED_KEY] = True
+            return stored.replay()
+        scope["state"][CLAIM_KEY] = caller
+        return None
+
+
+class IdempotencySettle:
+    """ASGI middleware: once a request that claimed a key has answered, settle the claim with its
+    response (release it after a failure, store an answer the handler did not store)."""
+
+    def __init__(self, app: ASGIApp, store: IdempotencyStore) -> None:
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in MUTATING or not header_values(scope, b"idempotency-key"):
+            await self.app(scope, receive, send)
+            return
+        captured = Captured()
+
+        async def tee(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured.status = message["status"]
+                captured.headers = {
+                    k.decode().lower(): v.decode("latin-1")
+                    for k, v in message.get("headers", [])
+                    if k.lower() in _KEPT_HEADERS
+                }
+            elif message["type"] == "http.response.body":
+                captured.body += message.get("body", b"")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tee)
+        finally:
+            caller = scope["state"].get(CLAIM_KEY)
+            if caller is not None:
+                await self.store.settle(caller, captured)

@@ -7,8 +7,7 @@ commit answers a problem response and applies nothing.
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator
+from typing import Annotated, Any
 
 from litestar import Request, Response
 from litestar.params import Parameter
@@ -19,13 +18,9 @@ from app.core.caller import Caller
 from app.core.problems import Problem
 from app.http.caching import encode, etag_of_body
 from app.security import header_rules as rules
-from app.security.caller import caller_of
-from app.security.envelope import AUDITED_KEY
+from app.security.audit import AUDITED_KEY
 from app.storage.audit import record
 from app.storage.idempotency import complete_in
-
-if TYPE_CHECKING:
-    from app.runtime import Runtime
 
 log = logging.getLogger("jobgate.mutation")
 
@@ -81,35 +76,9 @@ class Mutation:
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
 
 
-@asynccontextmanager
-async def read_session(runtime: Runtime, method: str) -> AsyncIterator[AsyncSession]:
-    """A session per request. Reads (GET) run in autocommit (no BEGIN/ROLLBACK round trips) and
-    their list statements on the list reads' pool; writes run in one transaction that
-    :meth:`Mutation.commit` commits.
-
-    A session that never began a transaction and holds no object (a list read on the list reads'
-    pool) holds nothing to release: it is dropped without ``close()``, which would cost the read
-    as much as its ETag."""
-    session = runtime.read_sessions() if method == "GET" else runtime.sessions()
-    try:
-        yield session
-    finally:
-        if session.in_transaction() or session.identity_map or session.new or session.deleted:
-            await session.close()
-
-
-async def provide_session(request: Request[Any, Any, Any], caller: Caller) -> AsyncIterator[AsyncSession]:
-    """:func:`read_session` as the routes' dependency. Depending on ``caller`` orders the
-    dependencies, so the framework resolves them one after the other without a task group."""
-    async with read_session(request.app.state.runtime, request.method) as session:
-        yield session
-
-
-# The header parameters below are checked by the envelope before the handler runs; declaring them
-# here documents them in the OpenAPI contract of every route that depends on a caller or mutation.
-
-
-
+# The header parameters below are checked by authentication and the guards before the handler runs;
+# declaring them here documents them in the OpenAPI contract of every route that depends on a caller
+# or mutation.
 TenantHeader = Annotated[
     str,
     Parameter(
@@ -135,7 +104,7 @@ TraceHeader = Annotated[
         description="Echoed on the response; a new one is generated when absent or not 8-128 of [A-Za-z0-9._:-]",
     ),
 ]
-# Reason and ticket are UTF-8; the envelope checks them on the decoded text, so their shape is
+# Reason and ticket are UTF-8; the operator guard checks them on the decoded text, so their shape is
 # stated in the contract only (Litestar would check it on the latin-1 reading of the bytes).
 ReasonHeader = Annotated[
     str,
@@ -172,7 +141,7 @@ async def provide_caller(
     x_stella_project: ProjectHeader = None,
     x_stella_trace_id: TraceHeader = None,
 ) -> Caller:
-    return caller_of(request.scope)
+    return request.user
 
 
 async def provide_mutation(

@@ -4,7 +4,7 @@
 It wraps the whole application (routing included) so that a path no route matches is counted
 too, under the fixed label ``unmatched``; a matched request is labelled with its route template
 (``/jobengine/sources/{sourceId}``), never with the raw path. The caller (tenant, subject) is
-read from what the envelope decided, after the request.
+read from what authentication decided (``scope["user"]``), after the request.
 
 With tracing on (``app/telemetry.py``) the request runs inside one server span named
 ``{method} {route template}``. The span continues the caller's W3C ``traceparent``; without one,
@@ -26,7 +26,7 @@ from app import metrics
 from app.http.tracing import as_w3c_trace_id, client_trace_id, ensure_trace_id
 from app.logs import write_line
 from app.sanitize import sanitize
-from app.security.caller import CALLER_KEY
+from app.security.caller import caller_in
 
 if TYPE_CHECKING:
     from app.telemetry import Tracing
@@ -103,7 +103,7 @@ class RequestObserver:
                 span.update_name(f"{scope['method']} {route}")
                 span.set_attribute("http.route", route)
             span.set_attribute("http.response.status_code", status)
-            caller = scope.get("state", {}).get(CALLER_KEY)
+            caller = caller_in(scope)
             if caller is not None:
                 span.set_attribute("stella.tenant", caller.tenant.key)
             if status >= 500:
@@ -117,8 +117,7 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
     metrics.observe_request(method, route, status, seconds)
     if not access_log.isEnabledFor(logging.INFO):
         return
-    state: dict[str, Any] = scope.get("state", {})
-    caller = state.get(CALLER_KEY)
+    caller = caller_in(scope)
     duration_ms = round(seconds * 1000, 2)
     write_line(
         access_log,

@@ -1,4 +1,4 @@
-"""Where the envelope leaves the caller of a request: the request scope's state."""
+"""Where authentication leaves the caller of a request: ``scope["user"]`` (``request.user``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from typing import Any
 
 from app.core.caller import Caller
 
-CALLER_KEY = "jobgate_caller"
 
-
-def caller_of(scope: Any) -> Caller:
-    """The caller the envelope established; routes behind the envelope always have one."""
-    return scope["state"][CALLER_KEY]
+def caller_in(scope: Any) -> Caller | None:
+    """The caller of an authenticated request; None where authentication does not apply."""
+    return scope.get("user")

@@ -362,3 +362,22 @@ async def test_a_refused_mutations_audit_row_is_committed_before_its_answer(fact
             rows = await audit_rows(runtime, tenant)
             assert len(rows) == attempt + 1, f"attempt {attempt}: the audit row came after the answer"
             assert (rows[-1].result_status, rows[-1].action) == (404, "deadletter.replay")
+
+
+# --- the headers are UTF-8 ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "code"),
+    [
+        pytest.param("x_stella_operator_reason", "\u00e9t\u00e9".encode("latin-1"), "operator_reason_invalid", id="latin-1-reason"),
+        pytest.param("x_stella_operator_reason", b"ok \xff\xfe", "operator_reason_invalid", id="invalid-bytes-reason"),
+        pytest.param("x_stella_operator_ticket", b"OPS-\xe9", "operator_ticket_invalid", id="latin-1-ticket"),
+    ],
+)
+async def test_reason_or_ticket_that_is_not_utf8_is_400(client, factory, runtime, header, value, code):
+    tenant = await factory.tenant()
+    headers = _raw(factory.headers(tenant), **{header: value})
+    response = await client.post(SOURCES, json=NEW_SOURCE, headers=headers)
+    assert (response.status_code, response.json()["code"]) == (400, code)
+    assert await source_ids(runtime, tenant) == []

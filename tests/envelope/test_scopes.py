@@ -11,12 +11,13 @@ from typing import Any
 import httpx
 import pytest
 from litestar import Litestar, get, post
-from litestar.middleware import DefineMiddleware
 
 from app.core.caller import Caller
 from app.core.problems import Problem
 from app.http.problems import problem_exception_handler
-from app.security.envelope import MUTATING, Envelope, EnvelopeMiddleware
+from app.http.idempotency import IdempotencyStore
+from app.security.guards import MUTATING, authorise
+from app.server import envelope_middleware
 from tests.conftest import ALL_SCOPES
 from tests.envelope import audit_rows
 
@@ -167,16 +168,17 @@ def _caller(scopes: str) -> Caller:
 @pytest.mark.parametrize("required", [None, ""])
 def test_authorise_refuses_a_route_without_a_declared_scope(required):
     with pytest.raises(Problem) as refused:
-        Envelope.authorise(_caller(ALL_SCOPES), required)
+        authorise(_caller(ALL_SCOPES), required)
     assert (refused.value.status, refused.value.code) == (403, "insufficient_scope")
 
 
 def test_authorise_lets_the_declared_scope_through():
-    Envelope.authorise(_caller("orch:read"), "orch:read")
+    authorise(_caller("orch:read"), "orch:read")
 
 
-async def test_envelope_refuses_a_route_that_declares_no_scope(runtime, factory):
-    """A tiny app behind the same envelope: its undeclared route answers 403 even to an all-scopes token."""
+async def test_envelope_refuses_a_route_that_declares_no_scope(app, runtime, factory):
+    """A tiny app behind the same envelope (the gateway's middleware and guards): its undeclared route
+    answers 403 even to an all-scopes token."""
 
     @get("/undeclared")
     async def undeclared() -> dict[str, str]:
@@ -192,7 +194,8 @@ async def test_envelope_refuses_a_route_that_declares_no_scope(runtime, factory)
 
     tiny = Litestar(
         route_handlers=[undeclared, undeclared_write, declared],
-        middleware=[DefineMiddleware(EnvelopeMiddleware, envelope=Envelope(runtime))],
+        middleware=envelope_middleware(runtime, "/schema", IdempotencyStore(runtime.sessions)),
+        guards=list(app.guards),
         exception_handlers={Exception: problem_exception_handler},
         logging_config=None,
     )

@@ -1,11 +1,11 @@
-"""A request's session (``app/http/mutation.py:read_session``): a GET reads in autocommit, a
+"""A request's session (``app/http/sessions.py:read_session``): a GET reads in autocommit, a
 write runs in a transaction of its own, and each session is closed when its request ends."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 
-from app.http.mutation import read_session
+from app.http.sessions import read_session
 from app.storage.models import Tenant
 from tests.storage.test_reads import own_runtime
 

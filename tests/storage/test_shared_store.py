@@ -7,7 +7,8 @@ import uuid
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.storage.shared import MemoryStore, RateShares, RedisStore, StoreUnavailable
+from app.storage.rates import RateShares
+from app.storage.shared import MemoryStore, RedisStore, StoreUnavailable
 
 
 @pytest.fixture

@@ -9,14 +9,12 @@ from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
-from app.core.problems import Problem
 from app.domain.quotas import service
 from app.domain.quotas.schemas import QuotaCreate, QuotaPage, QuotaReplace, QuotaSummary, QuotaView
-from app.http.caching import etag_of, matches
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
+from app.http.preconditions import require_current
 from app.http.routes import location, protected
-from app.storage.models import Quota
 
 QuotaId = Annotated[str, Parameter(max_length=64, description="The quota's id")]
 JobTypeFilter = Annotated[str | None, Parameter(query="jobType", max_length=128)]
@@ -80,13 +78,6 @@ LIMITS = (
 )
 
 
-def _require_current(request: Request[Any, Any, Any], quota: Quota) -> None:
-    """``If-Match`` (strong comparison) against the quota as GET shows it; absent = unconditional."""
-    if_match = request.headers.get("if-match")
-    if if_match is not None and not matches(if_match, etag_of(service.view(quota)), strong=True):
-        raise Problem(412, "precondition_failed", "The quota changed since the given ETag; fetch it again.")
-
-
 @post(
     "/jobengine/quotas",
     **protected(
@@ -133,7 +124,7 @@ async def replace_quota(
     request: Request[Any, Any, Any], quotaId: QuotaId, data: QuotaReplace, mutation: Mutation
 ) -> Response[QuotaView]:
     quota = await service.load(mutation.session, mutation.caller, quotaId, for_update=True)
-    _require_current(request, quota)
+    require_current(request, service.view(quota), "quota")
     quota = await service.replace_quota(mutation.session, quota, data)
     return await mutation.commit(target=quota.quota_id, status=200, content=service.view(quota))
 
@@ -148,7 +139,7 @@ async def replace_quota(
 )
 async def delete_quota(request: Request[Any, Any, Any], quotaId: QuotaId, mutation: Mutation) -> None:
     quota = await service.load(mutation.session, mutation.caller, quotaId, for_update=True)
-    _require_current(request, quota)
+    require_current(request, service.view(quota), "quota")
     await service.delete_quota(mutation.session, quota)
     # Annotated ``None`` so that the contract documents 204 without a body.
     return await mutation.commit(target=quotaId, status=204)  # type: ignore[return-value]

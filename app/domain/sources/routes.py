@@ -9,12 +9,11 @@ from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
-from app.core.problems import Problem
 from app.domain.sources import service
 from app.domain.sources.schemas import SourceCreate, SourcePage, SourceReplace, SourceView
-from app.http.caching import etag_of, matches
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
+from app.http.preconditions import require_current
 from app.http.routes import location, protected
 
 SourceId = Annotated[str, Parameter(max_length=64, description="The source's id")]
@@ -88,9 +87,7 @@ async def replace_source(
     request: Request[Any, Any, Any], sourceId: SourceId, data: SourceReplace, mutation: Mutation
 ) -> Response[SourceView]:
     source = await service.load(mutation.session, mutation.caller, sourceId, for_update=True)
-    if_match = request.headers.get("if-match")
-    if if_match is not None and not matches(if_match, etag_of(service.view(source)), strong=True):
-        raise Problem(412, "precondition_failed", "The source changed since the given ETag; fetch it again.")
+    require_current(request, service.view(source), "source")
     source = await service.replace_source(mutation.session, source, mutation.caller, data)
     return await mutation.commit(target=source.source_id, status=200, content=service.view(source))
 
