@@ -220,11 +220,18 @@ def tenants() -> None:
 @tenants.command("add")
 @click.argument("key")
 @click.option("--workspace", required=True)
-def tenants_add(key: str, workspace: str) -> None:
+@click.option("--create-workspace", is_flag=True, help="Create the workspace when it does not exist yet.")
+def tenants_add(key: str, workspace: str, create_workspace: bool) -> None:
+    from sqlalchemy import select
+
+    from app.storage.models import Workspace
     from app.storage.tenants import add_tenant
 
     async def work(sessions: Any) -> str:
         async with sessions.begin() as session:
+            exists = (await session.execute(select(Workspace.id).where(Workspace.key == workspace))).first()
+            if exists is None and not create_workspace:
+                raise ValueError(f"workspace {workspace!r} does not exist; pass --create-workspace to create it")
             tenant = await add_tenant(session, key, workspace)
             return f"{tenant.key} (id {tenant.id}, external id {tenant.external_id}) in workspace {workspace}"
 
