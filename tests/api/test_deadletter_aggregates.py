@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import delete, insert, select, text, update
 
 from app.domain.deadletter.aggregates import fold_stripes
@@ -278,6 +279,8 @@ async def _connections_on_two_stripes(runtime: Any) -> tuple[Any, Any, list[Any]
             return opened[0], other, opened
 
 
+# Stripes exist on PostgreSQL only: SQLite has one writer at a time and a single stripe.
+@pytest.mark.backends("postgresql")
 async def test_writers_of_one_cluster_do_not_wait_for_each_other(client, factory, runtime):
     """A replay left uncommitted on one connection does not hold up another connection's changes to
     entries of the same cluster, category and status; an entry added through one connection and

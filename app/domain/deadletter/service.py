@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, case, cast, func, select, true
+from sqlalchemy import BigInteger, bindparam, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
@@ -181,12 +181,15 @@ async def stats(session: AsyncSession, caller: Caller, now: datetime | None = No
 async def _top_clusters(session: AsyncSession, caller: Caller) -> list[ErrorCluster]:
     """The ten largest (errorCode, template) groups, ties by template, with three sample ids.
 
-    One statement: the groups (count, pending) are the maintained cluster rows (migration 0004)
-    summed over projects and stripes; the template is read from one entry of each group that can
-    still make the top ten (the hash is derived from errorCode and template, so every entry of a
-    group carries the same template); first and last seen of each of the ten groups are a forward
-    and a backward seek of (tenant, errorCode, templateHash, deadLetteredAt, entryId), and its three
-    newest entries a backward range scan of the same index.
+    One statement, the same on PostgreSQL and on the embedded SQLite default (which has no
+    ``LATERAL``): the groups (count, pending) are the maintained cluster rows (migration 0004)
+    summed over projects and stripes; every other column is a correlated scalar subquery on the
+    entries' index (tenant, errorCode, templateHash, deadLetteredAt, entryId), evaluated only for
+    the groups that need it. The template is read from one entry of each group that can still make
+    the top ten (the hash is derived from errorCode and template, so every entry of a group carries
+    the same template); first and last seen of each of the ten groups are a forward and a backward
+    seek of that index, and its three newest entries are three backward seeks (the k-th newest:
+    ``LIMIT 1 OFFSET k``, at most three index rows each) rather than a ``LATERAL`` join.
     """
     groups = (
         _aggregate(
@@ -207,58 +210,60 @@ async def _top_clusters(session: AsyncSession, caller: Caller) -> list[ErrorClus
         .correlate(None).scalar_subquery()
     )
 
-    def in_group(*columns: Any):  # type: ignore[no-untyped-def]
+    def in_group(group, *columns: Any):  # type: ignore[no-untyped-def]
         return visible(caller, *columns).where(
-            Entry.error_code == groups.c.error_code, Entry.template_hash == groups.c.template_hash
+            Entry.error_code == group.c.error_code, Entry.template_hash == group.c.template_hash
         )
 
-    template = in_group(Entry.error_template.label("template")).limit(1).lateral("template")
+    template = in_group(groups, Entry.error_template).limit(1).scalar_subquery().label("template")
     top = (
-        select(
-            groups,
-            template.c.template,
-            in_group(func.min(Entry.dead_lettered_at)).scalar_subquery().label("first"),
-            in_group(func.max(Entry.dead_lettered_at)).scalar_subquery().label("last"),
-        )
-        .select_from(groups.join(template, true()))
+        select(groups.c.error_code, groups.c.template_hash, groups.c.n, groups.c.pending, template)
         .where(groups.c.n >= func.coalesce(cutoff, 0))
-        .order_by(groups.c.n.desc(), template.c.template.asc(), groups.c.error_code.asc())
+        .order_by(groups.c.n.desc(), template.asc(), groups.c.error_code.asc())
         .limit(TOP_CLUSTERS)
         .subquery("top")
     )
-    samples = (
-        visible(caller, Entry.entry_id, Entry.dead_lettered_at)
-        .where(Entry.error_code == top.c.error_code, Entry.template_hash == top.c.template_hash)
-        .order_by(Entry.dead_lettered_at.desc(), Entry.entry_id.desc())
-        .limit(SAMPLES)
-        .lateral("samples")
-    )
+
+    def newest(k: int):  # type: ignore[no-untyped-def]
+        return (
+            in_group(top, Entry.entry_id)
+            .order_by(Entry.dead_lettered_at.desc(), Entry.entry_id.desc())
+            .offset(k)
+            .limit(1)
+            .scalar_subquery()
+            .label(f"sample{k}")
+        )
+
     rows = await session.execute(
         select(
-            top.c.error_code, top.c.template_hash, top.c.template, top.c.n, top.c.pending, top.c.first,
-            top.c.last, samples.c.entry_id,
-        )
-        .select_from(top.join(samples, true()))
-        .order_by(
-            top.c.n.desc(), top.c.template.asc(), top.c.error_code.asc(),
-            samples.c.dead_lettered_at.desc(), samples.c.entry_id.desc(),
-        )
+            top.c.error_code,
+            top.c.template,
+            top.c.n,
+            top.c.pending,
+            in_group(top, func.min(Entry.dead_lettered_at)).scalar_subquery().label("first"),
+            in_group(top, func.max(Entry.dead_lettered_at)).scalar_subquery().label("last"),
+            *(newest(k) for k in range(SAMPLES)),
+        ).order_by(top.c.n.desc(), top.c.template.asc(), top.c.error_code.asc())
     )
-    clusters: dict[tuple[str, str], ErrorCluster] = {}
-    for code, hash_, tmpl, n, pending, first, last, entry_id in rows:
-        cluster = clusters.get((code, hash_))
-        if cluster is None:
-            cluster = clusters[(code, hash_)] = ErrorCluster(
-                error_code=code,
-                template=tmpl,
-                count=int(n),
-                pending=int(pending),
-                sample_entry_ids=[],
-                first_seen=first,
-                last_seen=last,
-            )
-        cluster.sample_entry_ids.append(entry_id)
-    return list(clusters.values())
+    return [
+        ErrorCluster(
+            error_code=code,
+            template=tmpl,
+            count=int(n),
+            pending=int(pending),
+            sample_entry_ids=[entry_id for entry_id in samples if entry_id is not None],
+            first_seen=_aware(first),
+            last_seen=_aware(last),
+        )
+        for code, tmpl, n, pending, first, last, *samples in rows
+    ]
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """An aggregate over an instant column is not typed as one: SQLite answers naive UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
 
 
 SUMMARY = PageQuery(
