@@ -53,6 +53,12 @@ def _parse_ttl(text: str) -> int:
     return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
+def dev_key_files(settings: Settings) -> tuple[Path, Path]:
+    """The development key's files in the data directory: the public JWKS the gateway verifies
+    with, and the private key that signs (both written by ``app.security.keys`` on first use)."""
+    return settings.dev_jwks_path, settings.data_dir / "dev-signing-key.json"
+
+
 def mint_token(
     settings: Settings, *, tenants: list[str], scope: str, subject: str, ttl_seconds: int, jkt: str | None = None
 ) -> str:
@@ -106,10 +112,16 @@ def serve(host: str, port: int, workers: int, demo: bool) -> None:
                 await upgrade(engine)
         finally:
             await engine.dispose()
-        if demo:
-            from app.seed import seed_demo
+        if demo:  # only into an empty database: a restart keeps what was done since
+            from app.seed import seed_demo_if_empty
 
-            await _with_sessions(settings, seed_demo)
+            seeded = await _with_sessions(settings, seed_demo_if_empty)
+            click.echo(
+                "Seeded the demo data (tenants acme, globex, initech)."
+                if seeded is not None
+                else "The database already has tenants: keeping its data, demo not re-seeded "
+                "(`jobgate seed --demo --reset` starts the demo tenants over)."
+            )
 
     asyncio.run(prepare())
     if settings.uses_dev_keys:
@@ -190,25 +202,39 @@ def db_upgrade() -> None:
 
 @main.command()
 @click.option("--demo", is_flag=True, help="Demo tenants and their data (the only seed there is).")
-def seed(demo: bool) -> None:
-    """Deterministic demo data (repeatable: the same ids every time)."""
+@click.option(
+    "--reset", is_flag=True, help="Replace the demo tenants' data even when the database has tenants already."
+)
+def seed(demo: bool, reset: bool) -> None:
+    """Deterministic demo data (repeatable: the same ids every time).
+
+    Seeds only a database without tenants, unless --reset: then the demo tenants' sources,
+    quotas, jobs, dead-letter entries, pack runs and operation runs are replaced by the demo's
+    (other tenants and the audit log are left alone)."""
     if not demo:
         click.echo("jobgate: nothing to seed; pass --demo", err=True)
         sys.exit(2)
-    from app.seed import seed_demo
+    from app.seed import seed_demo, seed_demo_if_empty
     from app.storage.db import create_engine
     from app.storage.migrate import upgrade
 
-    async def work(settings: Settings) -> dict[str, int]:
+    async def work(settings: Settings) -> dict[str, int] | None:
         if settings.is_sqlite:  # the embedded default migrates itself, as on serve
             engine = create_engine(settings)
             try:
                 await upgrade(engine)
             finally:
                 await engine.dispose()
-        return await _with_sessions(settings, seed_demo)
+        return await _with_sessions(settings, seed_demo if reset else seed_demo_if_empty)
 
     summary = _run(work)
+    if summary is None:
+        click.echo(
+            "jobgate: the database already has tenants; nothing seeded "
+            "(`jobgate seed --demo --reset` replaces the demo tenants' data)",
+            err=True,
+        )
+        return
     click.echo(json.dumps(summary, sort_keys=True))
 
 
@@ -261,11 +287,32 @@ def tenants_list() -> None:
 @click.option("--ttl", default="1h", show_default=True)
 @click.option("--jkt", default=None, help="Bind the token to a DPoP key thumbprint (cnf.jkt).")
 def token(tenant: tuple[str, ...], scope: str, subject: str, ttl: str, jkt: str | None) -> None:
-    """Mint a token with the development key (dev only)."""
-    settings = _settings()
+    """Mint a token with the development key (dev only).
+
+    The key is the one `jobgate serve` created in its data directory (JOBGATE_DATA_DIR, else
+    ./.jobgate); without it nothing is created: a new key would sign tokens the gateway refuses."""
+    # Tokens need no cursor secret: a placeholder keeps the settings from writing the dev one.
+    environ = dict(os.environ)
+    environ["JOBGATE_CURSOR_SECRET"] = environ.get("JOBGATE_CURSOR_SECRET") or "token:" + "0" * 32
+    try:
+        settings = load_settings(environ)
+    except SettingsError as exc:
+        click.echo(f"jobgate: invalid setting: {exc}", err=True)
+        sys.exit(2)
     if settings.env != "dev" or not settings.uses_dev_keys:
         click.echo("jobgate: tokens are minted only in dev with the development key", err=True)
         sys.exit(2)
+    missing = [path for path in dev_key_files(settings) if not path.is_file()]
+    if missing:
+        where = settings.data_dir.resolve()
+        click.echo(
+            f"jobgate: no development key in {where} (missing {', '.join(p.name for p in missing)}).\n"
+            "The key is created by `jobgate serve` in its data directory: JOBGATE_DATA_DIR, else .jobgate in the\n"
+            "directory it was started from (./scripts/serve: the checkout). Run this command from that directory,\n"
+            "or point it there, e.g. JOBGATE_DATA_DIR=/path/to/checkout/.jobgate jobgate token --tenant acme",
+            err=True,
+        )
+        sys.exit(1)
     click.echo(mint_token(settings, tenants=list(tenant), scope=scope, subject=subject, ttl_seconds=_parse_ttl(ttl), jkt=jkt))
 
 

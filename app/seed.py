@@ -1,4 +1,8 @@
-"""Deterministic demo data (spec §9): ``jobgate seed --demo`` and ``jobgate serve --demo``.
+"""Deterministic demo data (spec §9): ``jobgate seed --demo [--reset]`` and ``jobgate serve --demo``.
+
+When: ``serve --demo`` and ``seed --demo`` seed only a database without tenants
+(:func:`seed_demo_if_empty`), so restarting the gateway keeps everything its users did;
+``seed --demo --reset`` (:func:`seed_demo`) replaces the demo tenants' data on purpose.
 
 What it creates: workspace ``eu-prod`` with tenants ``acme`` (projects ``billing`` and
 ``scanner``) and ``globex``, workspace ``us-prod`` with tenant ``initech``; for each tenant six
@@ -20,7 +24,11 @@ Repeatable:
   demo runs survive reseeding and the id sequence never collides with runs the engine creates.
 - Timestamps are offsets from ``now`` (the moment of seeding), so fresh runs are fresh and stale
   runs are stale right after seeding.
-- A reseed replaces, in one transaction, the demo tenants' sources, quotas, jobs, dead-letter
+- Short: a ``demo.sleep`` job sleeps at most ``DEMO_SLEEP_SECONDS``, so the worker that runs the
+  demo (the embedded one on the SQLite default) is never held for long. What looks long-running
+  (a running pack run, a leased job) is a row in that state, leased by a worker that does not
+  exist; when its lease lapses a real worker takes it over and finishes it within seconds.
+- A reseed (``--reset``) replaces, in one transaction, the demo tenants' sources, quotas, jobs, dead-letter
   entries, pack runs and operation runs, and the demo workspace-scoped runs. It never touches
   audit rows (append-only) or other tenants.
 """
@@ -207,6 +215,9 @@ CLUSTERS = (
 FAILED_STEPS = {("sbom-refresh-failed", 1): ("timeout", 0), ("license-audit", 3): ("missing", 0)}
 
 
+# What a demo.sleep job sleeps, at most: a worker that runs the demo's jobs (the embedded one on
+# the SQLite default) is never held for long, so a job submitted to the demo starts promptly.
+DEMO_SLEEP_SECONDS = 3
 RECONCILE_THRESHOLD_SECONDS = 900
 STEP_SECONDS = 90
 OPERATOR = ("ops.alice", "Alice Moreau (operator)")
@@ -260,7 +271,7 @@ class _TenantDemo:
     def job(self, slug: str, job_type: str, status: str, *, source: str, created: datetime, **fields: Any) -> Job:
         payload = fields.pop("payload", None)
         if payload is None:
-            payload = {"seconds": 600} if job_type == "demo.sleep" else {}
+            payload = {"seconds": DEMO_SLEEP_SECONDS} if job_type == "demo.sleep" else {}
         job = Job(
             tenant_id=self.tenant_id,
             job_id=self.id("job", slug),
@@ -374,19 +385,19 @@ class _TenantDemo:
         self.job("pending-flaky", "demo.flaky", "pending", source=src(), created=self.ago(minutes=2),
                  payload=self.flaky_payload("upstream.timeout", "transient", "upstream warming up"))
         self.job("pending-sleep", "demo.sleep", "pending", source=src(), created=self.ago(minutes=3),
-                 payload={"seconds": 30})
+                 payload={"seconds": 2})
         self.job("scheduled-noop", "demo.noop", "scheduled", source=src(), created=self.ago(minutes=10),
                  run_after=self.ahead(hours=1))
         self.job("scheduled-sleep", "demo.sleep", "scheduled", source=src(), created=self.ago(minutes=10),
-                 run_after=self.ahead(minutes=30), payload={"seconds": 45})
+                 run_after=self.ahead(minutes=30), payload={"seconds": 2})
         self.job("leased-sleep", "demo.sleep", "leased", source=src(), created=self.ago(minutes=1),
-                 lease_owner=self.worker(2), lease_expires_at=self.ahead(minutes=2), payload={"seconds": 120})
+                 lease_owner=self.worker(2), lease_expires_at=self.ahead(minutes=2), payload={"seconds": 3})
         for n, hours in enumerate((1, 5), start=1):
             self.job(f"succeeded-noop-{n}", "demo.noop", "succeeded", source=src(), created=self.ago(hours=hours),
                      started_at=self.ago(hours=hours, seconds=-2), finished_at=self.ago(hours=hours, seconds=-3))
         self.job("canceled-sleep", "demo.sleep", "canceled", source=src(), created=self.ago(hours=3),
                  started_at=self.ago(hours=3, seconds=-5), finished_at=self.ago(hours=2, minutes=50),
-                 payload={"seconds": 3600})
+                 payload={"seconds": 3})
         # the disabled sources' last jobs, long ago
         for slug, days in (("legacy-ftp", 30), ("partner-poller", 12)):
             self.job(f"last-{slug}", "demo.noop", "succeeded", source=slug, created=self.ago(days=days),
@@ -547,7 +558,7 @@ class _TenantDemo:
         elif cluster.job_type == "demo.flaky":
             payload = self.flaky_payload(cluster.error_code, cluster.category, message)
         else:
-            payload = {"seconds": _number(self.t.key, slug, low=5, high=60)}
+            payload = {"seconds": _number(self.t.key, slug, low=1, high=DEMO_SLEEP_SECONDS)}
         created = dead_at - timedelta(minutes=5 * attempts)
         job = self.job(
             slug,
@@ -746,55 +757,71 @@ async def _ensure_tenants(session: AsyncSession) -> tuple[dict[str, Tenant], dic
 async def seed_demo(
     sessions: async_sessionmaker[AsyncSession], *, now: datetime | None = None
 ) -> dict[str, int]:
-    """Create or replace the demo data; return the number of rows per table."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
+    """Create or replace the demo data (``jobgate seed --demo --reset``); return the number of rows
+    per table. Whatever the demo tenants hold is replaced; other tenants are left alone."""
     async with sessions.begin() as session:
-        tenants, workspaces = await _ensure_tenants(session)
-        tenant_ids = [t.id for t in tenants.values()]
+        return await _seed(session, (now or datetime.now(UTC)).astimezone(UTC))
 
-        rows = _Rows()
-        for spec in TENANTS:
-            built = _TenantDemo(spec, tenants[spec.key].id, workspaces[spec.workspace].id, now).build()
-            for name in ("sources", "quotas", "jobs", "entries", "pack_runs", "runs"):
-                getattr(rows, name).extend(getattr(built, name))
-            rows.run_of_pack.update(built.run_of_pack)
-        housekeeping = [
-            _housekeeping_run(ws.id, key, sum(t.workspace == key for t in TENANTS), now)
-            for key, ws in workspaces.items()
-        ]
-        rows.runs.extend(housekeeping)
 
-        demo_runs = or_(
-            OperationRun.tenant_id.in_(tenant_ids),
-            # every workspace-scoped run of the demo workspaces, the reconciler's own included
-            and_(
-                OperationRun.tenant_id.is_(None),
-                OperationRun.workspace_id.in_([ws.id for ws in workspaces.values()]),
-            ),
+async def seed_demo_if_empty(
+    sessions: async_sessionmaker[AsyncSession], *, now: datetime | None = None
+) -> dict[str, int] | None:
+    """Seed the demo data into a database without tenants (``jobgate serve --demo``,
+    ``jobgate seed --demo``); return None, changing nothing, when it has any tenant: a restart
+    keeps what its users did, and only ``--reset`` starts over."""
+    async with sessions.begin() as session:
+        if (await session.execute(select(Tenant.id).limit(1))).first() is not None:
+            return None
+        return await _seed(session, (now or datetime.now(UTC)).astimezone(UTC))
+
+
+async def _seed(session: AsyncSession, now: datetime) -> dict[str, int]:
+    tenants, workspaces = await _ensure_tenants(session)
+    tenant_ids = [t.id for t in tenants.values()]
+
+    rows = _Rows()
+    for spec in TENANTS:
+        built = _TenantDemo(spec, tenants[spec.key].id, workspaces[spec.workspace].id, now).build()
+        for name in ("sources", "quotas", "jobs", "entries", "pack_runs", "runs"):
+            getattr(rows, name).extend(getattr(built, name))
+        rows.run_of_pack.update(built.run_of_pack)
+    housekeeping = [
+        _housekeeping_run(ws.id, key, sum(t.workspace == key for t in TENANTS), now)
+        for key, ws in workspaces.items()
+    ]
+    rows.runs.extend(housekeeping)
+
+    demo_runs = or_(
+        OperationRun.tenant_id.in_(tenant_ids),
+        # every workspace-scoped run of the demo workspaces, the reconciler's own included
+        and_(
+            OperationRun.tenant_id.is_(None),
+            OperationRun.workspace_id.in_([ws.id for ws in workspaces.values()]),
+        ),
+    )
+    previous_ids = {
+        (tenant_id, workspace_id, identity): run_id
+        for run_id, tenant_id, workspace_id, identity in await session.execute(
+            select(OperationRun.id, OperationRun.tenant_id, OperationRun.workspace_id,
+                   OperationRun.run_identity_hash).where(demo_runs)
         )
-        previous_ids = {
-            (tenant_id, workspace_id, identity): run_id
-            for run_id, tenant_id, workspace_id, identity in await session.execute(
-                select(OperationRun.id, OperationRun.tenant_id, OperationRun.workspace_id,
-                       OperationRun.run_identity_hash).where(demo_runs)
-            )
-        }
-        await session.execute(delete(OperationRun).where(demo_runs))
-        for model in (PackRun, DeadLetterEntry, Job, Quota, Source):
-            await session.execute(delete(model).where(model.tenant_id.in_(tenant_ids)))  # type: ignore[attr-defined]
+    }
+    await session.execute(delete(OperationRun).where(demo_runs))
+    for model in (PackRun, DeadLetterEntry, Job, Quota, Source):
+        await session.execute(delete(model).where(model.tenant_id.in_(tenant_ids)))  # type: ignore[attr-defined]
 
-        scopes = [(r.tenant_id, r.workspace_id, r.run_identity_hash) for r in rows.runs]
-        if len(set(scopes)) != len(scopes):
-            raise RuntimeError("demo operation runs must have distinct identities")
-        for run, scope in zip(rows.runs, scopes):
-            run.id = previous_ids.get(scope)  # None: the database assigns one
-        session.add_all(rows.runs)
+    scopes = [(r.tenant_id, r.workspace_id, r.run_identity_hash) for r in rows.runs]
+    if len(set(scopes)) != len(scopes):
+        raise RuntimeError("demo operation runs must have distinct identities")
+    for run, scope in zip(rows.runs, scopes):
+        run.id = previous_ids.get(scope)  # None: the database assigns one
+    session.add_all(rows.runs)
+    await session.flush()
+    for pack_run in rows.pack_runs:
+        pack_run.operation_run_id = rows.run_of_pack[pack_run.pack_run_id].id
+    for batch in (rows.sources, rows.quotas, rows.jobs, rows.entries, rows.pack_runs):
+        session.add_all(batch)
         await session.flush()
-        for pack_run in rows.pack_runs:
-            pack_run.operation_run_id = rows.run_of_pack[pack_run.pack_run_id].id
-        for batch in (rows.sources, rows.quotas, rows.jobs, rows.entries, rows.pack_runs):
-            session.add_all(batch)
-            await session.flush()
 
     return {
         "workspaces": len(workspaces),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
@@ -14,11 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from app.domain.deadletter.templates import error_template, template_hash
 from app.domain.operations.ledger import PACK_RUN_TO_OPERATION
 from app.seed import (
+    DEMO_SLEEP_SECONDS,
     SOURCES,
     TENANTS,
     WORKSPACES,
     demo_id,
     seed_demo,
+    seed_demo_if_empty,
 )
 from app.storage.db import session_factory
 from app.storage.migrate import upgrade
@@ -351,3 +357,68 @@ async def test_seed_works_on_sqlite_and_is_repeatable(tmp_path: Path):
         assert all(r.created_at.tzinfo is not None for r in acme["operation_runs"])
     finally:
         await engine.dispose()
+
+
+# --- seeding keeps the user's work: only an empty database, or --reset --------------------------
+
+
+async def test_seeding_if_empty_leaves_a_database_with_tenants_alone(runtime, factory):
+    await seed_demo(runtime.sessions)
+    before = await snapshot(runtime.sessions)
+    assert await seed_demo_if_empty(runtime.sessions) is None
+    assert await snapshot(runtime.sessions) == before
+
+
+async def test_no_demo_job_sleeps_for_long(runtime):
+    """A worker that runs the demo's jobs (the embedded one) is never held for more than seconds."""
+    await seed_demo(runtime.sessions)
+    for key in DEMO_KEYS:
+        data = await load_tenant(runtime.sessions, key)
+        sleeps = [j.payload for j in data["jobs"] if j.job_type == "demo.sleep"]
+        sleeps += [e.payload for e in data["dead_letter_entries"] if e.job_type == "demo.sleep"]
+        assert sleeps and all(0 < p["seconds"] <= DEMO_SLEEP_SECONDS <= 5 for p in sleeps), key
+
+
+def _jobgate(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env={**env, "JOBGATE_DATA_DIR": str(data_dir)},
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120,
+    )
+
+
+async def _acme_sources(data_dir: Path) -> set[str]:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{(data_dir / 'jobgate.db').as_posix()}")
+    try:
+        async with session_factory(engine)() as session:
+            acme = (await session.execute(select(Tenant.id).where(Tenant.key == "acme"))).scalar_one()
+            return set((await session.execute(select(Source.source_id).where(Source.tenant_id == acme))).scalars())
+    finally:
+        await engine.dispose()
+
+
+async def test_seed_command_keeps_existing_data_and_reset_starts_the_demo_over(tmp_path: Path):
+    first = _jobgate(tmp_path, "seed", "--demo")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["tenants"] == 3
+    demo_sources = await _acme_sources(tmp_path)
+    assert demo_sources == {demo_id("acme", "source", s.slug) for s in SOURCES}
+    engine = create_async_engine(f"sqlite+aiosqlite:///{(tmp_path / 'jobgate.db').as_posix()}")
+    try:
+        async with session_factory(engine).begin() as session:
+            acme = (await session.execute(select(Tenant.id).where(Tenant.key == "acme"))).scalar_one()
+            now = datetime.now(UTC)
+            session.add(Source(tenant_id=acme, source_id="users-own", name="Mine", source_type="manual", enabled=True,
+                               created_at=now, updated_at=now, jobs_submitted=0, jobs_active=0, jobs_failed=0))
+    finally:
+        await engine.dispose()
+
+    again = _jobgate(tmp_path, "seed", "--demo")  # what a restart with --demo does
+    assert again.returncode == 0, again.stderr
+    assert "already has tenants" in again.stderr and "--reset" in again.stderr
+    assert await _acme_sources(tmp_path) == demo_sources | {"users-own"}
+
+    reset = _jobgate(tmp_path, "seed", "--demo", "--reset")
+    assert reset.returncode == 0, reset.stderr
+    assert json.loads(reset.stdout) == json.loads(first.stdout)
+    assert await _acme_sources(tmp_path) == demo_sources

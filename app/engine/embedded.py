@@ -25,14 +25,18 @@ def wanted(context: EngineContext) -> bool:
     return context.settings.is_sqlite or context.settings.embedded_worker
 
 
-async def start(context: EngineContext, *, concurrency: int = 4) -> Callable[[], Awaitable[None]]:
-    """Start a worker task on the running loop when :func:`wanted`; returns its stop function."""
+async def start(context: EngineContext, *, concurrency: int | None = None) -> Callable[[], Awaitable[None]]:
+    """Start a worker task on the running loop when :func:`wanted`; returns its stop function.
+
+    It runs ``concurrency`` jobs at once, by default ``JOBGATE_EMBEDDED_WORKER_CONCURRENCY``."""
     if not wanted(context):
         async def nothing() -> None:
             return None
 
         return nothing
     config = load_worker_config()
+    if concurrency is None:
+        concurrency = context.settings.embedded_worker_concurrency
     worker = Worker(context, config, load_handlers(config.handler_modules), concurrency=concurrency)
     stop_event = asyncio.Event()
     task = asyncio.create_task(worker.run(stop_event), name="jobgate-embedded-worker")
