@@ -7,6 +7,21 @@ from typing import Any, Iterator
 
 import msgspec
 from litestar import Litestar
+from litestar.enums import ParamType
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    Reference,
+    Schema,
+    SecurityScheme,
+    Tag,
+)
+
+from app.http.routes import DPOP as DPOP_SCHEME_NAME
 
 
 def _structs(annotation: Any, seen: set[type]) -> Iterator[type[msgspec.Struct]]:
@@ -42,3 +57,223 @@ def close_strict_objects(app: Litestar) -> None:
     for name in strict:
         if name in schemas:
             schemas[name].additional_properties = False
+    for struct in seen:  # what a payload states beyond its fields (``schema_extra``, a ClassVar)
+        schema = schemas.get(struct.__name__)
+        for key, value in getattr(struct, "schema_extra", {}).items():
+            if schema is not None:
+                setattr(schema, Schema.field_aliases().get(key, key), value)
+    # The composition root calls this one function after generation: the rest follows here.
+    finish_contract(app)
+
+
+# -- the rest of the contract --------------------------------------------------------------------
+#
+# A client generated from the contract needs nothing hand-written: the DPoP scheme beside Bearer,
+# the tags, the headers each answer carries, the conditional request headers, and query filters
+# that are optional rather than nullable (an enum filter is a named component, so a generator
+# makes one type of it). Litestar derives none of these; ``finish_contract`` adds them.
+
+TAGS = (
+    Tag(name="sources", description="Job sources: who submits jobs, and whether they may."),
+    Tag(name="quotas", description="Per-jobType limits on concurrency and start rate; pause and resume."),
+    Tag(name="jobs", description="Jobs: submission by job sources, reads and counts for consoles."),
+    Tag(name="deadletter", description="Jobs that exhausted their attempts: reads, statistics and replays."),
+    Tag(name="pack-runs", description="Ordered runs of job steps: submission, cancel and retry."),
+    Tag(name="audit", description="The tenant's audit log of every mutating request, allowed or refused."),
+    Tag(name="operations", description="Operation-run lifecycles: lists, details and the console surfaces."),
+    Tag(name="health", description="Liveness, readiness and metrics; no credentials."),
+)
+
+DPOP_SCHEME = SecurityScheme(
+    type="http",
+    scheme="DPoP",
+    description="DPoP-bound JWT (RFC 9449): `Authorization: DPoP <token>` with a `DPoP` proof header. "
+    "The requirement lists the scope the token must grant.",
+)
+
+_STRING = Schema(type=OpenAPIType.STRING)
+HEADERS = {
+    "TraceId": OpenAPIHeader(
+        schema=_STRING,
+        description="The request's trace id: the X-Stella-Trace-Id it sent when valid, else a generated one",
+    ),
+    "ETag": OpenAPIHeader(
+        schema=_STRING, description="Strong entity tag of this representation; send it back in If-None-Match "
+        "(GET) or If-Match (PUT, DELETE)"
+    ),
+    "CacheControl": OpenAPIHeader(
+        schema=_STRING,
+        description="`private, max-age=60, stale-if-error=300` (console reads), `private, no-cache` (polled "
+        "lifecycle reads) or `no-store`",
+    ),
+    "Vary": OpenAPIHeader(
+        schema=_STRING, description="`Authorization, X-Stella-Tenant, X-Stella-Project, Origin` (merged with "
+        "any other member)"
+    ),
+    "RetryAfter": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.INTEGER, minimum=0), description="Seconds to wait before retrying"
+    ),
+    "Location": OpenAPIHeader(schema=_STRING, description="Absolute URL of the created or started object"),
+    "IdempotentReplayed": OpenAPIHeader(
+        schema=_STRING,
+        description="`true` when this is the stored answer of an earlier request with the same Idempotency-Key",
+    ),
+}
+IF_NONE_MATCH = Parameter(
+    name="If-None-Match",
+    param_in=ParamType.HEADER,
+    required=False,
+    schema=_STRING,
+    description="ETags of a representation the client holds (`*` matches any); 304 without a body when "
+    "one is current",
+)
+IF_MATCH = Parameter(
+    name="If-Match",
+    param_in=ParamType.HEADER,
+    required=False,
+    schema=_STRING,
+    description="The ETag the change is based on (strong comparison); 412 `precondition_failed` when the "
+    "object changed since. Without it the change is unconditional",
+)
+_NULL = OpenAPIType.NULL
+
+
+def _header(name: str) -> Reference:
+    return Reference(ref=f"#/components/headers/{name}")
+
+
+def _operations(app: Litestar) -> Iterator[tuple[Any, Operation]]:
+    """Each route handler with its operation in the document (routes outside the schema skipped)."""
+    paths = app.openapi_schema.paths or {}
+    for route in app.routes:
+        item = paths.get(route.path_format)
+        if item is None:
+            continue
+        for handler in getattr(route, "route_handlers", []):
+            for method in handler.http_methods:
+                operation = getattr(item, method.lower(), None)
+                if isinstance(operation, Operation):
+                    yield handler, operation
+
+
+def _add_headers(response: OpenAPIResponse | Reference, *names: str) -> None:
+    if isinstance(response, OpenAPIResponse):
+        response.headers = {**(response.headers or {}), **{_NAMES[n]: _header(n) for n in names}}
+
+
+_NAMES = {
+    "TraceId": "X-Stella-Trace-Id",
+    "ETag": "ETag",
+    "CacheControl": "Cache-Control",
+    "Vary": "Vary",
+    "RetryAfter": "Retry-After",
+    "Location": "Location",
+    "IdempotentReplayed": "Idempotent-Replayed",
+}
+
+
+def _unsupported_media_type(operation: Operation) -> None:
+    """An operation with a JSON body answers 415 when the body is sent under another media type."""
+    if operation.request_body is not None and "415" not in (operation.responses or {}):
+        operation.responses = {
+            **(operation.responses or {}),
+            "415": OpenAPIResponse(
+                description="The body is not sent as `application/json` (`unsupported_media_type`)",
+                content={
+                    "application/problem+json": OpenAPIMediaType(
+                        schema=Reference(ref="#/components/schemas/ProblemDetails")
+                    )
+                },
+            ),
+        }
+
+
+def _document_headers(handler: Any, operation: Operation) -> None:
+    responses = operation.responses or {}
+    names = {getattr(p, "name", None) for p in operation.parameters or []}
+    is_get = "GET" in handler.http_methods
+    for status, response in responses.items():
+        _add_headers(response, "TraceId")
+        code = int(status)
+        if code in (429, 503):
+            _add_headers(response, "RetryAfter")
+        if is_get and code == 200:
+            _add_headers(response, "CacheControl", "Vary")
+            if "304" in responses:
+                _add_headers(response, "ETag")
+        if not is_get and 200 <= code < 300 and code != 204:
+            _add_headers(response, "ETag", "CacheControl")
+        if code in handler.opt.get("location", ()):
+            _add_headers(response, "Location")
+        if "Idempotency-Key" in names and 200 <= code < 300:
+            _add_headers(response, "IdempotentReplayed")
+    parameters = list(operation.parameters or [])
+    if is_get and "304" in responses:
+        parameters.append(IF_NONE_MATCH)
+    if "412" in responses:
+        parameters.append(IF_MATCH)
+    operation.parameters = parameters
+
+
+def _not_null(schema: Schema) -> None:
+    """An optional query parameter is left out, never sent as ``null``: drop the null branch."""
+    if schema.one_of:
+        kept = [s for s in schema.one_of if not (isinstance(s, Schema) and s.type == _NULL)]
+        if len(kept) == 1 and isinstance(kept[0], Schema):
+            schema.one_of = None
+            schema.type = kept[0].type
+    if schema.enum is not None and None in schema.enum:
+        schema.enum = [v for v in schema.enum if v is not None]
+    if isinstance(schema.type, (list, tuple)):
+        kept_types = [t for t in schema.type if t != _NULL]
+        schema.type = kept_types[0] if len(kept_types) == 1 else kept_types
+
+
+def _shape_query(operation: Operation, enums: dict[str, Schema]) -> None:
+    for parameter in operation.parameters or []:
+        if not isinstance(parameter, Parameter) or parameter.param_in != ParamType.QUERY:
+            continue
+        schema = parameter.schema
+        if not isinstance(schema, Schema):
+            continue
+        _not_null(schema)
+        if schema.enum and schema.title:  # a named enum filter (``enum_query``)
+            named = Schema(type=OpenAPIType.STRING, enum=list(schema.enum))
+            if enums.setdefault(schema.title, named).enum != named.enum:
+                raise ValueError(f"OpenAPI: two different enums are named {schema.title!r}")
+            parameter.schema = Reference(ref=f"#/components/schemas/{schema.title}")
+
+
+def _one_enum_or_null(schemas: dict[str, Any]) -> None:
+    """A nullable enum property of a payload is "this enum, or null": Litestar writes an enum that
+    also lists null, of which a generator builds several identical types."""
+    for component in schemas.values():
+        for key, prop in list((getattr(component, "properties", None) or {}).items()):
+            if isinstance(prop, Schema) and prop.enum and None in prop.enum:
+                component.properties[key] = Schema(
+                    one_of=[
+                        Schema(type=OpenAPIType.STRING, enum=[v for v in prop.enum if v is not None]),
+                        Schema(type=_NULL),
+                    ],
+                    description=prop.description,
+                )
+
+
+def finish_contract(app: Litestar) -> None:
+    document = app.openapi_schema
+    components = document.components
+    components.security_schemes = {**(components.security_schemes or {}), DPOP_SCHEME_NAME: DPOP_SCHEME}
+    components.headers = {**(components.headers or {}), **HEADERS}
+    document.tags = list(TAGS)
+    enums: dict[str, Schema] = {}
+    for handler, operation in _operations(app):
+        _unsupported_media_type(operation)
+        _document_headers(handler, operation)
+        _shape_query(operation, enums)
+    schemas = components.schemas or {}
+    for name, schema in enums.items():
+        if name in schemas:
+            raise ValueError(f"OpenAPI: the enum {name!r} collides with a payload schema")
+        schemas[name] = schema
+    _one_enum_or_null(schemas)
+    components.schemas = schemas

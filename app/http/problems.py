@@ -148,8 +148,9 @@ def _database_unavailable(exc: Exception) -> bool:
     return any(name in _UNAVAILABLE_DRIVER_ERRORS for name in drivers)
 
 
-def to_problem(exc: Exception) -> Problem:
-    """Map any exception to the problem the client sees."""
+def to_problem(exc: Exception, *, max_body_bytes: int | None = None) -> Problem:
+    """Map any exception to the problem the client sees (``max_body_bytes``: the body cap a 413
+    names)."""
     if isinstance(exc, Problem):
         return exc
     if isinstance(exc, RecursionError):  # a JSON body nested deeper than the decoder goes
@@ -184,7 +185,9 @@ def to_problem(exc: Exception) -> Problem:
     if isinstance(exc, HTTPException):
         status = exc.status_code
         if status == 413:
-            return Problem(413, "body_too_large", "The request body is too large.")
+            if max_body_bytes is None:
+                return Problem(413, "body_too_large", "The request body is too large.")
+            return Problem(413, "body_too_large", f"The request body exceeds {max_body_bytes} bytes.")
         if status == 415:
             return Problem(415, "unsupported_media_type", "Send the body as application/json.")
         if status < 500:
@@ -200,7 +203,8 @@ def to_problem(exc: Exception) -> Problem:
 
 
 def problem_exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    problem = to_problem(exc)
+    runtime = getattr(request.app.state, "runtime", None)
+    problem = to_problem(exc, max_body_bytes=runtime.settings.max_body_bytes if runtime is not None else None)
     if problem.status >= 500:
         log.error(
             "request failed: %s %s -> %s (%s: %s)",

@@ -7,9 +7,11 @@ from typing import Any
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 
+from app.http.params import query_rules
 from app.http.problems import ProblemDetails
 
 BEARER = "BearerAuth"
+DPOP = "DPoP"
 
 _PROBLEMS = {
     400: "Invalid request, header, filter, limit or continuation token",
@@ -18,6 +20,7 @@ _PROBLEMS = {
     404: "No such object in this tenant and project",
     429: "Tenant request budget spent (see Retry-After)",
     412: "If-Match does not match the current ETag",
+    413: "The request body exceeds JOBGATE_MAX_BODY_BYTES (default 1048576); the detail names the limit in bytes",
     503: "A backing service is unavailable, or the verification keys could not be fetched for too long (see Retry-After)",
 }
 
@@ -50,24 +53,30 @@ def protected(
     cache: str = "console",
     submission: bool = False,
     problems: tuple[int, ...] = (),
+    location: tuple[int, ...] = (),
     **described: str,
 ) -> dict[str, Any]:
     """Keyword arguments for a route decorator behind the envelope.
 
-    ``scope`` is enforced by the envelope. A mutation names its audit ``action`` (and ``target``,
-    the path parameter that identifies its object); a route without ``action`` is a read.
+    ``scope`` is enforced by the envelope and stated in the contract: a bearer or a DPoP-bound token
+    granting it (two alternative security requirements). A mutation names its audit ``action``
+    (and ``target``, the path parameter that identifies its object); a route without ``action`` is
+    a read. ``location`` lists the success statuses whose answer carries ``Location`` (documented
+    by ``app/http/openapi.py``). Every route's query string passes :func:`query_rules`.
     """
     mutating = action is not None
     statuses = (400, 401, 403, 429, 503, *problems)
     if mutating:
+        statuses = (*statuses, 413)
         described.setdefault("s409", "Conflict with the current state, or the Idempotency-Key is in flight")
         described.setdefault("s422", "Idempotency-Key reused with a different request")
-    opt: dict[str, Any] = {"scope": scope, "cache": cache if not mutating else "none"}
+    opt: dict[str, Any] = {"scope": scope, "cache": cache if not mutating else "none", "location": location}
     if mutating:
         opt.update(action=action, target=target, submission=submission)
     return {
         "opt": opt,
-        "security": [{BEARER: []}],
+        "security": [{BEARER: [scope]}, {DPOP: [scope]}],
+        "guards": [query_rules],
         "responses": problem_responses(*sorted(set(statuses)), **described),
     }
 

@@ -32,12 +32,13 @@ from app.domain.deadletter.schemas import (
 )
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
-from app.http.params import instant_query, parse_instant
+from app.http.params import enum_query, instant_query, parse_instant
 from app.http.routes import location, protected
 
 DeadLetteredFrom = instant_query("deadLetteredFrom", "Only entries dead-lettered at or after this instant")
 DeadLetteredTo = instant_query("deadLetteredTo", "Only entries dead-lettered before this instant")
 EntryId = Annotated[str, Parameter(max_length=64, description="The dead-letter entry's id")]
+EntryStatusFilter = enum_query(EntryStatus, "EntryStatus", description="Only entries in this status")
 
 
 @get(
@@ -90,7 +91,7 @@ async def list_entries(
     category: Annotated[str | None, Parameter(max_length=64)] = None,
     error_code: Annotated[str | None, Parameter(query="errorCode", max_length=128)] = None,
     source_id: Annotated[str | None, Parameter(query="sourceId", max_length=64)] = None,
-    status: EntryStatus | None = None,
+    status: EntryStatusFilter = None,
     dead_lettered_from: DeadLetteredFrom = None,
     dead_lettered_to: DeadLetteredTo = None,
 ) -> EntryPage:
@@ -117,6 +118,8 @@ async def list_entries(
     "/jobengine/deadletter/{entryId:str}",
     **protected("orch:operate", problems=(304, 404)),
     summary="One dead-letter entry",
+    description="An entry of the tenant (and project) with its error, status and replay history; another "
+    "tenant's or project's entry is 404.",
     tags=["deadletter"],
 )
 async def get_entry(session: AsyncSession, caller: Caller, entryId: EntryId) -> EntryView:
@@ -129,6 +132,7 @@ async def get_entry(session: AsyncSession, caller: Caller, entryId: EntryId) -> 
         "orch:backfill",
         action="deadletter.replay",
         target="entryId",
+        location=(202,),
         problems=(404,),
         s409="`replay_in_progress` (the entry is replaying), `already_replayed` (replayed), `entry_discarded` "
         "(discarded), or the Idempotency-Key is in flight",
@@ -180,7 +184,7 @@ async def replay_batch(data: BatchReplayRequest, mutation: Mutation) -> Response
     return await mutation.commit(target=target, status=200, content=result)
 
 
-PENDING_ENVELOPE = protected("orch:backfill", action="deadletter.replay_pending")
+PENDING_ENVELOPE = protected("orch:backfill", action="deadletter.replay_pending", location=(202,))
 PENDING_ENVELOPE["responses"][200] = ResponseSpec(
     data_container=ReplayPendingPreview,
     description="Dry run: what would be replayed; nothing changed",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -132,12 +132,23 @@ class BatchReplayResult(msgspec.Struct, rename="camel"):
 
 
 class ReplayFilter(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
-    job_type: FilterText | None = None
-    category: FilterText | None = None
-    error_code: FilterText | None = None
-    source_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-    dead_lettered_from: datetime | None = None
-    dead_lettered_to: datetime | None = None
+    """At least one criterion (an empty filter is 400 `validation_failed`). A criterion is left out,
+    never ``null``: ``null`` is refused when decoding (400), as the contract says; a criterion left
+    out is None here (msgspec does not check defaults against the type)."""
+
+    schema_extra: ClassVar[dict[str, Any]] = {
+        "minProperties": 1,
+        "description": "Which pending entries to replay: at least one criterion, each left out rather than "
+        "null. `deadLetteredFrom` is inclusive, `deadLetteredTo` exclusive; an empty or reversed range "
+        "matches nothing.",
+    }
+
+    job_type: FilterText = None  # type: ignore[assignment]
+    category: FilterText = None  # type: ignore[assignment]
+    error_code: FilterText = None  # type: ignore[assignment]
+    source_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = None  # type: ignore[assignment]
+    dead_lettered_from: datetime = None  # type: ignore[assignment]
+    dead_lettered_to: datetime = None  # type: ignore[assignment]
 
 
 class ReplayPendingRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):

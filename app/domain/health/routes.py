@@ -27,7 +27,13 @@ class Readiness(msgspec.Struct):
     keys: str
 
 
-@get("/healthz", **PUBLIC, summary="Process is up", tags=["health"])
+@get(
+    "/healthz",
+    **PUBLIC,
+    summary="Process is up",
+    description="Answers 200 while the process serves requests; checks nothing else.",
+    tags=["health"],
+)
 async def healthz() -> Health:
     return Health(status="ok")
 
@@ -44,6 +50,8 @@ async def _check(probe: Any) -> str:
     "/readyz",
     **PUBLIC,
     summary="Database (at this code's schema) and Redis reachable, verification keys current",
+    description="200 with each dependency's state when the gateway can serve protected routes; 503 "
+    "`not_ready` (with `Retry-After`) naming the dependency that is not.",
     tags=["health"],
     responses=problem_responses(
         s503="The database or Redis is unreachable, the database schema lacks this code's migrations, "
@@ -77,7 +85,15 @@ async def readyz(request: Request[Any, Any, Any]) -> Readiness:
     return Readiness(status="ok", database=db, redis=redis, keys=keys)
 
 
-@get("/metrics", **PUBLIC, summary="Prometheus metrics", tags=["health"], media_type="text/plain; version=0.0.4")
+@get(
+    "/metrics",
+    **PUBLIC,
+    summary="Prometheus metrics",
+    description="Prometheus text exposition (version 0.0.4): request, job, pool and worker metrics; with "
+    "several workers, the sum of every process.",
+    tags=["health"],
+    media_type="text/plain; version=0.0.4",
+)
 async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
     runtime = request.app.state.runtime
     body = await metrics.render(lambda: jobs.live_counts(runtime.read_sessions))

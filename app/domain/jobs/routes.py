@@ -14,11 +14,13 @@ from app.domain.jobs import submission as submissions
 from app.domain.jobs.schemas import JobPage, JobStatus, JobSummary, JobView
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
+from app.http.params import enum_query
 from app.http.routes import location, protected
 
 JobId = Annotated[str, Parameter(max_length=64, description="The job's id")]
 JobTypeFilter = Annotated[str | None, Parameter(query="jobType", max_length=128)]
 SourceFilter = Annotated[str | None, Parameter(query="sourceId", max_length=64)]
+JobStatusFilter = enum_query(JobStatus, "JobStatus", description="Only jobs in this status")
 
 
 @get(
@@ -47,7 +49,7 @@ async def list_jobs(
     caller: Caller,
     limit: Limit = 50,
     continuation_token: ContinuationToken = None,
-    status: JobStatus | None = None,
+    status: JobStatusFilter = None,
     job_type: JobTypeFilter = None,
     source_id: SourceFilter = None,
     pack_run_id: Annotated[str | None, Parameter(query="packRunId", max_length=64)] = None,
@@ -66,6 +68,8 @@ async def list_jobs(
     "/jobengine/jobs/{jobId:str}",
     **protected("orch:read", problems=(304, 404)),
     summary="One job",
+    description="A job of the tenant (and project) with its attempts and status; another tenant's or "
+    "project's job is 404. Revalidate with `If-None-Match`.",
     tags=["jobs"],
 )
 async def get_job(session: AsyncSession, caller: Caller, jobId: JobId) -> JobView:
@@ -78,6 +82,7 @@ async def get_job(session: AsyncSession, caller: Caller, jobId: JobId) -> JobVie
         "orch:submit",
         action="job.submit",
         submission=True,
+        location=(201,),
         problems=(404,),
         s409="The source is disabled (`source_disabled`), or the Idempotency-Key is in flight",
     ),

@@ -30,6 +30,7 @@ from app.domain.operations.schemas import (
     TenantOperationProgressOverlay,
 )
 from app.http.paging import ContinuationToken, Limit
+from app.http.params import enum_query
 from app.http.routes import location, protected
 from app.storage.models import OperationRun
 from app.storage.pages import Keyset, PageQuery, fetch_built_page, fetch_page, where_present
@@ -71,6 +72,14 @@ CANONICAL_ITEMS = 100
 POLL_INTERVAL = "10s"
 ACTIVE_TABS = {"active": ("queued", "running"), "completed": ("completed",)}
 TAGS = ["operations"]
+RunStatusFilter = enum_query(RunStatus, "RunStatus", description="Only runs in this status")
+RunOutcomeFilter = enum_query(RunOutcome, "RunOutcome", description="Only runs with this outcome")
+FreshnessFilter = enum_query(
+    ListedFreshness, "ListedFreshness", query="freshness_state", description="Only runs in this freshness state"
+)
+ProblemClassFilter = enum_query(
+    ProblemClass, "ProblemClass", query="problemClass", description="Only runs of this derived problem class"
+)
 
 
 def _thresholds(request: Request[Any, Any, Any]) -> Thresholds:
@@ -110,11 +119,13 @@ async def list_operations(
     caller: Caller,
     limit: Limit = 50,
     continuation_token: ContinuationToken = None,
-    status: RunStatus | None = None,
-    outcome: RunOutcome | None = None,
+    status: RunStatusFilter = None,
+    outcome: RunOutcomeFilter = None,
     run_type: Annotated[str | None, Parameter(query="type")] = None,
-    tenant_id: Annotated[int | None, Parameter(query="tenant_id")] = None,
-    freshness_state: Annotated[ListedFreshness | None, Parameter(query="freshness_state")] = None,
+    tenant_id: Annotated[
+        int | None, Parameter(query="tenant_id", description="Only runs of this tenant (integer id)")
+    ] = None,
+    freshness_state: FreshnessFilter = None,
     reconciled: bool | None = None,
 ) -> OperationRunPage:
     runtime = _runtime(request)
@@ -162,6 +173,8 @@ async def list_operations(
     "/api/admin/operations/{operationRun:int}",
     **protected("orch:read", cache="poll", problems=(304, 404)),
     summary="One operation run with its reconciliation and diagnostics",
+    description="A visible run (spec §7) with `freshness_state` derived at request time, its reconciliation "
+    "record and diagnostics; an id that is not a visible run (also 0, negative or out of range) is 404.",
     tags=TAGS,
 )
 async def get_operation(
@@ -171,7 +184,13 @@ async def get_operation(
     return service.detail(run, service.projection(run, service.now_utc(), _thresholds(request), "detail"))
 
 
-TenantPath = Annotated[int, Parameter(description="The tenant's integer id (a visible tenant, else 404)")]
+TenantPath = Annotated[
+    int,
+    Parameter(description="The tenant's integer id (a visible tenant, else 404)", schema_extra={"minimum": 1}),
+]
+RunPath = Annotated[
+    int, Parameter(description="The operation run's id (a visible run, else 404)", schema_extra={"minimum": 1})
+]
 
 
 @get(
@@ -251,10 +270,15 @@ async def canonical_list(
     session: AsyncSession,
     caller: Caller,
     tenant: Annotated[
-        int | None, Parameter(query="tenant", description="Tenant prefilter (integer id)")
+        int | None,
+        Parameter(
+            query="tenant",
+            description="Tenant prefilter (integer id; a tenant that is not visible, or below 1, is 404)",
+            schema_extra={"minimum": 1},
+        ),
     ] = None,
     active_tab: Annotated[str | None, Parameter(query="activeTab")] = None,
-    problem_class: Annotated[ProblemClass | None, Parameter(query="problemClass")] = None,
+    problem_class: ProblemClassFilter = None,
 ) -> OperationRunCollectionContract:
     seen = await service.visibility(caller, _runtime(request))
     stmt = seen.select()
@@ -280,10 +304,12 @@ async def canonical_list(
     "/admin/operations/{run:int}",
     **protected("orch:read", cache="poll", problems=(304, 404)),
     summary="Canonical run detail: the summary first, diagnostics after it",
+    description="The canonical detail of a visible run: its active-state summary, then its diagnostics; an "
+    "id that is not a visible run is 404.",
     tags=TAGS,
 )
 async def canonical_detail(
-    request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, run: int
+    request: Request[Any, Any, Any], session: AsyncSession, caller: Caller, run: RunPath
 ) -> OperationRunDetailContract:
     row, _ = await _load(request, session, caller, run)
     return service.detail_contract(row, service.projection(row, service.now_utc(), _thresholds(request), "detail"))

@@ -14,9 +14,11 @@ from app.domain.packruns import actions, service
 from app.domain.packruns.schemas import PackRunPage, PackRunStatus, PackRunSubmit, PackRunView
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
+from app.http.params import enum_query
 from app.http.routes import location, protected
 
 PackRunId = Annotated[str, Parameter(max_length=64, description="The pack run's id")]
+PackRunStatusFilter = enum_query(PackRunStatus, "PackRunStatus", description="Only pack runs in this status")
 
 
 @get(
@@ -32,7 +34,7 @@ async def list_pack_runs(
     caller: Caller,
     limit: Limit = 50,
     continuation_token: ContinuationToken = None,
-    status: PackRunStatus | None = None,
+    status: PackRunStatusFilter = None,
     pack_name: Annotated[str | None, Parameter(query="packName", max_length=200)] = None,
 ) -> PackRunPage:
     return await service.list_pack_runs(
@@ -50,6 +52,8 @@ async def list_pack_runs(
     "/jobengine/pack-runs/{packRunId:str}",
     **protected("orch:read", problems=(304, 404)),
     summary="One pack run",
+    description="A pack run of the tenant (and project) with its step counts; another tenant's or "
+    "project's run is 404. Revalidate with `If-None-Match`.",
     tags=["pack-runs"],
 )
 async def get_pack_run(session: AsyncSession, caller: Caller, packRunId: PackRunId) -> PackRunView:
@@ -76,6 +80,7 @@ def _location(request: Request[Any, Any, Any], run_id: str) -> dict[str, str]:
         "orch:submit",
         action="packrun.submit",
         submission=True,
+        location=(201,),
         problems=(404,),
         s409="The source is disabled (`source_disabled`), or the Idempotency-Key is in flight",
     ),
@@ -127,6 +132,7 @@ async def cancel_pack_run(packRunId: PackRunId, mutation: Mutation) -> Response[
         "orch:backfill",
         action="packrun.retry",
         target="packRunId",
+        location=(201,),
         problems=(404,),
         s409="The run is not failed, canceled or blocked (`run_not_retryable`), or the Idempotency-Key is in flight",
     ),

@@ -65,6 +65,8 @@ async def quota_summary(session: AsyncSession, caller: Caller) -> QuotaSummary:
     "/jobengine/quotas/{quotaId:str}",
     **protected("orch:quota", problems=(304, 404)),
     summary="One quota",
+    description="A quota of the tenant; another tenant's quota is 404. Its `ETag` is the one `If-Match` "
+    "takes on PUT and DELETE.",
     tags=["quotas"],
 )
 async def get_quota(session: AsyncSession, caller: Caller, quotaId: QuotaId) -> QuotaView:
@@ -83,6 +85,7 @@ LIMITS = (
     **protected(
         "orch:quota",
         action="quota.create",
+        location=(201,),
         s409="`quota_exists`: the tenant already has a quota "
         "for this jobType (also when two creates race), or the Idempotency-Key is in flight",
     ),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -68,7 +68,12 @@ Burst = Annotated[
 ]
 
 
+_CROSS_FIELD = "`burst` must not exceed `maxPerHour` (else 400 `validation_failed`), a rule JSON Schema cannot state."
+
+
 class QuotaCreate(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    schema_extra: ClassVar[dict[str, Any]] = {"description": "One quota per jobType in the tenant. " + _CROSS_FIELD}
+
     job_type: JobTypeText
     max_active: MaxActive
     max_per_hour: MaxPerHour
@@ -77,6 +82,11 @@ class QuotaCreate(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
 
 class QuotaReplace(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     """Full replace of the limits; ``jobType`` may be repeated but never changed."""
+
+    schema_extra: ClassVar[dict[str, Any]] = {
+        "description": "Full replace of the limits; `jobType` may be repeated but never changed (409 "
+        "`job_type_immutable`). " + _CROSS_FIELD
+    }
 
     max_active: MaxActive
     max_per_hour: MaxPerHour

@@ -50,6 +50,8 @@ async def list_sources(
     "/jobengine/sources/{sourceId:str}",
     **protected("orch:read", problems=(304, 404)),
     summary="One job source",
+    description="A source of the tenant (and project) with its job counts; another tenant's or project's "
+    "source is 404. Revalidate with `If-None-Match`.",
     tags=["sources"],
 )
 async def get_source(session: AsyncSession, caller: Caller, sourceId: SourceId) -> SourceView:
@@ -58,7 +60,7 @@ async def get_source(session: AsyncSession, caller: Caller, sourceId: SourceId) 
 
 @post(
     "/jobengine/sources",
-    **protected("orch:operate", action="source.create"),
+    **protected("orch:operate", action="source.create", location=(201,)),
     status_code=201,
     summary="Register a job source",
     description="`sourceId` is assigned by the server unless given. Answers 201 with `Location` and `ETag`.",
@@ -80,7 +82,10 @@ async def create_source(
     "/jobengine/sources/{sourceId:str}",
     **protected("orch:operate", action="source.replace", target="sourceId", problems=(404, 412)),
     summary="Replace a job source",
-    description="Full replace of the mutable fields. Send `If-Match` with the current ETag to avoid lost updates.",
+    description="Full replace: the source becomes what the body says. `name` and `sourceType` are required; an "
+    "absent `enabled`, `projectId` or `description` takes its default as on create (`enabled` true, `projectId` "
+    "the X-Stella-Project header's project or none, no `description`), it does not keep the current value. Send "
+    "`If-Match` with the current ETag to avoid lost updates (412 `precondition_failed` when stale).",
     tags=["sources"],
 )
 async def replace_source(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -40,7 +40,17 @@ class SourcePage(msgspec.Struct, rename="camel"):
     continuation_token: str | None
 
 
+_DEFAULTS = (
+    "An absent field takes its default: `enabled` true, `projectId` the X-Stella-Project header's project "
+    "(none without the header), no `description`."
+)
+
+
 class SourceCreate(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """A new source; absent optional fields take their defaults (``_DEFAULTS``)."""
+
+    schema_extra: ClassVar[dict[str, Any]] = {"description": "A new job source. " + _DEFAULTS}
+
     name: NameText
     source_type: SourceTypeText
     source_id: SourceIdText | None = None
@@ -50,10 +60,16 @@ class SourceCreate(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
 
 
 class SourceReplace(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
-    """Full replace: every mutable field is sent."""
+    """Full replace: the source becomes what the body says; an absent optional field takes the same
+    default as on create, it does not keep the current value."""
+
+    schema_extra: ClassVar[dict[str, Any]] = {
+        "description": "Full replace: the source becomes what the body says. " + _DEFAULTS + " An absent field "
+        "does not keep the current value."
+    }
 
     name: NameText
     source_type: SourceTypeText
-    enabled: bool
-    project_id: ProjectIdText | None
-    description: DescriptionText | None
+    enabled: bool = True
+    project_id: ProjectIdText | None = None
+    description: DescriptionText | None = None
