@@ -247,6 +247,7 @@ async def test_concurrent_replays_in_one_process_create_one_job(client, factory,
     assert len(await replay_jobs(runtime, tenant)) == 1
 
 
+@pytest.mark.backends("postgresql")  # two processes share one database server
 async def test_fifty_concurrent_replays_across_two_gateway_processes_create_exactly_one_job(
     factory, runtime, two_gateways
 ):
