@@ -75,6 +75,11 @@ async def require_scope(connection: Connection, handler: BaseRouteHandler) -> No
     caller: Caller | None = connection.scope.get("user")
     if caller is not None:
         authorise(caller, handler.opt.get("scope"))
+    elif handler.opt.get("scope") is not None:
+        # A route that declares a scope but reached its guards without a caller (authentication
+        # skips OPTIONS, for one): refused, never let through.
+        log.error("a scoped route was reached without authentication; refused (fail closed)")
+        raise Problem(401, "unauthenticated", "Authentication is required.")
 
 
 async def require_operator(connection: Connection, handler: BaseRouteHandler) -> None:

@@ -218,3 +218,21 @@ async def test_openapi_document_is_public(client):
     response = await client.get("/schema/openapi.json")
     assert response.status_code == 200
     assert "/jobengine/sources" in response.json()["paths"]
+
+
+async def test_a_scoped_route_that_authentication_skips_is_refused_not_let_through():
+    """Litestar's authentication middleware skips OPTIONS; a declared OPTIONS route with a scope
+    must still be refused by the scope guard rather than answered without a caller."""
+    from litestar import route
+
+    from app.security.guards import require_scope
+
+    @route("/probe", http_method=["OPTIONS"], opt={"scope": "orch:read"}, guards=[require_scope])
+    async def probe() -> str:
+        return "reached"
+
+    app = Litestar(route_handlers=[probe], exception_handlers={Exception: problem_exception_handler})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        response = await client.options("/probe")
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthenticated"
