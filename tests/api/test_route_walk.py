@@ -46,6 +46,18 @@ INTEGER_PATH_VALUES = ("operationRun", "run", "tenant")  # filled from the datab
 INTEGER_QUERY_VALUES = ("tenant_id", "tenant")
 
 
+def resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$ref`` (and its ``oneOf`` members' ones) followed in ``document``."""
+    while "$ref" in schema:
+        node: Any = document
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            node = node[part]
+        schema = node
+    if "oneOf" in schema:
+        schema = {**schema, "oneOf": [resolve(document, option) for option in schema["oneOf"]]}
+    return schema
+
+
 def _choices(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return [option for option in schema.get("oneOf", [schema]) if option.get("type") != "null"]
 
@@ -87,7 +99,8 @@ def calls(document: dict[str, Any], ids: dict[str, Any]) -> Iterator[tuple[str, 
         yield template, url, {}, True
         for parameter in parameters:
             if parameter["in"] == "query":
-                for value in query_values(parameter["name"], parameter.get("schema", {}), ids):
+                schema = resolve(document, parameter.get("schema", {}))
+                for value in query_values(parameter["name"], schema, ids):
                     yield template, url, {parameter["name"]: value}, False
         if any(p["name"] == "continuationToken" for p in parameters):
             yield template, url, {"limit": 2}, False
