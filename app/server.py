@@ -41,6 +41,7 @@ from app.http.mutation import provide_caller, provide_mutation, provide_submissi
 from app.http.observability import RequestObserver
 from app.http.options import AutomaticOptions
 from app.http.openapi import close_strict_objects
+from app.http.params import query_rules
 from app.http.problems import problem_exception_handler
 from app.http.requests import GatewayRequest
 from app.http.routes import BEARER
@@ -49,7 +50,7 @@ from app.logs import configure_logging
 from app.runtime import Runtime
 from app.security.audit import MutationAudit
 from app.security.authentication import CallerAuthentication
-from app.security.guards import RateLimitGuard, require_operator, require_scope
+from app.security.guards import Guards, RateLimitGuard, require_operator, require_scope
 from app.security.hosts import HostCheck, allowed_hosts_config
 from app.settings import Settings, load_settings
 from app.storage.rates import RateShares
@@ -108,7 +109,14 @@ def create_app(
         # The envelope, in the order a request meets it (middleware first, then the guards, then
         # the before_request hook); docs/design.md "The request path".
         middleware=envelope_middleware(runtime, OPENAPI_PATH, idempotency),
-        guards=[RateLimitGuard(RateShares(runtime.store), settings.rate_limit), require_scope, require_operator],
+        guards=[
+            Guards(
+                RateLimitGuard(RateShares(runtime.store), settings.rate_limit),
+                require_scope,
+                require_operator,
+                query_rules,
+            )
+        ],
         before_request=IdempotencyClaim(idempotency),
         request_class=GatewayRequest,
         dependencies={

@@ -22,6 +22,7 @@ from litestar.openapi.spec import (
 )
 
 from app.http.routes import DPOP as DPOP_SCHEME_NAME
+from app.security import header_rules
 
 
 def _structs(annotation: Any, seen: set[type]) -> Iterator[type[msgspec.Struct]]:
@@ -136,6 +137,76 @@ IF_MATCH = Parameter(
     "object changed since. Without it the change is unconditional",
 )
 _NULL = OpenAPIType.NULL
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _header_parameter(name: str, description: str, *, required: bool = False, **rules: Any) -> Parameter:
+    """A request header the pipeline reads and checks itself (authentication, the guards, the
+    Idempotency-Key hook): documented here, so no handler declares (and re-validates) it."""
+    if required:
+        schema = Schema(type=OpenAPIType.STRING, description=description, **rules)
+    else:
+        schema = Schema(one_of=[_STRING, Schema(type=_NULL)], description=description, **rules)
+    return Parameter(
+        name=name, param_in=ParamType.HEADER, required=required, deprecated=False, description=description,
+        schema=schema,
+    )  # fmt: skip
+
+
+# Every protected operation: the caller's headers; every mutation: the Idempotency-Key; an operator's
+# mutation (not a submission): its reason and ticket.
+CALLER_HEADERS = (
+    _header_parameter(
+        "X-Stella-Tenant",
+        "Tenant key; must be granted by the token's tenant claim (byte-exact)",
+        required=True,
+        pattern=header_rules.TENANT_PATTERN,
+    ),
+    _header_parameter(
+        "X-Stella-Project", "Narrows every read and write to this project", pattern=header_rules.PROJECT_PATTERN
+    ),
+    _header_parameter(
+        "X-Stella-Trace-Id",
+        "Echoed on the response; a new one is generated when absent or not 8-128 of [A-Za-z0-9._:-]",
+    ),
+)
+OPERATOR_HEADERS = (
+    _header_parameter(
+        "X-Stella-Operator-Reason",
+        "Why the operator acts: 1-512 printable characters (UTF-8), no control characters",
+        required=True,
+        max_length=header_rules.REASON_MAX,
+        min_length=1,
+        pattern=header_rules.REASON_PATTERN,
+    ),
+    _header_parameter(
+        "X-Stella-Operator-Ticket",
+        "Ticket id: 1-128 printable characters (UTF-8)",
+        max_length=header_rules.TICKET_MAX,
+        min_length=1,
+        pattern=header_rules.TICKET_PATTERN,
+    ),
+)
+IDEMPOTENCY_HEADER = _header_parameter(
+    "Idempotency-Key",
+    "Same key and request replays the first response; another request with the key is 422; while the "
+    "first is in flight 409",
+    pattern=header_rules.IDEMPOTENCY_KEY_PATTERN,
+)
+
+
+def _envelope_headers(handler: Any, operation: Operation) -> None:
+    """The pipeline's request headers of a protected operation, after its path parameters."""
+    if not handler.opt.get("scope"):
+        return
+    headers = list(CALLER_HEADERS)
+    if _MUTATING & set(handler.http_methods):
+        if not handler.opt.get("submission"):
+            headers.extend(OPERATOR_HEADERS)
+        headers.append(IDEMPOTENCY_HEADER)
+    parameters = list(operation.parameters or [])
+    after = sum(1 for p in parameters if getattr(p, "param_in", None) == ParamType.PATH)
+    operation.parameters = [*parameters[:after], *headers, *parameters[after:]]
 
 
 def _header(name: str) -> Reference:
@@ -268,6 +339,7 @@ def finish_contract(app: Litestar) -> None:
     enums: dict[str, Schema] = {}
     for handler, operation in _operations(app):
         _unsupported_media_type(operation)
+        _envelope_headers(handler, operation)
         _document_headers(handler, operation)
         _shape_query(operation, enums)
     schemas = components.schemas or {}

@@ -60,7 +60,8 @@ _CANONICAL_INTEGER = re.compile(r"^-?(0|[1-9][0-9]*)$")
 _RESERVED = frozenset({"request", "socket", "state", "scope", "headers", "cookies", "query", "body", "data"})
 _PATH_PARAMETER = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _INTEGER, _NOT_NULL, _TEXT = "integer", "not-null", "text"
-_DECLARED: dict[Any, dict[str, str]] = {}  # per route handler, computed on its first request
+# Per route handler (by its function: guards receive a copy of the handler), computed on its first request.
+_DECLARED: dict[Any, dict[str, str]] = {}
 
 
 def _kind(field: Any) -> str:
@@ -76,7 +77,7 @@ def _kind(field: Any) -> str:
 
 def _query_parameters(handler: Any) -> dict[str, str]:
     """The handler's query parameters by their name in the query string, with their kind."""
-    cached = _DECLARED.get(handler)
+    cached = _DECLARED.get(handler.fn)
     if cached is not None:
         return cached
     skip = set(_RESERVED) | set(handler.resolve_dependencies())
@@ -89,7 +90,7 @@ def _query_parameters(handler: Any) -> dict[str, str]:
             continue
         alias = kwarg.query if isinstance(kwarg, ParameterKwarg) and kwarg.query else name
         declared[alias] = _kind(field)
-    _DECLARED[handler] = declared
+    _DECLARED[handler.fn] = declared
     return declared
 
 
@@ -102,9 +103,12 @@ def _refuse(name: str, message: str) -> Problem:
     )
 
 
-def query_rules(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def query_rules(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Each declared query parameter at most once; integers in canonical decimal form; ``null`` is
-    not a value of an integer, enum or boolean filter (leave the parameter out instead)."""
+    not a value of an integer, enum or boolean filter (leave the parameter out instead). Protected
+    routes only (public ones and the OpenAPI documents take no filters)."""
+    if not handler.opt.get("scope"):
+        return
     declared = _query_parameters(handler)
     if not declared:
         return

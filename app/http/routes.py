@@ -7,7 +7,6 @@ from typing import Any
 from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 
-from app.http.params import query_rules
 from app.http.problems import ProblemDetails
 
 BEARER = "BearerAuth"
@@ -62,7 +61,8 @@ def protected(
     granting it (two alternative security requirements). A mutation names its audit ``action``
     (and ``target``, the path parameter that identifies its object); a route without ``action`` is
     a read. ``location`` lists the success statuses whose answer carries ``Location`` (documented
-    by ``app/http/openapi.py``). Every route's query string passes :func:`query_rules`.
+    by ``app/http/openapi.py``). Every protected route's query string passes
+    :func:`app.http.params.query_rules` (the app's guards, ``app/security/guards.py``).
     """
     mutating = action is not None
     statuses = (400, 401, 403, 429, 503, *problems)
@@ -76,7 +76,6 @@ def protected(
     return {
         "opt": opt,
         "security": [{BEARER: [scope]}, {DPOP: [scope]}],
-        "guards": [query_rules],
         "responses": problem_responses(*sorted(set(statuses)), **described),
     }
 

@@ -231,7 +231,9 @@ async def test_a_scoped_route_that_authentication_skips_is_refused_not_let_throu
     async def probe() -> str:
         return "reached"
 
-    app = Litestar(route_handlers=[probe], exception_handlers={Exception: problem_exception_handler})
+    app = Litestar(
+        route_handlers=[probe], exception_handlers={Exception: problem_exception_handler}, logging_config=None
+    )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         response = await client.options("/probe")
     assert response.status_code == 401
