@@ -110,7 +110,7 @@ class Environment:
         finally:
             await conn.close()
         self.cli("db", "upgrade")
-        self.cli("tenants", "add", TENANT, "--workspace", TENANT)
+        self.cli("tenants", "add", TENANT, "--workspace", TENANT, "--create-workspace")
         conn = await asyncpg.connect(self.dsn)
         try:
             return int(await conn.fetchval("SELECT id FROM tenants WHERE key = $1", TENANT))

@@ -364,10 +364,11 @@ def run(
         "JOBGATE_CURSOR_SECRET": "bench:" + uuid.uuid4().hex,
         "JOBGATE_RATE_LIMIT": "1000000/second",
         "JOBGATE_DATA_DIR": str(workdir / "data"),
+        "JOBGATE_PUBLIC_URL": "http://gateway.bench",
     }
 
     print(f"database {db_name}, Redis prefix {prefix}")
-    for argv in (["db", "upgrade"], ["tenants", "add", rf.TENANT, "--workspace", rf.TENANT]):
+    for argv in (["db", "upgrade"], ["tenants", "add", rf.TENANT, "--workspace", rf.TENANT, "--create-workspace"]):
         done = subprocess.run(
             [rf.PYTHON, "-m", "app.cli", *argv],
             cwd=ROOT,

@@ -48,7 +48,7 @@ async def prepare(admin: str, database: str, entries: int, env: dict[str, str]) 
         [sys.executable, "-m", "app.cli", "db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True
     )
     subprocess.run(
-        [sys.executable, "-m", "app.cli", "tenants", "add", "bench", "--workspace", "bench"],
+        [sys.executable, "-m", "app.cli", "tenants", "add", "bench", "--workspace", "bench", "--create-workspace"],
         env=env,
         cwd=ROOT,
         check=True,

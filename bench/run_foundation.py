@@ -527,13 +527,14 @@ def gateway_settings(
         "JOBGATE_CURSOR_SECRET": "bench:" + uuid.uuid4().hex,
         "JOBGATE_RATE_LIMIT": "1000000/second",
         "JOBGATE_DATA_DIR": str(workdir / "data"),
+        "JOBGATE_PUBLIC_URL": "http://gateway.bench",
     }
     return base_env, gateway_env
 
 
 def prepare_tenant(gateway_env: dict[str, str]) -> None:
     """Migrate the throwaway database and register the bench tenant."""
-    for argv in (["db", "upgrade"], ["tenants", "add", TENANT, "--workspace", TENANT]):
+    for argv in (["db", "upgrade"], ["tenants", "add", TENANT, "--workspace", TENANT, "--create-workspace"]):
         done = subprocess.run(
             [PYTHON, "-m", "app.cli", *argv],
             cwd=ROOT,

@@ -41,7 +41,7 @@ def _prepare(admin: str, database: str, jobs: int) -> str:
     env = {**os.environ, "JOBGATE_DATABASE_URL": url, "JOBGATE_DATA_DIR": tempfile.mkdtemp()}
     subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], env=env, cwd=ROOT, check=True,
                    capture_output=True)
-    subprocess.run([sys.executable, "-m", "app.cli", "tenants", "add", "bench", "--workspace", "bench"], env=env,
+    subprocess.run([sys.executable, "-m", "app.cli", "tenants", "add", "bench", "--workspace", "bench", "--create-workspace"], env=env,
                    cwd=ROOT, check=True, capture_output=True)
     asyncio.run(_fill(f"{base}/{database}", jobs))
     return url
