@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from litestar import Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.caller import Caller
 
-if TYPE_CHECKING:
-    from app.runtime import Runtime
+
+class RequestSessions(Protocol):
+    """The session factories of the process (the runtime has them)."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    read_sessions: async_sessionmaker[AsyncSession]
 
 
 @asynccontextmanager
-async def read_session(runtime: Runtime, method: str) -> AsyncIterator[AsyncSession]:
+async def read_session(runtime: RequestSessions, method: str) -> AsyncIterator[AsyncSession]:
     """A session per request. Reads (GET) run in autocommit (no BEGIN/ROLLBACK round trips) and
     their list statements on the list reads' pool; writes run in one transaction that
     :meth:`Mutation.commit` commits.

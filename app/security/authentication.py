@@ -9,7 +9,7 @@ with a caller. An unauthenticated request learns nothing about tenants: credenti
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from litestar.connection import ASGIConnection
 from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
@@ -19,10 +19,14 @@ from app.core.caller import Caller
 from app.core.problems import Problem
 from app.http.tracing import ensure_trace_id, header_values
 from app.security import header_rules as rules
-from app.security.credentials import Credentials
+from app.security.credentials import Credentials, CredentialServices
+from app.storage.tenants import TenantRegistry
 
-if TYPE_CHECKING:
-    from app.runtime import Runtime
+
+class CallerServices(CredentialServices, Protocol):
+    """What authentication needs of the process (the runtime has it)."""
+
+    tenants: TenantRegistry
 
 PUBLIC_KEY = "public"  # the route ``opt`` key of routes outside authentication
 
@@ -31,7 +35,7 @@ _PROJECT = re.compile(rules.PROJECT_PATTERN)
 
 
 class CallerAuthentication(AbstractAuthenticationMiddleware):
-    def __init__(self, app: ASGIApp, runtime: Runtime, openapi_path: str | None = None) -> None:
+    def __init__(self, app: ASGIApp, runtime: CallerServices, openapi_path: str | None = None) -> None:
         base = "/" + (openapi_path or "/schema").strip("/")
         super().__init__(app, exclude=[rf"^{re.escape(base)}(/|$)"], exclude_from_auth_key=PUBLIC_KEY)
         self.runtime = runtime

@@ -4,27 +4,33 @@ claims, or a 401 with the RFC 6750/9449 challenge (503 while keys or the replay 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from litestar.types import Scope
 
 from app import metrics
 from app.core.problems import Problem
 from app.http.tracing import header_values
-from app.security.dpop import PROOF_ALGORITHMS, ReplayStoreUnavailable
+from app.security.dpop import PROOF_ALGORITHMS, ProofVerifier, ReplayStoreUnavailable
 from app.security.keys import KeysUnavailable
-from app.security.tokens import AuthError, Claims
-
-if TYPE_CHECKING:
-    from app.runtime import Runtime
+from app.security.tokens import AuthError, Claims, TokenVerifier
+from app.settings import Settings
 
 log = logging.getLogger("jobgate.envelope")
 
 REALM = "stella-jobengine"
 
 
+class CredentialServices(Protocol):
+    """What verifying credentials needs of the process (the runtime has it)."""
+
+    settings: Settings
+    tokens: TokenVerifier
+    proofs: ProofVerifier
+
+
 class Credentials:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: CredentialServices) -> None:
         self.runtime = runtime
         self.dpop_mode = runtime.settings.dpop
         self.public_url = runtime.settings.public_url
