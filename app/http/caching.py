@@ -61,7 +61,7 @@ def matches(header: str | None, etag: str, *, strong: bool = False) -> bool:
 
 def conditional(content: Any, policy: str, if_none_match: str | None) -> tuple[bytes | None, dict[str, str]]:
     """A GET's canonical body (None when ``If-None-Match`` holds its ETag: a 304) and the headers
-    either answer carries; for :class:`GatewayResponse` and the direct reads (``app/http/direct.py``)."""
+    either answer carries."""
     body = encode(content)
     etag = etag_of_body(body)
     headers = {"ETag": etag, "Cache-Control": CACHE_POLICIES[policy], "Vary": VARY}
