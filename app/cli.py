@@ -347,7 +347,7 @@ def worker(
         metrics.serve_process_metrics(metrics_host, metrics_port)
 
     async def work() -> None:
-        runtime = Runtime.create(settings)
+        runtime = Runtime.create(settings, list_reads=False)
         if settings.is_sqlite:
             await upgrade(runtime.engine)
         unwatch_pool = metrics.watch_pool(runtime.engine)
@@ -373,7 +373,7 @@ def reconcile() -> None:
     from app.runtime import Runtime
 
     async def work(settings: Settings) -> dict[str, Any]:
-        runtime = Runtime.create(settings)
+        runtime = Runtime.create(settings, list_reads=False)
         try:
             await runtime.start()
             return await reconcile_once(runtime)

@@ -13,7 +13,7 @@ from app.security.keys import KeySet, dev_signing_key
 from app.security.tokens import TokenVerifier
 from app.settings import Settings
 from app.storage import migrate
-from app.storage.db import create_engine, read_pool_size, session_factory
+from app.storage.db import create_engine, read_pool_size, session_factory, session_pool_size
 from app.storage.reads import SESSION_INFO_KEY, ListReads, open_list_reads
 from app.storage.shared import SharedStore, create_store
 from app.storage.tenants import TenantRegistry
@@ -36,8 +36,11 @@ class Runtime:
     list_reads: ListReads | None  # PostgreSQL only (app/storage/reads.py)
 
     @classmethod
-    def create(cls, settings: Settings) -> Runtime:
-        engine = create_engine(settings)
+    def create(cls, settings: Settings, *, list_reads: bool = True) -> Runtime:
+        """The runtime of a gateway process; ``list_reads=False`` for a process that serves no
+        lists (a worker, a command): its sessions then have the whole connection budget."""
+        reads = list_reads and not settings.is_sqlite
+        engine = create_engine(settings, pool_size=session_pool_size(settings) if reads else None)
         sessions = session_factory(engine)
         store = create_store(settings.redis_url, settings.redis_prefix)
         if settings.uses_dev_keys:
@@ -49,7 +52,7 @@ class Runtime:
             refresh_seconds=settings.jwks_refresh_seconds,
             max_stale_seconds=settings.jwks_max_stale_seconds,
         )
-        list_reads = open_list_reads(settings, engine, size=read_pool_size(settings))
+        list_reads = open_list_reads(settings, engine, size=read_pool_size(settings)) if reads else None
         return cls(
             settings=settings,
             engine=engine,

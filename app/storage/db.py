@@ -37,7 +37,9 @@ def session_pool_size(settings: Settings) -> int:
     return max(1, settings.database_pool_size - read_pool_size(settings))
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+    """``pool_size``: the sessions' pool (default the whole ``JOBGATE_DATABASE_POOL_SIZE``; a
+    gateway gives half of it to the list reads, :func:`session_pool_size`)."""
     if settings.is_sqlite:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
@@ -58,7 +60,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # A fixed pool: overflow connections would be opened and closed again under every burst.
         # The list reads have a pool of their own (app/storage/reads.py); the two share the
         # process's budget of JOBGATE_DATABASE_POOL_SIZE connections.
-        pool_size=session_pool_size(settings),
+        pool_size=pool_size or settings.database_pool_size,
         max_overflow=0,
         pool_timeout=5,
         # No ping per checkout (a round trip on every request): a connection broken by a database

@@ -338,3 +338,14 @@ async def test_every_operation_run_list_shape_reads_the_same_rows(runtime, facto
             assert driver == plain, (present, continued, tenants)
             nonempty += bool(plain)
     assert nonempty >= 10
+
+
+async def test_a_gateway_splits_its_connection_budget_and_a_worker_takes_all_of_it(gateway_env):
+    settings = load_settings({**gateway_env, "JOBGATE_DATABASE_POOL_SIZE": "8"})
+    gateway, worker = Runtime.create(settings), Runtime.create(settings, list_reads=False)
+    try:
+        assert (gateway.engine.sync_engine.pool.size(), gateway.list_reads.size) == (4, 4)
+        assert worker.engine.sync_engine.pool.size() == 8 and worker.list_reads is None
+    finally:
+        await gateway.stop()
+        await worker.stop()
