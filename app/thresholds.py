@@ -41,6 +41,9 @@ DEFAULTS: Mapping[str, TypeThresholds] = {
     "deadletter.replay_batch": TypeThresholds(
         queued_seconds=300, heartbeat_seconds=120, reconcile_after_seconds=900
     ),
+    "deadletter.discard_pending": TypeThresholds(
+        queued_seconds=300, heartbeat_seconds=120, reconcile_after_seconds=900
+    ),
     "ops.reconcile": TypeThresholds(queued_seconds=300, heartbeat_seconds=120, reconcile_after_seconds=600),
     FALLBACK: TypeThresholds(queued_seconds=900, heartbeat_seconds=300, reconcile_after_seconds=1800),
 }

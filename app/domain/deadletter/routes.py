@@ -1,4 +1,5 @@
-"""Routes of dead-letter entries: reads, and the replay actions (single, batch, by filter)."""
+"""Routes of dead-letter entries: reads, the replay actions (single, batch, by filter), and the
+discard actions (single, batch, by filter) with restore."""
 
 from __future__ import annotations
 
@@ -10,17 +11,24 @@ from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
-from app.domain.deadletter import replay, service
+from app.domain.deadletter import discard, replay, service
 from app.domain.deadletter.schemas import (
     BATCH_MAX,
+    DISCARD_MAX_ENTRIES_DEFAULT,
+    DISCARD_MAX_ENTRIES_MAX,
     MAX_ENTRIES_DEFAULT,
     MAX_ENTRIES_MAX,
     RATE_DEFAULT,
     RATE_MAX,
     SAMPLE_SIZE,
+    BatchDiscardRequest,
+    BatchDiscardResult,
     BatchReplayRequest,
     BatchReplayResult,
     DeadLetterStats,
+    DiscardPendingPreview,
+    DiscardPendingRequest,
+    DiscardPendingResult,
     EntryPage,
     EntryStatus,
     EntryView,
@@ -226,12 +234,104 @@ async def replay_pending(
     )
 
 
+# -- discards ----------------------------------------------------------------------------------------
+
+
+@post(
+    "/jobengine/deadletter/{entryId:str}/discard",
+    **protected(
+        "orch:backfill",
+        action="deadletter.discard",
+        target="entryId",
+        problems=(404,),
+        s409="`replay_in_progress` (the entry is replaying), `entry_not_pending` (replayed or discarded "
+        "already), or the Idempotency-Key is in flight",
+    ),
+    status_code=200,
+    summary="Discard one dead-letter entry",
+    description="A pending entry becomes `discarded`: it is kept (and counted as discarded) but no longer "
+    "replayed, and can be restored. The transition is one guarded statement, so of concurrent discards of one "
+    "entry exactly one succeeds. Answers the entry. No request body.",
+    tags=["deadletter"],
+)
+async def discard_entry(entryId: EntryId, mutation: Mutation) -> Response[EntryView]:
+    entry = await discard.discard_one(mutation.session, mutation.caller, entryId)
+    return await mutation.commit(target=entryId, status=200, content=service.view(entry))
+
+
+@post(
+    "/jobengine/deadletter/{entryId:str}/restore",
+    **protected(
+        "orch:backfill",
+        action="deadletter.restore",
+        target="entryId",
+        problems=(404,),
+        s409="`entry_not_discarded` (the entry is not discarded), or the Idempotency-Key is in flight",
+    ),
+    status_code=200,
+    summary="Restore a discarded dead-letter entry",
+    description="A discarded entry becomes `pending` again (replayable, discardable). Entries are kept until "
+    "deleted (there is no retention window), so a discarded entry can be restored for as long as it exists. "
+    "One guarded statement. Answers the entry. No request body.",
+    tags=["deadletter"],
+)
+async def restore_entry(entryId: EntryId, mutation: Mutation) -> Response[EntryView]:
+    entry = await discard.restore_one(mutation.session, mutation.caller, entryId)
+    return await mutation.commit(target=entryId, status=200, content=service.view(entry))
+
+
+@post(
+    "/jobengine/deadletter/discard/batch",
+    **protected("orch:backfill", action="deadletter.discard_batch"),
+    status_code=200,
+    summary="Discard a set of dead-letter entries",
+    description=f"1-{BATCH_MAX} `entryIds` (more is 400). Duplicate ids are discarded once and reported once, in "
+    "first-occurrence order. Each id's outcome: `discarded`, `skipped` with `reason` (`replay_in_progress`, "
+    "`entry_not_pending`), or `not_found` (also another tenant's or project's id, which is left untouched). "
+    "Synchronous, one transaction, one guarded statement. `dryRun: true` changes nothing: it reports what would "
+    "happen.",
+    tags=["deadletter"],
+)
+async def discard_batch(data: BatchDiscardRequest, mutation: Mutation) -> Response[BatchDiscardResult]:
+    result = await discard.discard_batch(mutation.session, mutation.caller, data)
+    return await mutation.commit(target=None, status=200, content=result)
+
+
+@post(
+    "/jobengine/deadletter/discard/pending",
+    **protected("orch:backfill", action="deadletter.discard_pending"),
+    status_code=200,
+    summary="Discard pending dead-letter entries by filter",
+    description="`filter` as for a replay by filter (at least one criterion; an empty filter is 400). Only "
+    "`pending` entries dead-lettered before this request are taken, oldest first, at most `maxEntries` "
+    f"(1-{DISCARD_MAX_ENTRIES_MAX}, default {DISCARD_MAX_ENTRIES_DEFAULT}). `dryRun: true` answers the number "
+    f"of matching entries (`matched`), how many would be discarded (`wouldDiscard`) and the ids of the first "
+    f"{SAMPLE_SIZE} (`sample`), and changes nothing. Otherwise the entries are discarded in one transaction "
+    "with an operation run of type `deadletter.discard_pending`, created and completed in it (`summary_counts` "
+    "matched, discarded); the answer carries its id and counts. Entries another action holds at that moment "
+    "(a replay taking them) are left alone.",
+    tags=["deadletter"],
+)
+async def discard_pending(
+    data: DiscardPendingRequest, mutation: Mutation
+) -> Response[DiscardPendingPreview | DiscardPendingResult]:
+    if data.dry_run:
+        preview = await discard.preview_pending(mutation.session, mutation.caller, data)
+        return await mutation.commit(target=None, status=200, content=preview)
+    done = await discard.discard_pending(mutation.session, mutation.caller, data)
+    return await mutation.commit(target=str(done.operation_run_id), status=200, content=done)
+
+
 ROUTES = [
     deadletter_stats,
     deadletter_summary,
     list_entries,
     replay_batch,
     replay_pending,
+    discard_batch,
+    discard_pending,
     get_entry,
     replay_entry,
+    discard_entry,
+    restore_entry,
 ]

@@ -171,3 +171,59 @@ class ReplayPendingAccepted(msgspec.Struct, rename="camel"):
     operation_run_id: int
     status: str
     deduplicated: bool
+
+
+# -- discards -----------------------------------------------------------------------------------
+
+DISCARD_MAX_ENTRIES_DEFAULT = 1_000
+DISCARD_MAX_ENTRIES_MAX = 10_000  # one transaction: bounded
+
+DiscardOutcome = Literal["discarded", "skipped", "not_found"]
+DiscardSkipReason = Literal["replay_in_progress", "entry_not_pending"]
+
+
+class BatchDiscardRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    # Any string: an id that names no entry of the tenant is reported `not_found`.
+    entry_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=BATCH_MAX)]
+    dry_run: bool = False
+
+
+class DiscardEntryOutcome(msgspec.Struct, rename="camel", omit_defaults=True):
+    entry_id: str
+    outcome: DiscardOutcome
+    reason: DiscardSkipReason | None = None
+
+
+class BatchDiscardResult(msgspec.Struct, rename="camel"):
+    dry_run: bool
+    total: int
+    discarded: int
+    skipped: int
+    not_found: int
+    results: list[DiscardEntryOutcome]
+
+
+class DiscardPendingRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    filter: ReplayFilter
+    max_entries: Annotated[int, msgspec.Meta(ge=1, le=DISCARD_MAX_ENTRIES_MAX)] = DISCARD_MAX_ENTRIES_DEFAULT
+    dry_run: bool = False
+
+
+class DiscardPendingPreview(msgspec.Struct, rename="camel"):
+    """A dry run: what a discard with this filter would take now; nothing changes."""
+
+    dry_run: bool
+    matched: int
+    would_discard: int
+    sample: list[str]
+
+
+class DiscardPendingResult(msgspec.Struct, rename="camel"):
+    """A discard by filter, done: its operation run (completed) and its counts."""
+
+    dry_run: bool
+    operation_run_id: int
+    status: str
+    outcome: str
+    matched: int
+    discarded: int

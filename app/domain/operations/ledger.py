@@ -11,7 +11,8 @@ Identity rules of this product's run types (see docs/operations.md):
 - ``deadletter.replay_pending`` — deterministic over the filter: the same filter while its run is
   active returns that run;
 - ``ops.reconcile`` — deterministic per workspace: two reconcilers never run at once;
-- ``deadletter.replay_batch``, ``pack_run.execute``, ``pack_run.retry`` — unique per request
+- ``deadletter.replay_batch``, ``deadletter.discard_pending``, ``pack_run.execute``,
+  ``pack_run.retry`` — unique per request
   (a nonce), so two requests are two runs (a retry of one pack run is deduplicated by the
   pack-run service, which returns the active retry).
 """
@@ -33,7 +34,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.sanitize import sanitize
 from app.storage.models import ACTIVE_RUN_STATUSES, OperationRun
 
-RUN_TYPES = ("pack_run.execute", "pack_run.retry", "deadletter.replay_pending", "deadletter.replay_batch", "ops.reconcile")
+RUN_TYPES = (
+    "pack_run.execute",
+    "pack_run.retry",
+    "deadletter.replay_pending",
+    "deadletter.replay_batch",
+    "deadletter.discard_pending",
+    "ops.reconcile",
+)
 DETERMINISTIC_TYPES = frozenset({"deadletter.replay_pending", "ops.reconcile"})
 
 # The catalogue of summary_counts keys; anything else is dropped when counts are stored.
@@ -43,6 +51,7 @@ SUMMARY_KEYS = frozenset(
         "matched",
         "processed",
         "replayed",
+        "discarded",
         "skipped",
         "failed",
         "succeeded",

@@ -50,6 +50,7 @@ TYPE_LABELS = {
     "pack_run.retry": "Pack run retry",
     "deadletter.replay_pending": "Replay pending dead letters",
     "deadletter.replay_batch": "Replay dead-letter batch",
+    "deadletter.discard_pending": "Discard pending dead letters",
     "ops.reconcile": "Reconcile stale runs",
 }
 STATUS_LABELS = {"queued": "Queued", "running": "Running", "completed": "Completed"}
