@@ -31,7 +31,7 @@ MAX_EXAMPLES = int(os.environ.get("JOBGATE_FUZZ_EXAMPLES", "25"))
 def live_gateway(gateway_env):  # type: ignore[no-untyped-def]
     env = {**os.environ, **gateway_env}
     subprocess.run(
-        [sys.executable, "-m", "app.cli", "seed", "--demo"],
+        [sys.executable, "-m", "app.cli", "seed", "--demo", "--reset"],  # the demo tenants, whatever else the database holds
         env=env,
         cwd=ROOT,
         check=True,
