@@ -18,7 +18,7 @@ MAX_EXAMPLES = int(os.environ.get("JOBGATE_FUZZ_EXAMPLES", "25"))
 
 def test_fuzzing_the_published_contract_finds_nothing(gateway_env, keys, tmp_path):
     env = {**os.environ, **gateway_env}
-    subprocess.run([sys.executable, "-m", "app.cli", "seed", "--demo"], env=env, cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "app.cli", "seed", "--demo", "--reset"], env=env, cwd=ROOT, check=True,
                    capture_output=True)
     gateway = GatewayProcess(gateway_env, free_port())
     try:
