@@ -11,8 +11,7 @@ connection checkout, an execution context, a result object) is not on a list pag
 A statement with an expanding ``IN`` (its SQL depends on how many values a request sends) is
 compiled once per count of values. Every other read goes through the session: a statement built
 for one request, a session inside a transaction (the read must see its writes), and the
-embedded SQLite default. Both ways give the
-same rows (``tests/storage/test_reads.py``).
+embedded SQLite default. Both ways give the same rows (``tests/storage/test_reads.py``).
 """
 
 from __future__ import annotations
