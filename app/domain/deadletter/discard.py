@@ -184,14 +184,10 @@ async def discard_pending(
     at that moment (a replay taking them) are skipped, not waited for."""
     stored = _check_filter(data.filter)
     now = datetime.now(UTC)
-    opened = await ledger.open_run(
+    opened = await ledger.open_run_for(
         session,
+        caller,
         run_type="deadletter.discard_pending",
-        workspace_id=caller.tenant.workspace_id,
-        tenant_id=caller.tenant_id,
-        project_id=caller.project,
-        user_id=caller.subject,
-        initiator=caller.subject,
         context={
             "filter": stored,
             "maxEntries": data.max_entries,

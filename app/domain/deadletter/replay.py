@@ -326,14 +326,10 @@ async def replay_batch(session: AsyncSession, caller: Caller, data: BatchReplayR
     if data.dry_run:
         current = await statuses(session, entry_ids=ids, **scope)
     else:
-        opened = await ledger.open_run(
+        opened = await ledger.open_run_for(
             session,
+            caller,
             run_type="deadletter.replay_batch",
-            workspace_id=caller.tenant.workspace_id,
-            tenant_id=caller.tenant_id,
-            project_id=caller.project,
-            user_id=caller.subject,
-            initiator=caller.subject,
             context={"entry_ids": ids, "dryRun": False, "trace_id": caller.trace_id},
             summary_counts={"total": len(ids)},
             status="running",
@@ -420,15 +416,11 @@ async def start_pending(
     """Create the run (before any work) or return the active run of the same filter."""
     stored = _check_filter(data.filter)
     now = datetime.now(UTC)
-    opened = await ledger.open_run(
+    opened = await ledger.open_run_for(
         session,
+        caller,
         run_type="deadletter.replay_pending",
-        workspace_id=caller.tenant.workspace_id,
-        tenant_id=caller.tenant_id,
         identity={"filter": stored, "project": caller.project},
-        project_id=caller.project,
-        user_id=caller.subject,
-        initiator=caller.subject,
         context={
             "filter": stored,
             "maxEntries": data.max_entries,

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.caller import Caller
 from app.sanitize import sanitize
 from app.storage.models import ACTIVE_RUN_STATUSES, OperationRun
 
@@ -100,6 +101,21 @@ def failure_item(code: str, message: str) -> dict[str, str]:
 class Opened:
     run: OperationRun
     created: bool
+
+
+async def open_run_for(session: AsyncSession, caller: Caller, *, run_type: str, **fields: Any) -> Opened:
+    """:func:`open_run` for a run a caller starts: its workspace, tenant, project (unless
+    ``project_id`` is given), user and initiator from the caller."""
+    fields.setdefault("project_id", caller.project)
+    return await open_run(
+        session,
+        run_type=run_type,
+        workspace_id=caller.tenant.workspace_id,
+        tenant_id=caller.tenant_id,
+        user_id=caller.subject,
+        initiator=caller.subject,
+        **fields,
+    )
 
 
 async def open_run(

@@ -58,15 +58,12 @@ async def create_pack_run(
     }
     if retry_of:
         context["retry_of"] = retry_of
-    opened = await ledger.open_run(
+    opened = await ledger.open_run_for(
         session,
+        caller,
         run_type="pack_run.retry" if retry_of else "pack_run.execute",
-        workspace_id=caller.tenant.workspace_id,
-        tenant_id=caller.tenant_id,
         identity={"pack_run_id": pack_run_id},
         project_id=source.project_id,
-        initiator=caller.subject,
-        user_id=caller.subject,
         context=context,
         summary_counts={"total": len(steps), "succeeded": 0, "failed": 0},
         operator_message=f"Pack run {pack_name} {pack_version} is queued.",
