@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,7 @@ class KeySet:
         clock: Callable[[], float] = time.monotonic,
         refresh_seconds: float = 300.0,
         max_stale_seconds: float = 86400.0,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.algorithms = algorithms
         self.refresh_seconds = refresh_seconds
@@ -88,6 +90,7 @@ class KeySet:
         self._file = file
         self._url = url
         self._clock = clock
+        self._jitter = jitter  # [0, 1): spreads the retries of many processes after an outage
         self._keys: dict[str, jwt.PyJWK] = {}
         self._entries: dict[str, str] = {}  # kid -> the key's JWKS entry (canonical JSON)
         self._file_seen: tuple[int, int, int] | None = None  # mtime, size, inode of the file read
@@ -114,7 +117,11 @@ class KeySet:
         return min(self.interval, max(provider_max_age, min(MIN_REFRESH_SECONDS, self.interval)))
 
     def _backoff(self) -> float:
-        return min(BACKOFF_FIRST_SECONDS * 2 ** min(self._failures - 1, 16), BACKOFF_MAX_SECONDS, self.interval)
+        """The delay before the next retry: doubling from 1 s up to 60 s (and the interval), less a
+        random share of up to half, so that the processes of a fleet that lost the provider together
+        do not all retry in the same second once it is back."""
+        ceiling = min(BACKOFF_FIRST_SECONDS * 2 ** min(self._failures - 1, 16), BACKOFF_MAX_SECONDS, self.interval)
+        return ceiling * (1.0 - self._jitter() / 2)
 
     @property
     def next_refresh(self) -> float:

@@ -200,7 +200,7 @@ async def test_an_unchanged_key_keeps_its_object_across_refreshes(provider, keys
 async def test_an_unreachable_provider_is_retried_with_backoff_then_the_keys_go_stale(provider, keys):
     url = provider.serve("/jwks", keys.jwks["es-1"])
     clock = Clock()
-    keyset = KeySet(ALGORITHMS, url=url, clock=clock, refresh_seconds=300, max_stale_seconds=3600)
+    keyset = KeySet(ALGORITHMS, url=url, clock=clock, refresh_seconds=300, max_stale_seconds=3600, jitter=lambda: 0.0)
     await keyset.refresh()
     fresh_at = clock.now
     provider.stop()
@@ -224,6 +224,22 @@ async def test_an_unreachable_provider_is_retried_with_backoff_then_the_keys_go_
     assert await keyset.refresh_if_due()
     keyset.ensure_available()
     assert keyset.next_refresh - clock.now == 300
+
+
+async def test_retries_are_spread_by_jitter_within_half_the_backoff(provider, keys):
+    url = provider.serve("/jwks", keys.jwks["es-1"])
+    provider.stop()
+    clock = Clock()
+    delays = []
+    for share in (0.0, 0.5, 0.999):
+        keyset = KeySet(ALGORITHMS, url=url, clock=clock, jitter=lambda share=share: share)
+        for _ in range(3):  # 1, 2, 4 s before jitter
+            clock.now = max(clock.now, keyset.next_refresh)
+            assert await keyset.refresh_if_due() is True
+        delays.append(keyset.next_refresh - clock.now)
+    assert delays[0] == 4
+    assert delays[1] == 3
+    assert 2 < delays[2] < 2.01
 
 
 async def test_a_key_set_that_never_loaded_is_unavailable(keys):
