@@ -32,7 +32,7 @@ from app.storage.models import DeadLetterEntry, Job, Source
 if TYPE_CHECKING:
     from app.engine.context import EngineContext
 
-ACTIVE = ("leased", "running")
+ACTIVE = ("leased", "running", "cancel_requested")  # a cancel_requested job still holds its lease
 MAX_MESSAGE = 2000
 EXPIRY_BATCH = 100
 
@@ -205,11 +205,16 @@ async def fail(
     if failure.retryable and job.attempt < job.max_attempts:
         delay = backoff_seconds(job.attempt, backoff_base, backoff_max)
         result = await session.execute(
-            _guarded(job, owner).values(
+            _guarded(job, owner, ("leased", "running")).values(
                 status="scheduled", run_after=now + timedelta(seconds=delay), **_lease_cleared(now), **error
             )
         )
         if not result.rowcount:
+            # a job whose cancel was requested is not retried: it ends canceled
+            if await _end(session, job, owner, "canceled", now, **error):
+                await _follow(session, job, now)
+                await session.commit()
+                return "canceled"
             await session.rollback()
             return None
         await session.commit()
@@ -301,7 +306,7 @@ async def heartbeat(
         .where(
             tuple_(Job.tenant_id, Job.job_id).in_([(j.tenant_id, j.job_id) for j in jobs]),
             Job.lease_owner == worker_id,
-            Job.status == "running",
+            Job.status.in_(("running", "cancel_requested")),
         )
         .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
         .returning(Job.tenant_id, Job.job_id, Job.cancel_requested)
