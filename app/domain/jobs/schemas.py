@@ -39,8 +39,8 @@ class JobView(msgspec.Struct, rename="camel"):
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested_at: datetime | None
-    waiting_reason: WaitingReason | None = None
-    dead_letter_entry_id: str | None = None
+    waiting_reason: WaitingReason | None
+    dead_letter_entry_id: str | None
 
 
 JOB_COLUMNS = JobView.__struct_fields__[:-2]  # the fields that are the job's own columns
@@ -49,7 +49,7 @@ JOB_COLUMNS = JobView.__struct_fields__[:-2]  # the fields that are the job's ow
 class JobSubmitted(JobView):
     """A submitted job, and what the gateway noticed about it."""
 
-    warnings: list[Literal["no_worker_for_job_type"]] = []
+    warnings: list[Literal["no_worker_for_job_type"]]
 
 
 class JobPage(msgspec.Struct, rename="camel"):
@@ -73,14 +73,14 @@ class StatusCounts(msgspec.Struct, rename="camel"):
 class WaitingReasons(msgspec.Struct):
     """Waiting jobs by reason; each key is the reason's own value (as in ``waitingReason``)."""
 
-    scheduled: int = 0
-    pack_step_waiting: int = 0
-    source_disabled: int = 0
-    no_worker_for_job_type: int = 0
-    quota_paused: int = 0
-    quota_max_active: int = 0
-    quota_rate: int = 0
-    worker_capacity: int = 0
+    scheduled: int
+    pack_step_waiting: int
+    source_disabled: int
+    no_worker_for_job_type: int
+    quota_paused: int
+    quota_max_active: int
+    quota_rate: int
+    worker_capacity: int
 
 
 class Waiting(msgspec.Struct, rename="camel"):
@@ -93,7 +93,7 @@ class Waiting(msgspec.Struct, rename="camel"):
     by_reason: WaitingReasons
 
 
-NOT_WAITING = Waiting(jobs=0, reason=None, by_reason=WaitingReasons())
+NOT_WAITING = Waiting(jobs=0, reason=None, by_reason=WaitingReasons(*(0 for _ in WaitingReasons.__struct_fields__)))
 
 
 class JobTypeCounts(msgspec.Struct, rename="camel"):

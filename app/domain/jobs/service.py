@@ -119,7 +119,7 @@ def waiting_view(counts: waiting.WaitingCounts, kind: waiting.TypeFacts, now: da
     return Waiting(
         jobs=counts.waiting,
         reason=waiting.dominant(reasons),  # type: ignore[arg-type]
-        by_reason=WaitingReasons(**{r: n for r, n in reasons.items() if r is not None}),
+        by_reason=WaitingReasons(**{r: reasons.get(r, 0) for r in waiting.REASONS}),
     )
 
 
