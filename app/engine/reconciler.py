@@ -33,8 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
 from app.domain.operations import ledger, queries
-from app.domain.packruns import progress
 from app.domain.operations.lifecycle import RunFacts, evidence_time, reconcile_due, threshold_of
+from app.domain.packruns import progress
 from app.instants import iso_or_none
 from app.sanitize import sanitize
 from app.storage.models import Job, OperationRun, PackRun, Source, Tenant, Workspace

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from app import metrics
+from app.domain.workers import registry
 from app.engine import dispatcher, outcomes
 from app.engine.config import WorkerConfig
 from app.engine.handlers import Handler, JobContext, JobFailure
-from app.domain.workers import registry
 from app.engine.steps import Step, background_steps
 from app.storage.models import Tenant
 

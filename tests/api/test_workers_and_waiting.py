@@ -86,7 +86,7 @@ async def test_a_worker_stopped_gracefully_is_gone_at_once(client, factory, runt
 
 
 async def test_a_worker_is_live_until_it_misses_three_heartbeats(client, factory, runtime):
-    tenant, rows = await tenant_rows(runtime, factory)
+    _, rows = await tenant_rows(runtime, factory)
     worker = await add_worker(runtime, [kind()], tenants=(rows.tenant_id,), heartbeat=2.0)
     async with runtime.sessions() as session:
         live = await registry.live(session, rows.tenant_id, datetime.now(UTC) + timedelta(seconds=5.9))

@@ -16,7 +16,7 @@ HEARTBEAT = float(FAST["JOBGATE_WORKER_HEARTBEAT_SECONDS"])
 
 
 def instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)
 
 
 async def status_of(runtime, tenant, job_id, *wanted):

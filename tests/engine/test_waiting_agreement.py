@@ -53,11 +53,12 @@ async def random_state(runtime, factory, rng: random.Random, now: datetime) -> t
             hourly = rng.randint(1, 6)
             added.append(rows.quota(job_type, max_per_hour=hourly, burst=rng.randint(1, hourly)))
 
-        def job(**fields):  # type: ignore[no-untyped-def]
+        def job(job_type: str = job_type, **fields):  # type: ignore[no-untyped-def]
             status = fields.pop("status", rng.choice(STATUSES))
-            due = rng.random() < 0.85
-            run_after = now - timedelta(minutes=rng.randint(1, 90)) if due else now + timedelta(minutes=rng.randint(1, 90))
-            started = now - timedelta(seconds=rng.choice((5, 30, 600, 7200))) if status not in ("pending", "scheduled") else None
+            later = timedelta(minutes=rng.randint(1, 90))
+            run_after = now - later if rng.random() < 0.85 else now + later  # mostly due
+            waiting = status in ("pending", "scheduled")
+            started = None if waiting else now - timedelta(seconds=rng.choice((5, 30, 600, 7200)))
             return rows.job(job_type=job_type, source_id=rng.choice(sources).source_id, status=status,
                             priority=rng.randint(-1, 1), run_after=run_after, started_at=started, **fields)
 

@@ -80,4 +80,6 @@ async def cancel_job(session: AsyncSession, caller: Caller, job_id: str) -> Job:
 
 
 def _not_active(status: str) -> Problem:
-    return Problem(409, "job_not_active", f"The job is {status}; only a job that has not ended can be canceled.")
+    return Problem(
+        409, "job_not_active", f"The job is {status}; only a job that has not ended can be canceled."
+    )

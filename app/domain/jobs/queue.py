@@ -40,7 +40,9 @@ def source_disabled() -> Any:
     """A job outside a pack run whose source is disabled."""
     return and_(
         Job.pack_run_id.is_(None),
-        exists().where(Source.tenant_id == Job.tenant_id, Source.source_id == Job.source_id, Source.enabled.is_(False)),
+        exists().where(
+            Source.tenant_id == Job.tenant_id, Source.source_id == Job.source_id, Source.enabled.is_(False)
+        ),
     )
 
 
@@ -56,5 +58,8 @@ def ahead_of(priority: int, run_after: datetime, job_id: str) -> Any:
     """Jobs before (priority, run_after, job_id) in dispatch order."""
     return or_(
         Job.priority > priority,
-        and_(Job.priority == priority, or_(Job.run_after < run_after, and_(Job.run_after == run_after, Job.job_id < job_id))),
+        and_(
+            Job.priority == priority,
+            or_(Job.run_after < run_after, and_(Job.run_after == run_after, Job.job_id < job_id)),
+        ),
     )

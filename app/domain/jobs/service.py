@@ -15,11 +15,11 @@ from app.core.problems import not_found
 from app.domain.jobs import waiting, why
 from app.domain.jobs.schemas import (
     JOB_COLUMNS,
+    NOT_WAITING,
     JobPage,
     JobSummary,
     JobTypeCounts,
     JobView,
-    NOT_WAITING,
     StatusCounts,
     Waiting,
     WaitingReasons,

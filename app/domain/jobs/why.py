@@ -29,7 +29,9 @@ async def type_facts(
     quotas = {
         q.job_type: rules.Limits(q.max_active, q.max_per_hour, q.burst, q.paused)
         for q in (
-            await session.execute(select(Quota).where(Quota.tenant_id == tenant_id, Quota.job_type.in_(types)))
+            await session.execute(
+                select(Quota).where(Quota.tenant_id == tenant_id, Quota.job_type.in_(types))
+            )
         ).scalars()
     }
     observed = await observed_by_job_type(session, tenant_id, sorted(quotas), now)
@@ -38,7 +40,10 @@ async def type_facts(
     for job_type in types:
         capacity = registry.capacity(workers, job_type)
         facts[job_type] = waiting.TypeFacts(
-            quotas.get(job_type), observed.get(job_type, rules.Observed(0, 0, 0, 0)), capacity.workers, capacity.free_slots
+            quotas.get(job_type),
+            observed.get(job_type, rules.Observed(0, 0, 0, 0)),
+            capacity.workers,
+            capacity.free_slots,
         )
     return facts
 
@@ -59,7 +64,9 @@ async def _rank_below(session: AsyncSession, job: Any, now: datetime, bound: int
     return int((await session.execute(select(func.count()).select_from(ahead))).scalar_one())
 
 
-async def reasons(session: AsyncSession, tenant_id: int, jobs: list[Any], now: datetime) -> dict[str, str | None]:
+async def reasons(
+    session: AsyncSession, tenant_id: int, jobs: list[Any], now: datetime
+) -> dict[str, str | None]:
     """``waitingReason`` of each of the tenant's ``jobs`` (entities or rows), by job id."""
     queued = [j for j in jobs if j.status in waiting.WAITING_STATUSES]
     if not queued:
@@ -98,7 +105,10 @@ async def reasons(session: AsyncSession, tenant_id: int, jobs: list[Any], now: d
             source_enabled=bool(enabled.get(job.source_id, True)),
         )
         bound = waiting.startable(kind)
-        if bound and waiting.waiting_reason(facts, kind, now) in (None, "worker_capacity"):  # at the quota's rule
+        if bound and waiting.waiting_reason(facts, kind, now) in (
+            None,
+            "worker_capacity",
+        ):  # at the quota's rule
             facts = replace(facts, rank=await _rank_below(session, job, now, bound))
         out[job.job_id] = waiting.waiting_reason(facts, kind, now)
     return out
@@ -112,7 +122,8 @@ async def dead_letter_entries(session: AsyncSession, tenant_id: int, jobs: list[
         return {}
     rows = await session.execute(
         select(DeadLetterEntry.job_id, DeadLetterEntry.entry_id).where(
-            DeadLetterEntry.tenant_id == tenant_id, DeadLetterEntry.job_id.in_(sorted({j.job_id for j in failed}))
+            DeadLetterEntry.tenant_id == tenant_id,
+            DeadLetterEntry.job_id.in_(sorted({j.job_id for j in failed})),
         )
     )
     found = dict(rows.all())

@@ -75,7 +75,9 @@ async def beat(session: AsyncSession, me: Identity, running: int, now: datetime 
     result = await session.execute(
         update(Worker)
         .where(Worker.worker_id == me.worker_id)
-        .values(running=running, last_seen_at=now, expires_at=_expiry(now, me.heartbeat_seconds), stopped_at=None)
+        .values(
+            running=running, last_seen_at=now, expires_at=_expiry(now, me.heartbeat_seconds), stopped_at=None
+        )
         .execution_options(synchronize_session=False)
     )
     if not result.rowcount:

@@ -16,7 +16,6 @@ from app.http.paging import ContinuationToken, Limit
 from app.http.routes import protected
 
 
-
 def _view(worker: Any) -> WorkerView:
     return WorkerView(
         worker_id=worker.worker_id,

@@ -32,10 +32,14 @@ def upgrade() -> None:
         sa.Column("host", sa.String(length=255), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
         sa.Column(
-            "job_types", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+            "job_types",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
         ),
         sa.Column(
-            "tenant_ids", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
+            "tenant_ids",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=True,
         ),
         sa.Column("concurrency", sa.Integer(), nullable=False),
         sa.Column("running", sa.Integer(), nullable=False),
@@ -50,7 +54,11 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True))
     op.drop_index("ix_jobs_leases", table_name="jobs")
     op.create_index(
-        "ix_jobs_leases", "jobs", ["lease_expires_at"], postgresql_where=sa.text(_HELD), sqlite_where=sa.text(_HELD)
+        "ix_jobs_leases",
+        "jobs",
+        ["lease_expires_at"],
+        postgresql_where=sa.text(_HELD),
+        sqlite_where=sa.text(_HELD),
     )
 
 
