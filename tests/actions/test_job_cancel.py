@@ -122,18 +122,23 @@ async def test_cancel_of_a_leased_job_ends_it_when_its_worker_would_start_it(cli
     assert (await stored(runtime, tenant, job["jobId"])).status == "canceled"
 
 
-async def test_a_failure_after_the_cancel_request_ends_the_job_canceled_not_retried(client, factory, runtime, source):
+@pytest.mark.parametrize("retryable", [True, False])
+async def test_a_failure_after_the_cancel_request_ends_the_job_canceled_neither_retried_nor_dead_lettered(
+    client, factory, runtime, source, retryable
+):
     from app.engine.handlers import JobFailure
 
     tenant, source_id = source
     job = await submit(client, factory, tenant, source_id)
     running = await take(runtime, tenant)
     assert (await client.post(cancel_path(job["jobId"]), headers=factory.headers(tenant))).status_code == 202
+    failure = JobFailure("x.y", "transient", "stopped", retryable=retryable)
     async with runtime.sessions() as session:
-        status = await outcomes.fail(session, WORKER, running, JobFailure("x.y", "transient", "stopped"),
-                                     backoff_base=0, backoff_max=0)
+        status = await outcomes.fail(session, WORKER, running, failure, backoff_base=0, backoff_max=0)
     assert status == "canceled"
     assert (await stored(runtime, tenant, job["jobId"])).status == "canceled"
+    detail = (await client.get(f"/jobengine/jobs/{job['jobId']}", headers=factory.headers(tenant))).json()
+    assert detail["deadLetterEntryId"] is None
 
 
 async def test_the_reconciler_forces_a_cancel_no_worker_carried_out_after_the_grace_period(
