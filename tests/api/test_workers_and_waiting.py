@@ -267,3 +267,24 @@ async def test_other_tenants_job_is_404_on_the_job_routes(client, factory, runti
     call = client.post if path.endswith("cancel") else client.get
     assert_problem(await call(url, headers=factory.headers(other)), 404, "not_found")
     assert (await call(url, headers=factory.headers(owner))).status_code in (200, 202)
+
+
+async def test_a_projects_waiting_counts_rank_its_jobs_among_the_whole_tenants(client, factory, runtime):
+    """Quotas are the tenant's: a project's jobs are held by their rank among all the tenant's jobs."""
+    tenant, rows = await tenant_rows(runtime, factory)
+    job_type = kind()
+    await add_worker(runtime, [job_type], tenants=(rows.tenant_id,), concurrency=50)
+    billing, scanner = rows.source(project_id="billing"), rows.source(project_id="scanner")
+    # dispatch order by priority: billing (rank 0), scanner (1), billing (2), scanner (3); two may start
+    jobs = [
+        rows.job(job_type=job_type, source_id=source.source_id, project_id=source.project_id, priority=10 - rank)
+        for rank, source in enumerate((billing, scanner, billing, scanner))
+    ]
+    await rows.add(billing, scanner, *jobs, rows.quota(job_type, max_active=2))
+    headers = factory.headers(tenant, project="billing")
+    summary = (await client.get("/jobengine/jobs/summary", headers=headers)).json()
+    [typed] = summary["byJobType"]
+    assert (typed["waiting"]["jobs"], typed["waiting"]["reason"]) == (2, "quota_max_active")
+    assert {r: n for r, n in typed["waiting"]["byReason"].items() if n} == {"quota_max_active": 1}
+    listed = {j["jobId"]: j["waitingReason"] for j in await walk(client, "/jobengine/jobs", headers)}
+    assert listed == {jobs[0].job_id: None, jobs[2].job_id: "quota_max_active"}
