@@ -105,10 +105,8 @@ async def reasons(
             source_enabled=bool(enabled.get(job.source_id, True)),
         )
         bound = waiting.startable(kind)
-        if bound and waiting.waiting_reason(facts, kind, now) in (
-            None,
-            "worker_capacity",
-        ):  # at the quota's rule
+        reaches_the_quota = waiting.waiting_reason(facts, kind, now) in (None, "worker_capacity")
+        if bound and reaches_the_quota:  # its rank decides whether the quota holds it
             facts = replace(facts, rank=await _rank_below(session, job, now, bound))
         out[job.job_id] = waiting.waiting_reason(facts, kind, now)
     return out
