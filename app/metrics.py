@@ -208,7 +208,7 @@ class JobGauges:
     def collect(self) -> Iterable[GaugeMetricFamily]:
         for name, help_text, values in (
             ("jobgate_jobs_queued", "Jobs waiting to be claimed (pending or scheduled), per job type", self.queued),
-            ("jobgate_jobs_running", "Jobs leased or running, per job type", self.running),
+            ("jobgate_jobs_running", "Jobs leased, running or cancel_requested, per job type", self.running),
         ):
             family = GaugeMetricFamily(name, help_text, labels=["job_type"])
             for job_type, count in sorted(values.items()):

@@ -392,6 +392,10 @@ class _TenantDemo:
                  run_after=self.ahead(minutes=30), payload={"seconds": 2})
         self.job("leased-sleep", "demo.sleep", "leased", source=src(), created=self.ago(minutes=1),
                  lease_owner=self.worker(2), lease_expires_at=self.ahead(minutes=2), payload={"seconds": 3})
+        # an operator asked it to stop; its worker stops it at the next heartbeat
+        self.job("cancel-requested-sleep", "demo.sleep", "cancel_requested", source=src(), created=self.ago(minutes=4),
+                 lease_owner=self.worker(2), lease_expires_at=self.ahead(minutes=2), heartbeat_at=self.ago(seconds=10),
+                 started_at=self.ago(minutes=3), cancel_requested=True, cancel_requested_at=self.ago(seconds=20))
         for n, hours in enumerate((1, 5), start=1):
             self.job(f"succeeded-noop-{n}", "demo.noop", "succeeded", source=src(), created=self.ago(hours=hours),
                      started_at=self.ago(hours=hours, seconds=-2), finished_at=self.ago(hours=hours, seconds=-3))
@@ -701,12 +705,16 @@ class _TenantDemo:
         for source in self.rows.sources:
             jobs = [j for j in self.rows.jobs if j.source_id == source.source_id]
             source.jobs_submitted = len(jobs)
-            source.jobs_active = sum(j.status in ("pending", "scheduled", "leased", "running") for j in jobs)
+            source.jobs_active = sum(
+                j.status in ("pending", "scheduled", "leased", "running", "cancel_requested") for j in jobs
+            )
             source.jobs_failed = sum(j.status in ("failed", "timed_out") for j in jobs)
             source.last_job_at = max((j.created_at for j in jobs), default=None)
 
     def saturate_quota(self) -> None:
-        active = sum(j.job_type == SATURATED_JOB_TYPE and j.status in ("leased", "running") for j in self.rows.jobs)
+        active = sum(
+            j.job_type == SATURATED_JOB_TYPE and j.status in ("leased", "running", "cancel_requested") for j in self.rows.jobs
+        )
         quota = next(q for q in self.rows.quotas if q.job_type == SATURATED_JOB_TYPE)
         quota.max_active = active
 

@@ -32,6 +32,7 @@ from app.domain.operations import routes as operations
 from app.domain.packruns import routes as packruns
 from app.domain.quotas import routes as quotas
 from app.domain.sources import routes as sources
+from app.domain.workers import routes as workers
 from app import metrics
 from app.engine import embedded
 from app.http.caching import GatewayResponse, keep_vary
@@ -57,7 +58,7 @@ from app.storage.rates import RateShares
 from app.telemetry import Tracing, configure_tracing
 
 VERSION = "0.1.0"
-PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES, *operations.ROUTES]
+PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES, *operations.ROUTES, *workers.ROUTES]
 PUBLIC_ROUTES = [*health.ROUTES]
 
 OPENAPI_PATH = "/schema"

@@ -41,7 +41,9 @@ from app.storage.models import (
 )
 
 DEMO_KEYS = [t.key for t in TENANTS]
-JOB_STATUSES = {"pending", "scheduled", "leased", "running", "succeeded", "failed", "canceled", "timed_out"}
+JOB_STATUSES = {
+    "pending", "scheduled", "leased", "running", "cancel_requested", "succeeded", "failed", "canceled", "timed_out"
+}
 PACK_RUN_STATUSES = {
     "queued", "running", "cancel_requested", "succeeded", "partially_succeeded", "failed", "canceled", "blocked"
 }
@@ -195,7 +197,7 @@ async def test_every_tenant_has_several_source_types_some_disabled_and_a_paused_
         assert any(not s.enabled for s in sources) and any(s.enabled for s in sources)
         paused = [q for q in data["quotas"] if q.paused]
         assert len(paused) == 1 and paused[0].paused_by and paused[0].paused_reason and paused[0].paused_at
-        active = Counter(j.job_type for j in data["jobs"] if j.status in ("leased", "running"))
+        active = Counter(j.job_type for j in data["jobs"] if j.status in ("leased", "running", "cancel_requested"))
         saturated = [q for q in data["quotas"] if not q.paused and active[q.job_type] == q.max_active]
         assert len(saturated) == 1 and saturated[0].max_active > 0
         for source in sources:

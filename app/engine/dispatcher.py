@@ -2,13 +2,14 @@
 
 One claim is one transaction:
 
-1. pick due jobs (``pending``/``scheduled`` with ``run_after <= now``, a job type this worker
-   handles, not a pack step whose previous step has not succeeded), highest priority first,
+1. pick claimable jobs (``app/domain/jobs/queue.py``: due, a job type this worker handles, not
+   a pack step whose previous step has not succeeded, not of a disabled source), in dispatch order,
    locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent workers pick disjoint rows;
 2. for each (tenant, job type) with a quota, lock the quota row (in a fixed order, so claims of
    one job type are serialised and two workers never both take its last slot), count what is
    active, queued and started in the last hour and minute exactly as the quota summary does, and
-   keep at most ``rules.startable(...)`` of the picked jobs;
+   keep the picked jobs whose rank among the type's claimable jobs ``rules.quota_hold`` lets start
+   (the first ``rules.startable(...)``; the same rule says why the others wait);
 3. lease the kept jobs with one guarded ``UPDATE … WHERE status IN ('pending','scheduled')``
    (the guard is what makes the embedded SQLite worker, which has no row locks, exactly-once).
 
@@ -20,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, or_, select, tuple_, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
+from app.domain.jobs import queue
 from app.domain.quotas import rules
 from app.domain.quotas.service import QUEUED_JOB_STATUSES, observed_by_job_type
 from app.engine.handlers import JobContext
@@ -31,28 +32,12 @@ from app.storage.models import Job, Quota
 
 MAX_PICK_ROUNDS = 4
 CANDIDATES_PER_JOB = 4  # concurrent workers rank the same head of the queue; each locks what is free
-ORDER = (Job.priority.desc(), Job.run_after, Job.job_id)
+ORDER = queue.ORDER
 
 
 def _due(now: datetime, job_types: Iterable[str], tenants: tuple[int, ...] | None):  # type: ignore[no-untyped-def]
-    previous = aliased(Job)
-    in_order = or_(
-        Job.pack_run_id.is_(None),
-        Job.step_index.is_(None),
-        Job.step_index == 0,
-        exists().where(
-            previous.tenant_id == Job.tenant_id,
-            previous.pack_run_id == Job.pack_run_id,
-            previous.step_index == Job.step_index - 1,
-            previous.status == "succeeded",
-        ),
-    )
     stmt = select(Job.tenant_id, Job.job_id, Job.job_type).where(
-        Job.status.in_(QUEUED_JOB_STATUSES),
-        Job.run_after <= now,
-        Job.job_type.in_(sorted(job_types)),
-        Job.cancel_requested.is_(False),
-        in_order,
+        *queue.claimable(now), Job.job_type.in_(sorted(job_types))
     )
     if tenants is not None:
         stmt = stmt.where(Job.tenant_id.in_(tenants))
@@ -60,9 +45,12 @@ def _due(now: datetime, job_types: Iterable[str], tenants: tuple[int, ...] | Non
 
 
 async def _allowed(
-    session: AsyncSession, picked: list[tuple[int, str, str]], now: datetime
+    session: AsyncSession, picked: list[tuple[int, str, str]], now: datetime, taken: dict[tuple[int, str], int]
 ) -> tuple[list[tuple[int, str]], set[tuple[int, str]]]:
-    """The picked jobs the quotas let start now, and the (tenant, type) pairs that start nothing."""
+    """The picked jobs the quotas let start now, and the (tenant, type) pairs that start no more.
+
+    ``taken`` counts the jobs of each (tenant, type) kept by earlier rounds of this claim: the
+    picked jobs of a type follow them in dispatch order, so their ranks continue from there."""
     groups: dict[tuple[int, str], list[str]] = {}
     for tenant_id, job_id, job_type in picked:
         groups.setdefault((tenant_id, job_type), []).append(job_id)
@@ -90,9 +78,14 @@ async def _allowed(
         if key not in limits:
             keep.extend((key[0], job_id) for job_id in job_ids)
             continue
-        allowed = rules.startable(limits[key], observed.get(key, rules.Observed(0, len(job_ids), 0, 0)))
-        keep.extend((key[0], job_id) for job_id in job_ids[:allowed])
-        if allowed < len(job_ids):
+        seen = observed.get(key, rules.Observed(0, len(job_ids), 0, 0))
+        first = taken.get(key, 0)
+        allowed = [
+            job_id for rank, job_id in enumerate(job_ids, first) if rules.quota_hold(limits[key], seen, rank) is None
+        ]
+        taken[key] = first + len(allowed)
+        keep.extend((key[0], job_id) for job_id in allowed)
+        if len(allowed) < len(job_ids):
             exhausted.add(key)
     return keep, exhausted
 
@@ -114,6 +107,7 @@ async def claim(
     locking = session.bind.dialect.name == "postgresql"  # type: ignore[union-attr]
     chosen: list[tuple[int, str]] = []
     skip: set[tuple[int, str]] = set()
+    taken: dict[tuple[int, str], int] = {}
     for _ in range(MAX_PICK_ROUNDS):
         stmt = _due(now, job_types, tenants)
         if skip:
@@ -139,7 +133,7 @@ async def claim(
         picked = [tuple(row) for row in await session.execute(stmt)]
         if not picked:
             break
-        keep, exhausted = await _allowed(session, picked, now)  # type: ignore[arg-type]
+        keep, exhausted = await _allowed(session, picked, now, taken)  # type: ignore[arg-type]
         chosen.extend(keep)
         skip |= exhausted
         if len(chosen) >= limit or not exhausted:

@@ -7,7 +7,8 @@ replayed entry, the pack run).
 - a retryable failure with attempts left → ``scheduled`` after an exponential backoff with jitter;
 - otherwise → ``failed`` and a dead-letter entry (a replay job returns its original entry to
   ``pending`` instead), and the source's ``jobs_failed`` + 1;
-- cancel → ``canceled``; release (shutdown) → ``pending`` without consuming the attempt;
+- cancel → ``canceled`` (also a failure once a cancel was requested: it is neither retried nor
+  dead-lettered); release (shutdown) → ``pending`` without consuming the attempt;
 - an expired lease → back to ``pending`` (or dead-lettered as ``lease.expired`` when no attempt
   is left; ``canceled`` when a cancel was requested).
 """
@@ -32,7 +33,8 @@ from app.storage.models import DeadLetterEntry, Job, Source
 if TYPE_CHECKING:
     from app.engine.context import EngineContext
 
-ACTIVE = ("leased", "running")
+RUNNING = ("leased", "running")
+ACTIVE = (*RUNNING, "cancel_requested")  # a cancel_requested job still holds its lease
 MAX_MESSAGE = 2000
 EXPIRY_BATCH = 100
 
@@ -205,29 +207,40 @@ async def fail(
     if failure.retryable and job.attempt < job.max_attempts:
         delay = backoff_seconds(job.attempt, backoff_base, backoff_max)
         result = await session.execute(
-            _guarded(job, owner).values(
+            _guarded(job, owner, RUNNING).values(
                 status="scheduled", run_after=now + timedelta(seconds=delay), **_lease_cleared(now), **error
             )
         )
         if not result.rowcount:
-            await session.rollback()
-            return None
+            return await _canceled_instead(session, job, owner, now, error)
         await session.commit()
         return "scheduled"
     row = (
         await session.execute(
-            _guarded(job, owner)
+            _guarded(job, owner, RUNNING)
             .values(status="failed", finished_at=now, **_lease_cleared(now), **error)
             .returning(Job.project_id, Job.payload, Job.attempt)
         )
     ).first()
     if row is None:
-        await session.rollback()
-        return None
+        return await _canceled_instead(session, job, owner, now, error)
     await dead_letter(session, job, failure.error_code[:128], failure.category[:64], message, row, now)
     await _follow(session, job, now)
     await session.commit()
     return "failed"
+
+
+async def _canceled_instead(
+    session: AsyncSession, job: JobContext, owner: str | None, now: datetime, error: dict[str, Any]
+) -> str | None:
+    """A job whose cancel was requested is neither retried nor dead-lettered when it fails: it ends
+    ``canceled``. None when the lease was lost."""
+    if await _end(session, job, owner, "canceled", now, **error):
+        await _follow(session, job, now)
+        await session.commit()
+        return "canceled"
+    await session.rollback()
+    return None
 
 
 async def dead_letter(
@@ -301,7 +314,7 @@ async def heartbeat(
         .where(
             tuple_(Job.tenant_id, Job.job_id).in_([(j.tenant_id, j.job_id) for j in jobs]),
             Job.lease_owner == worker_id,
-            Job.status == "running",
+            Job.status.in_(("running", "cancel_requested")),
         )
         .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
         .returning(Job.tenant_id, Job.job_id, Job.cancel_requested)

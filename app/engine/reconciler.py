@@ -14,6 +14,11 @@ the last heartbeat and the threshold), the remaining jobs of its pack run are ca
 jobs hold no quota slot), and the pack run ends ``failed`` (``canceled`` when a cancel was
 requested). Pack runs left in ``cancel_requested`` for longer than :data:`CANCEL_GRACE_SECONDS`
 are forced to ``canceled`` the same way.
+
+After the workspaces, jobs left in ``cancel_requested`` (``app/domain/jobs/cancel.py``) for longer
+than the same grace — their worker died, hung, or its handler ignores cancellation — are forced to
+``canceled`` (lease cleared, so a late outcome of that worker changes nothing), one transaction per
+job, locking its pack run first.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import metrics
 from app.domain.operations import ledger, queries
 from app.domain.operations.lifecycle import RunFacts, evidence_time, reconcile_due, threshold_of
+from app.domain.packruns import progress
 from app.instants import iso_or_none
 from app.sanitize import sanitize
 from app.storage.models import Job, OperationRun, PackRun, Source, Tenant, Workspace
@@ -43,7 +49,7 @@ SOURCE = "scheduled_reconciler"
 HOUSEKEEPING_TYPE = "ops.reconcile"
 CANCEL_GRACE_SECONDS = 300
 BATCH = 200
-REMAINING_JOB_STATUSES = ("pending", "scheduled", "leased", "running")
+REMAINING_JOB_STATUSES = ("pending", "scheduled", "leased", "running", "cancel_requested")
 PACK_TERMINAL = ("succeeded", "partially_succeeded", "failed", "canceled", "blocked", "timed_out")
 
 
@@ -90,8 +96,50 @@ async def reconcile_once(
         summary["housekeeping_run_ids"].append(done.pop("housekeeping_run_id"))
         for key, value in done.items():
             summary[key] += value
+    summary["canceled_jobs"] += await force_overdue_job_cancels(context, now, cancel_grace_seconds, workspace_ids)
     metrics.count_reconciled(summary)
     return summary
+
+
+async def force_overdue_job_cancels(
+    context: EngineContext, now: datetime, grace: int, workspace_ids: list[int] | None = None
+) -> int:
+    """End the jobs whose cancel was requested over ``grace`` seconds ago; returns how many."""
+    overdue = (Job.status == "cancel_requested") & (Job.cancel_requested_at <= now - timedelta(seconds=grace))
+    stmt = select(Job.tenant_id, Job.job_id, Job.pack_run_id).where(overdue)
+    if workspace_ids is not None:
+        stmt = stmt.join(Tenant, Tenant.id == Job.tenant_id).where(Tenant.workspace_id.in_(workspace_ids))
+    async with context.sessions() as session:
+        candidates = (await session.execute(stmt.order_by(Job.cancel_requested_at).limit(BATCH))).all()
+    forced = 0
+    for tenant_id, job_id, pack_run_id in candidates:
+        async with context.sessions() as session:
+            if pack_run_id is not None:
+                await progress.lock(session, tenant_id, pack_run_id)
+            ended = await session.execute(
+                update(Job)
+                .where(Job.tenant_id == tenant_id, Job.job_id == job_id, overdue)
+                .values(
+                    status="canceled",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    finished_at=now,
+                    updated_at=now,
+                    last_error_code="job.cancel_forced",
+                    last_error_category="canceled",
+                    last_error_message=f"The cancel was requested over {grace}s ago and the job never stopped; "
+                    "the reconciler canceled it.",
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if not ended.rowcount:
+                await session.rollback()  # it stopped meanwhile
+                continue
+            if pack_run_id is not None:
+                await progress.settle(session, tenant_id, pack_run_id, now=now)
+            await session.commit()
+            forced += 1
+    return forced
 
 
 async def reconcile_step(context: EngineContext) -> None:

@@ -2,8 +2,9 @@
 
 One asyncio loop per process: a claim loop (``dispatcher.claim`` then ``outcomes.start``), one
 task per running job, a heartbeat loop that extends every lease this worker holds in one
-statement (and stops the jobs whose cancel was requested, or whose lease was lost), and one loop
-per background step (``app/engine/steps.py``).
+statement (and stops the jobs whose cancel was requested, or whose lease was lost) and renews the
+worker's row in the workers registry (``app/domain/workers/registry.py``: registered at start,
+marked gone at a graceful stop), and one loop per background step (``app/engine/steps.py``).
 
 Shutdown (SIGTERM/SIGINT, or the embedded gateway stopping): claiming stops at once; running
 jobs get ``shutdown_grace_seconds`` to finish; the rest are stopped and their leases released
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from app import metrics
+from app.domain.workers import registry
 from app.engine import dispatcher, outcomes
 from app.engine.config import WorkerConfig
 from app.engine.handlers import Handler, JobContext, JobFailure
@@ -82,6 +84,14 @@ class Worker:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         tenant_ids = await self._tenant_ids()
+        self.identity = registry.Identity(
+            self.worker_id, tuple(sorted(self.handlers)), tenant_ids, self.concurrency, self.config.heartbeat_seconds
+        )
+        try:
+            async with self.context.sessions() as session:
+                await registry.register(session, self.identity)
+        except Exception:  # the heartbeat registers it again
+            log.exception("could not register worker %s", self.worker_id)
         loops = [
             asyncio.create_task(self._claim_loop(tenant_ids)),
             asyncio.create_task(self._heartbeat_loop()),
@@ -101,6 +111,11 @@ class Worker:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            try:
+                async with self.context.sessions() as session:
+                    await registry.deregister(session, self.worker_id)
+            except Exception:  # it counts as gone three heartbeats later anyway
+                log.exception("could not deregister worker %s", self.worker_id)
             log.info("worker %s stopped", self.worker_id)
 
     async def _tenant_ids(self) -> tuple[int, ...] | None:
@@ -265,6 +280,11 @@ class Worker:
         # Runs until cancelled after the drain, so leases stay alive while running jobs finish.
         while True:
             await asyncio.sleep(self.config.heartbeat_seconds)
+            try:
+                async with self.context.sessions() as session:
+                    await registry.beat(session, self.identity, len(self.running))
+            except Exception:
+                log.exception("worker heartbeat failed")
             entries = [e for e in self.running.values() if e.stop_reason is None]
             if not entries:
                 continue

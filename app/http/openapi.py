@@ -77,9 +77,10 @@ def close_strict_objects(app: Litestar) -> None:
 TAGS = (
     Tag(name="sources", description="Job sources: who submits jobs, and whether they may."),
     Tag(name="quotas", description="Per-jobType limits on concurrency and start rate; pause and resume."),
-    Tag(name="jobs", description="Jobs: submission by job sources, reads and counts for consoles."),
+    Tag(name="jobs", description="Jobs: submission by job sources, reads, counts, why they wait, and cancel."),
     Tag(name="deadletter", description="Jobs that exhausted their attempts: reads, statistics and replays."),
     Tag(name="pack-runs", description="Ordered runs of job steps: submission, cancel and retry."),
+    Tag(name="workers", description="The live worker processes that may run the tenant's jobs."),
     Tag(name="audit", description="The tenant's audit log of every mutating request, allowed or refused."),
     Tag(name="operations", description="Operation-run lifecycles: lists, details and the console surfaces."),
     Tag(name="health", description="Liveness, readiness and metrics; no credentials."),

@@ -80,6 +80,16 @@ def protected(
     }
 
 
+def also_answers(successes: dict[int, str], scope: str, content: type, **declared: Any) -> dict[str, Any]:
+    """``protected(...)`` with further success answers (each a ``content``) in the contract."""
+    route = protected(scope, **declared)
+    route["responses"] = {
+        **route["responses"],
+        **{status: ResponseSpec(data_container=content, description=text) for status, text in successes.items()},
+    }
+    return route
+
+
 PUBLIC = {"opt": {"public": True, "cache": "none"}}
 
 

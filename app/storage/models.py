@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -152,8 +153,8 @@ class Job(Base):
         Index(
             "ix_jobs_leases",
             "lease_expires_at",
-            postgresql_where=text("status IN ('leased', 'running')"),
-            sqlite_where=text("status IN ('leased', 'running')"),
+            postgresql_where=text("status IN ('leased', 'running', 'cancel_requested')"),
+            sqlite_where=text("status IN ('leased', 'running', 'cancel_requested')"),
         ),
     )
 
@@ -175,6 +176,7 @@ class Job(Base):
     step_index: Mapped[int | None] = mapped_column(Integer)
     replay_of_entry_id: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error_code: Mapped[str | None] = mapped_column(String(128))
     last_error_category: Mapped[str | None] = mapped_column(String(64))
     last_error_message: Mapped[str | None] = mapped_column(Text)
@@ -375,3 +377,25 @@ class DeadLetterCluster(Base):
     stripe: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     entries: Mapped[int] = mapped_column(BigInteger)
     pending: Mapped[int] = mapped_column(BigInteger)
+
+
+class Worker(Base):
+    """A worker process (tenant-independent): registered at start, seen at every heartbeat, marked
+    gone at a graceful stop. It counts as live while ``expires_at`` (last seen + three of its
+    heartbeat periods) is in the future. ``tenant_ids`` null: it claims every tenant's jobs."""
+
+    __tablename__ = "workers"
+    __table_args__ = (Index("ix_workers_expires", "expires_at"),)
+
+    worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    job_types: Mapped[list[str]] = mapped_column(Json)
+    tenant_ids: Mapped[list[int] | None] = mapped_column(Json)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    running: Mapped[int] = mapped_column(Integer)
+    heartbeat_seconds: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

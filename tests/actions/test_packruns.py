@@ -78,7 +78,7 @@ async def test_cancel_of_a_running_run_asks_its_running_step_to_stop(client, fac
     response = await _cancel(client, factory, tenant, pack["packRunId"])
     assert response.status_code == 202 and response.json()["status"] == "cancel_requested"
     running, waiting = await _jobs(runtime, tenant, pack["packRunId"])
-    assert (running.status, running.cancel_requested) == ("running", True)
+    assert (running.status, running.cancel_requested) == ("cancel_requested", True)
     assert waiting.status == "canceled"
     again = await _cancel(client, factory, tenant, pack["packRunId"])
     assert again.status_code == 202 and again.json()["cancelRequestedAt"] == response.json()["cancelRequestedAt"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from app.domain.quotas.rules import (
@@ -11,6 +11,7 @@ from app.domain.quotas.rules import (
     Limits,
     Observed,
     backpressure,
+    quota_hold,
     rate_budget,
     startable,
     throttled,
@@ -33,7 +34,7 @@ def seen(active: int = 0, queued: int = 0, last_hour: int = 0, last_minute: int 
     [
         # (startable, throttled, utilisation, backpressure)
         (limits(), seen(), (0, 0, 0.0, "none")),
-        (limits(), seen(active=1, queued=2), (2, 0, 0.1, "none")),
+        (limits(), seen(active=1, queued=2), (2, 0, 0.1, "elevated")),  # due jobs wait: never none
         (limits(paused=True), seen(active=1, queued=3), (0, 3, 0.1, "paused")),
         (limits(paused=True), seen(), (0, 0, 0.0, "paused")),
         (limits(max_active=2), seen(active=2, queued=1), (0, 1, 1.0, "saturated")),
@@ -47,7 +48,8 @@ def seen(active: int = 0, queued: int = 0, last_hour: int = 0, last_minute: int 
             seen(queued=4, last_hour=1, last_minute=1),
             (2, 2, 0.0, "elevated"),
         ),
-        (limits(max_per_hour=10, burst=3), seen(queued=2, last_hour=1, last_minute=1), (2, 0, 0.0, "none")),
+        (limits(max_per_hour=10, burst=3), seen(queued=2, last_hour=1, last_minute=1), (2, 0, 0.0, "elevated")),
+        (limits(max_per_hour=10, burst=3), seen(active=1, last_hour=1, last_minute=1), (0, 0, 0.1, "none")),
         (
             limits(max_per_hour=5, burst=5),
             seen(queued=9, last_hour=7),
@@ -162,11 +164,35 @@ def test_backpressure_level_follows_its_documented_rule(quota, load):
         assert level == "paused"
     elif load.active >= quota.max_active or (load.queued > 0 and startable(quota, load) == 0):
         assert level == "saturated"
-    elif utilisation(quota, load) >= ELEVATED_UTILISATION or held > 0:
+    elif utilisation(quota, load) >= ELEVATED_UTILISATION or held > 0 or load.queued > 0:
         assert level == "elevated"
     else:
         assert level == "none"
-        assert held == 0 and load.active < quota.max_active
+        assert held == 0 and load.active < quota.max_active and load.queued == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(quotas(), loads())
+def test_backpressure_is_never_none_while_due_jobs_wait(quota, load):
+    if load.queued > 0:
+        assert backpressure(quota, load) != "none"
+
+
+@settings(max_examples=300, deadline=None)
+@given(quotas(), loads(), st.integers(0, 400))
+def test_quota_hold_lets_exactly_the_first_startable_ranks_start_and_names_the_binding_limit(quota, load, rank):
+    """A rank is a due job's place among the queued ones, so it is below ``queued``."""
+    assume(load.queued > 0)
+    rank %= load.queued
+    held = quota_hold(quota, load, rank)
+    n = startable(quota, load)
+    assert (held is None) == (rank < n)
+    if held == "quota_max_active":
+        assert not quota.paused and load.active + n >= quota.max_active
+    elif held == "quota_rate":
+        assert not quota.paused and rate_budget(quota, load) == n < max(0, quota.max_active - load.active)
+    elif held is not None:
+        assert held == "quota_paused" and quota.paused
 
 
 @settings(max_examples=300, deadline=None)

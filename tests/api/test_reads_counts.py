@@ -12,6 +12,7 @@ import pytest
 
 from app.domain.deadletter.templates import error_template
 from app.domain.jobs.schemas import JOB_STATUSES
+from app.domain.jobs.waiting import REASONS
 from tests.api.rows import ago, tenant_rows, walk
 
 OPERATE = "orch:operate"
@@ -72,8 +73,16 @@ async def test_job_summary_counts_by_status_overall_and_per_job_type(client, fac
     for job in kept:
         by_type[job.job_type].append(job)
     assert body["byJobType"] == [
-        {"jobType": kind, "counts": status_counts(group)} for kind, group in sorted(by_type.items())
+        {"jobType": kind, "counts": status_counts(group), "waiting": no_worker_waiting(group)}
+        for kind, group in sorted(by_type.items())
     ]
+
+
+def no_worker_waiting(jobs: list[Any]) -> dict[str, Any]:
+    """The waiting jobs of a job type no worker serves (every one is due: ``run_after`` is past)."""
+    waiting = sum(j.status in ("pending", "scheduled") for j in jobs)
+    by_reason = {**dict.fromkeys(REASONS, 0), "no_worker_for_job_type": waiting}
+    return {"jobs": waiting, "reason": "no_worker_for_job_type" if waiting else None, "byReason": by_reason}
 
 
 async def test_job_summary_of_a_tenant_without_jobs_is_all_zero(client, factory):
@@ -85,6 +94,7 @@ async def test_job_summary_of_a_tenant_without_jobs_is_all_zero(client, factory)
         "scheduled",
         "leased",
         "running",
+        "cancelRequested",
         "succeeded",
         "failed",
         "canceled",
@@ -110,7 +120,7 @@ async def test_quota_summary_shows_limits_beside_observed_load_and_backpressure(
         "busy": rows.quota("busy", max_active=5, max_per_hour=100, burst=10),
         # bursty: the per-minute burst lets two of four waiting jobs start
         "bursty": rows.quota("bursty", max_active=10, max_per_hour=100, burst=3),
-        # calm: room for everything waiting
+        # calm: room for everything waiting, yet jobs wait (no worker serves the type): never `none`
         "calm": rows.quota("calm", max_active=10, max_per_hour=100, burst=10),
         "idle": rows.quota("idle", max_active=3, max_per_hour=10, burst=5),
     }
@@ -146,7 +156,7 @@ async def test_quota_summary_shows_limits_beside_observed_load_and_backpressure(
     expected = {
         "bursty": (0, 4, 2, 1, 0.0, "elevated"),
         "busy": (4, 0, 0, 0, 0.8, "elevated"),
-        "calm": (1, 2, 0, 0, 0.1, "none"),
+        "calm": (1, 2, 0, 0, 0.1, "elevated"),
         "full": (3, 3, 3, 0, 1.5, "saturated"),
         "idle": (0, 0, 0, 0, 0.0, "none"),
         "paused": (1, 3, 3, 0, 0.2, "paused"),
@@ -167,6 +177,11 @@ async def test_quota_summary_shows_limits_beside_observed_load_and_backpressure(
             for k in ("active", "queued", "throttled", "dispatchedLastHour", "utilisation", "backpressure")
         )
         assert observed == expected[item["jobType"]], item["jobType"]
+    # every waiting job is due and no worker serves these job types
+    assert {i["jobType"]: (i["waiting"]["jobs"], i["waiting"]["reason"]) for i in body["items"]} == {
+        kind: (queued, "no_worker_for_job_type" if queued else None)
+        for kind, (_, queued, *_rest) in expected.items()
+    }
     assert body["totals"] == {
         "quotas": 7,
         "paused": 1,
@@ -187,7 +202,8 @@ async def test_resuming_a_paused_quota_turns_its_held_jobs_startable(client, fac
     resumed = await client.post(f"/jobengine/quotas/{quota.quota_id}/resume", headers=headers)
     assert resumed.status_code == 200, resumed.text
     after = (await client.get("/jobengine/quotas/summary", headers=headers)).json()["items"][0]
-    assert (after["throttled"], after["backpressure"]) == (0, "none")
+    # startable now, but due jobs still wait (no worker serves the type): never `none` while they do
+    assert (after["throttled"], after["backpressure"]) == (0, "elevated")
 
 
 async def test_jobs_scheduled_for_later_are_not_throttled_by_the_quota(client, factory, runtime):

@@ -24,6 +24,12 @@ OPERATIONS = {
     "orchestrator-deadletter-replay.json": ("post", "/jobengine/deadletter/{entryId}/replay", "202"),
     "orchestrator-packrun-cancel.json": ("post", "/jobengine/pack-runs/{packRunId}/cancel", None),
     "orchestrator-packrun-retry.json": ("post", "/jobengine/pack-runs/{packRunId}/retry", None),
+    "orchestrator-workers.json": ("get", "/jobengine/workers", "200"),
+    "orchestrator-jobs-waiting.json": ("get", "/jobengine/jobs", "200"),
+    "orchestrator-jobs-summary.json": ("get", "/jobengine/jobs/summary", "200"),
+    "orchestrator-job-submit-warning.json": ("post", "/jobengine/jobs", "201"),
+    "orchestrator-job-cancel.json": ("post", "/jobengine/jobs/{jobId}/cancel", "200"),
+    "orchestrator-job-cancel-requested.json": ("post", "/jobengine/jobs/{jobId}/cancel", "202"),
 }
 READ_SAMPLES = [name for name, (method, _, _) in OPERATIONS.items() if method == "get"]
 
@@ -61,3 +67,12 @@ def test_samples_are_not_empty_demo_answers():
     summary = json.loads((SAMPLES / "orchestrator-deadletter-summary.json").read_text())
     keys = [(g["category"], g["errorCode"]) for g in summary["items"]]
     assert keys == sorted(keys)
+    workers = json.loads((SAMPLES / "orchestrator-workers.json").read_text())
+    assert workers["items"] and "demo.noop" in workers["items"][0]["jobTypes"]
+    waiting = json.loads((SAMPLES / "orchestrator-jobs-waiting.json").read_text())
+    assert {j["waitingReason"] for j in waiting["items"]} == {"scheduled"}
+    submitted = json.loads((SAMPLES / "orchestrator-job-submit-warning.json").read_text())
+    assert submitted["warnings"] == ["no_worker_for_job_type"]
+    canceled = json.loads((SAMPLES / "orchestrator-job-cancel.json").read_text())
+    requested = json.loads((SAMPLES / "orchestrator-job-cancel-requested.json").read_text())
+    assert (canceled["status"], requested["status"]) == ("canceled", "cancel_requested")

@@ -52,8 +52,13 @@ async def test_embedded_worker_runs_submitted_jobs_and_pack_runs_on_sqlite(tmp_d
                 return statuses == {"succeeded"} and run == "succeeded"
 
             await eventually(done)
+            # the embedded worker registered like any worker
+            [worker] = (await client.get("/jobengine/workers", headers=headers)).json()["items"]
+            assert {"demo.noop", "demo.sleep"} <= set(worker["jobTypes"]) and worker["concurrency"] >= 1
         finally:
             await stop()
+        # and it is gone once the gateway stops it
+        assert (await client.get("/jobengine/workers", headers=headers)).json()["items"] == []
 
 
 async def test_embedded_worker_is_not_started_on_postgresql(runtime):

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
-from app.domain.jobs import service
+from app.domain.jobs import cancel, service
 from app.domain.jobs import submission as submissions
-from app.domain.jobs.schemas import JobPage, JobStatus, JobSummary, JobView
+from app.domain.jobs.schemas import JobPage, JobStatus, JobSubmitted, JobSummary, JobView
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
 from app.http.params import enum_query
-from app.http.routes import location, protected
+from app.http.routes import also_answers, location, protected
 
 JobId = Annotated[str, Parameter(max_length=64, description="The job's id")]
 JobTypeFilter = Annotated[str | None, Parameter(query="jobType", max_length=128)]
@@ -26,8 +27,11 @@ JobStatusFilter = enum_query(JobStatus, "JobStatus", description="Only jobs in t
 @get(
     "/jobengine/jobs/summary",
     **protected("orch:read", problems=(304,)),
-    summary="Job counts by status",
-    description="Counts by status overall and per job type (ordered by `jobType asc`).",
+    summary="Job counts by status, and what the waiting jobs wait on",
+    description="Counts by status overall and per job type (ordered by `jobType asc`). Per job type, "
+    "`waiting` counts the jobs not yet claimed (`pending` or `scheduled`) by `waitingReason` "
+    "(`byReason`) and names the reason most of them share (`reason`); waiting jobs held by nothing "
+    "start at the next claim and are counted in `jobs` only.",
     tags=["jobs"],
 )
 async def job_summary(
@@ -40,7 +44,9 @@ async def job_summary(
     "/jobengine/jobs",
     **protected("orch:read", problems=(304,)),
     summary="List jobs",
-    description="Ordered by `createdAt desc, jobId desc`.",
+    description="Ordered by `createdAt desc, jobId desc`. Each job carries `waitingReason` (why a "
+    "`pending` or `scheduled` job is not running yet, by the dispatcher's own rules; null when nothing "
+    "holds it or when it is not waiting) and `deadLetterEntryId` (its dead-letter entry, or null).",
     tags=["jobs"],
 )
 async def list_jobs(
@@ -73,7 +79,8 @@ async def list_jobs(
     tags=["jobs"],
 )
 async def get_job(session: AsyncSession, caller: Caller, jobId: JobId) -> JobView:
-    return service.view(await service.load(session, caller, jobId))
+    [job] = await service.views(session, caller.tenant_id, [await service.load(session, caller, jobId)])
+    return job
 
 
 @post(
@@ -90,19 +97,52 @@ async def get_job(session: AsyncSession, caller: Caller, jobId: JobId) -> JobVie
     summary="Submit a job",
     description="Queues one job of a visible, enabled source (unknown or other tenants' sources are 404). "
     "`runAfter` in the future makes it `scheduled`. Answers 201 with `Location` and `ETag`; with an "
-    "`Idempotency-Key` a resubmission answers the first job.",
+    "`Idempotency-Key` a resubmission answers the first job. `warnings` is always present: "
+    "`[\"no_worker_for_job_type\"]` when no worker that may run the tenant's jobs has served the job "
+    "type in the last hour (the job is queued all the same), else `[]`.",
     tags=["jobs"],
 )
 async def submit_job(
     request: Request[Any, Any, Any], data: submissions.JobSubmit, submission: Mutation
-) -> Response[JobView]:
+) -> Response[JobSubmitted]:
     job = await submissions.submit_job(submission.session, submission.caller, data)
+    warnings = await submissions.warnings_for(submission.session, submission.caller, job.job_type)
+    [view] = await service.views(submission.session, submission.caller.tenant_id, [job])
     return await submission.commit(
         target=job.job_id,
         status=201,
-        content=service.view(job),
+        content=JobSubmitted(**msgspec.structs.asdict(view), warnings=warnings),
         headers={"Location": location(request, f"/jobengine/jobs/{job.job_id}")},
     )
 
 
-ROUTES = [job_summary, list_jobs, get_job, submit_job]
+@post(
+    "/jobengine/jobs/{jobId:str}/cancel",
+    **also_answers(
+        {202: "Cancel requested: the job was leased or running (or its cancel was already requested); the "
+         "worker stops it at its next heartbeat and it ends `canceled`"},
+        "orch:operate",
+        JobView,
+        action="job.cancel",
+        target="jobId",
+        problems=(404,),
+        s409="The job has ended (`job_not_active`), or the Idempotency-Key is in flight",
+    ),
+    status_code=200,
+    summary="Cancel a job",
+    description="A `pending` or `scheduled` job is `canceled` at once (200). A `leased` or `running` job "
+    "becomes `cancel_requested` (202): the worker holding it cancels its handler at its next heartbeat and "
+    "the job ends `canceled` (its quota slot is held until then); when no worker does within the grace "
+    "period (300 s, as for pack runs), the reconciler forces it `canceled`. Canceling a `cancel_requested` "
+    "job answers 202 again and changes nothing, so of two concurrent cancels of a running job both "
+    "answer 202, and of a waiting job one answers 200 and the other 409. A job that has ended is 409 "
+    "`job_not_active`. Canceling a pack step ends its pack run `canceled` (the later steps never run).",
+    tags=["jobs"],
+)
+async def cancel_job(jobId: JobId, mutation: Mutation) -> Response[JobView]:
+    job = await cancel.cancel_job(mutation.session, mutation.caller, jobId)
+    [view] = await service.views(mutation.session, mutation.caller.tenant_id, [job])
+    return await mutation.commit(target=job.job_id, status=200 if job.status == "canceled" else 202, content=view)
+
+
+ROUTES = [job_summary, list_jobs, get_job, submit_job, cancel_job]

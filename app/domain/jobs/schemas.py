@@ -7,7 +7,11 @@ from typing import Any, Literal
 
 import msgspec
 
-JobStatus = Literal["pending", "scheduled", "leased", "running", "succeeded", "failed", "canceled", "timed_out"]
+from app.domain.jobs.waiting import WaitingReason
+
+JobStatus = Literal[
+    "pending", "scheduled", "leased", "running", "cancel_requested", "succeeded", "failed", "canceled", "timed_out"
+]
 JOB_STATUSES: tuple[str, ...] = JobStatus.__args__  # type: ignore[attr-defined]
 
 
@@ -34,6 +38,18 @@ class JobView(msgspec.Struct, rename="camel"):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    cancel_requested_at: datetime | None
+    waiting_reason: WaitingReason | None
+    dead_letter_entry_id: str | None
+
+
+JOB_COLUMNS = JobView.__struct_fields__[:-2]  # the fields that are the job's own columns
+
+
+class JobSubmitted(JobView):
+    """A submitted job, and what the gateway noticed about it."""
+
+    warnings: list[Literal["no_worker_for_job_type"]]
 
 
 class JobPage(msgspec.Struct, rename="camel"):
@@ -46,6 +62,7 @@ class StatusCounts(msgspec.Struct, rename="camel"):
     scheduled: int = 0
     leased: int = 0
     running: int = 0
+    cancel_requested: int = 0
     succeeded: int = 0
     failed: int = 0
     canceled: int = 0
@@ -53,9 +70,36 @@ class StatusCounts(msgspec.Struct, rename="camel"):
     total: int = 0
 
 
+class WaitingReasons(msgspec.Struct):
+    """Waiting jobs by reason; each key is the reason's own value (as in ``waitingReason``)."""
+
+    scheduled: int
+    pack_step_waiting: int
+    source_disabled: int
+    no_worker_for_job_type: int
+    quota_paused: int
+    quota_max_active: int
+    quota_rate: int
+    worker_capacity: int
+
+
+class Waiting(msgspec.Struct, rename="camel"):
+    """The job type's waiting jobs (``pending`` or ``scheduled``): how many, what holds them
+    (``byReason``; the rest are held by nothing and start at the next claim), and the reason most
+    of them share (``reason``; null when none is held)."""
+
+    jobs: int
+    reason: WaitingReason | None
+    by_reason: WaitingReasons
+
+
+NOT_WAITING = Waiting(jobs=0, reason=None, by_reason=WaitingReasons(*(0 for _ in WaitingReasons.__struct_fields__)))
+
+
 class JobTypeCounts(msgspec.Struct, rename="camel"):
     job_type: str
     counts: StatusCounts
+    waiting: Waiting
 
 
 class JobSummary(msgspec.Struct, rename="camel"):

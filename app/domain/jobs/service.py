@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
@@ -10,15 +12,37 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.caller import Caller
 from app.core.cursors import CursorCodec, PageScope
 from app.core.problems import not_found
-from app.core.views import by_name
-from app.domain.jobs.schemas import JobPage, JobSummary, JobTypeCounts, JobView, StatusCounts
+from app.domain.jobs import waiting, why
+from app.domain.jobs.schemas import (
+    JOB_COLUMNS,
+    NOT_WAITING,
+    JobPage,
+    JobSummary,
+    JobTypeCounts,
+    JobView,
+    StatusCounts,
+    Waiting,
+    WaitingReasons,
+)
 from app.storage.models import Job
 from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
 ORDER = Keyset((Job.created_at, Job.job_id), descending=True)
 
 
-view = by_name(JobView)  # every field is the job's attribute of its name
+_columns = attrgetter(*JOB_COLUMNS)  # every other field is the job's attribute of its name
+
+
+def view(job: Any, waiting_reason: str | None = None, dead_letter_entry_id: str | None = None) -> JobView:
+    return JobView(*_columns(job), waiting_reason=waiting_reason, dead_letter_entry_id=dead_letter_entry_id)  # type: ignore[arg-type]
+
+
+async def views(session: AsyncSession, tenant_id: int, jobs: list[Any], now: datetime | None = None) -> list[JobView]:
+    """The views of the tenant's ``jobs`` with why each waits and its dead-letter entry."""
+    now = now or datetime.now(UTC)
+    reasons = await why.reasons(session, tenant_id, jobs, now)
+    entries = await why.dead_letter_entries(session, tenant_id, jobs)
+    return [view(j, reasons.get(j.job_id), entries.get(j.job_id)) for j in jobs]
 
 
 def visible(caller: Caller, *columns: Any):  # type: ignore[no-untyped-def]
@@ -55,7 +79,7 @@ async def list_jobs(
     values = {**filters, "tenant": caller.tenant_id, "project": caller.project}
     scope = PageScope(caller.tenant.key, caller.project, "jobs", tuple(sorted(filters.items())), ORDER.name)
     rows, next_token = await fetch_page(session, LIST, values, limit=limit, token=token, scope=scope, codec=codec)
-    return JobPage(items=[view(r) for r in rows], continuation_token=next_token)
+    return JobPage(items=await views(session, caller.tenant_id, rows), continuation_token=next_token)
 
 
 async def load(session: AsyncSession, caller: Caller, job_id: str) -> Job:
@@ -76,17 +100,54 @@ async def summary(session: AsyncSession, caller: Caller, *, job_type: str | None
     for kind, status, count in await session.execute(stmt):
         overall[status] = overall.get(status, 0) + count
         per_type.setdefault(kind, {})[status] = count
+    held = await waiting_per_type(session, caller, job_type=job_type, source_id=source_id)
 
     def counts(by_status: dict[str, int]) -> StatusCounts:
         return StatusCounts(**by_status, total=sum(by_status.values()))
 
     return JobSummary(
         overall=counts(overall),
-        by_job_type=[JobTypeCounts(job_type=k, counts=counts(v)) for k, v in sorted(per_type.items())],
+        by_job_type=[
+            JobTypeCounts(job_type=k, counts=counts(v), waiting=held.get(k, NOT_WAITING))
+            for k, v in sorted(per_type.items())
+        ],
     )
 
 
-LIVE_STATUSES = ("pending", "scheduled", "leased", "running")
+def waiting_view(counts: waiting.WaitingCounts, kind: waiting.TypeFacts, now: datetime) -> Waiting:
+    reasons = waiting.tally(counts, kind, now)
+    return Waiting(
+        jobs=counts.waiting,
+        reason=waiting.dominant(reasons),  # type: ignore[arg-type]
+        by_reason=WaitingReasons(**{r: reasons.get(r, 0) for r in waiting.REASONS}),
+    )
+
+
+async def waiting_per_type(
+    session: AsyncSession,
+    caller: Caller,
+    *,
+    job_type: str | None = None,
+    source_id: str | None = None,
+    narrow_to_project: bool = True,
+    now: datetime | None = None,
+) -> dict[str, Waiting]:
+    """Per job type, the waiting jobs the caller sees (its project, the filters) by what holds them.
+
+    Kept apart from the status counts above so that how those are read may change on its own."""
+    now = now or datetime.now(UTC)
+    where: list[Any] = []
+    if caller.project is not None and narrow_to_project:
+        where.append(Job.project_id == caller.project)
+    if source_id is not None:
+        where.append(Job.source_id == source_id)
+    per_type = await why.waiting_by_type(
+        session, caller.tenant_id, where, now, job_types=None if job_type is None else [job_type]
+    )
+    return {k: waiting_view(counts, kind, now) for k, (counts, kind) in per_type.items()}
+
+
+LIVE_STATUSES = ("pending", "scheduled", "leased", "running", "cancel_requested")
 
 
 async def live_counts(sessions: async_sessionmaker[AsyncSession]) -> list[tuple[str, str, int]]:

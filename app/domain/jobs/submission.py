@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.caller import Caller
 from app.core.problems import FieldError, Problem, not_found
 from app.domain.sources.schemas import SourceIdText
+from app.domain.workers import registry
 from app.storage.models import Job, Source
 
 JobTypeText = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9._-]{0,127}$", max_length=128)]
@@ -144,3 +145,10 @@ async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> 
     session.add(job)
     await session.flush()
     return job
+
+
+async def warnings_for(session: AsyncSession, caller: Caller, job_type: str, now: datetime | None = None) -> list[str]:
+    """What a submission of ``job_type`` should know: ``no_worker_for_job_type`` when no worker that may
+    run the tenant's jobs has served the type in the last hour (the job is queued all the same)."""
+    served = await registry.served_recently(session, caller.tenant_id, job_type, now or datetime.now(UTC))
+    return [] if served else ["no_worker_for_job_type"]

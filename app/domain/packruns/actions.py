@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
 from app.core.problems import Problem
+from app.domain.jobs.cancel import request_cancel
 from app.domain.jobs.submission import check_payload, new_job, take_source
 from app.domain.operations import ledger
 from app.domain.packruns import progress, service
@@ -125,8 +126,9 @@ async def submit(session: AsyncSession, caller: Caller, data: PackRunSubmit) -> 
 
 
 async def cancel(session: AsyncSession, caller: Caller, pack_run_id: str) -> PackRun:
-    """Queued or running → ``cancel_requested``: waiting steps are canceled at once, active steps
-    get ``cancel_requested`` and stop at their next heartbeat; with no active step the run is
+    """Queued or running → ``cancel_requested``, its step jobs by the two-phase rule of job cancel
+    (``app/domain/jobs/cancel.py``): waiting steps are canceled at once, active steps become
+    ``cancel_requested`` and stop at their next heartbeat; with no active step the run is
     ``canceled`` in the same transaction. A terminal run is 409 ``run_not_active``."""
     run = await service.load(session, caller, pack_run_id, for_update=True)
     if run.status in progress.TERMINAL:
@@ -135,16 +137,7 @@ async def cancel(session: AsyncSession, caller: Caller, pack_run_id: str) -> Pac
     if run.status != "cancel_requested":
         run.cancel_requested_at = now
         await progress.set_status(session, run, "cancel_requested", now=now)
-    await session.execute(
-        update(Job)
-        .where(
-            Job.tenant_id == run.tenant_id,
-            Job.pack_run_id == run.pack_run_id,
-            Job.status.in_(progress.ACTIVE_JOB),
-        )
-        .values(cancel_requested=True, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    await request_cancel(session, [Job.tenant_id == run.tenant_id, Job.pack_run_id == run.pack_run_id], now)
     await session.flush()
     settled = await progress.settle(session, run.tenant_id, run.pack_run_id, now=now)
     await session.flush()

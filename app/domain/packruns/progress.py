@@ -10,7 +10,9 @@ Derivation (the pack run's row is locked first):
   when some step had succeeded, else ``failed``;
 - ``blocked`` (a step cannot start: its source was disabled) → waiting steps canceled, run
   ``blocked`` once no step is active;
-- cancel requested → waiting steps canceled; ``canceled`` once no step job is leased or running;
+- cancel requested, or a step canceled (a job cancel of one step: the later steps can never
+  run) → waiting steps canceled; ``canceled`` once no step job is leased, running or
+  ``cancel_requested``;
 - every step succeeded → ``succeeded``;
 - a step started while the run was ``queued`` → ``running``.
 
@@ -31,7 +33,7 @@ from app.storage.models import Job, OperationRun, PackRun
 
 TERMINAL = frozenset({"succeeded", "partially_succeeded", "failed", "canceled", "blocked"})
 ACTIVE = frozenset({"queued", "running", "cancel_requested"})
-ACTIVE_JOB = ("leased", "running")
+ACTIVE_JOB = ("leased", "running", "cancel_requested")
 QUEUED_JOB = ("pending", "scheduled")
 FAILED_JOB = ("failed", "timed_out")
 
@@ -98,7 +100,6 @@ async def settle(
     succeeded = counts.get("succeeded", 0)
     failed = sum(counts.get(s, 0) for s in FAILED_JOB)
     active = sum(counts.get(s, 0) for s in ACTIVE_JOB)
-    queued = sum(counts.get(s, 0) for s in QUEUED_JOB)
     run.steps_succeeded, run.steps_failed = succeeded, failed
     run.updated_at = now
     total = run.steps_total
@@ -116,7 +117,7 @@ async def settle(
     elif total and succeeded == total:
         status = "succeeded"
         message = f"All {total} steps succeeded."
-    elif run.status == "cancel_requested" or (counts.get("canceled", 0) and not queued):
+    elif run.status == "cancel_requested" or counts.get("canceled", 0):
         await cancel_waiting_steps(session, run, now)
         if active == 0:
             status, message = "canceled", "Canceled by an operator before completion."

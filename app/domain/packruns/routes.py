@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,7 +14,7 @@ from app.domain.packruns.schemas import PackRunPage, PackRunStatus, PackRunSubmi
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
 from app.http.params import enum_query
-from app.http.routes import location, protected
+from app.http.routes import also_answers, location, protected
 
 PackRunId = Annotated[str, Parameter(max_length=64, description="The pack run's id")]
 PackRunStatusFilter = enum_query(PackRunStatus, "PackRunStatus", description="Only pack runs in this status")
@@ -60,16 +59,6 @@ async def get_pack_run(session: AsyncSession, caller: Caller, packRunId: PackRun
     return service.view(await service.load(session, caller, packRunId))
 
 
-def also_answers(successes: dict[int, str], scope: str, **declared: Any) -> dict[str, Any]:
-    """``protected(...)`` with further success answers (a pack-run view each) in the contract."""
-    route = protected(scope, **declared)
-    route["responses"] = {
-        **route["responses"],
-        **{status: ResponseSpec(data_container=PackRunView, description=text) for status, text in successes.items()},
-    }
-    return route
-
-
 def _location(request: Request[Any, Any, Any], run_id: str) -> dict[str, str]:
     return {"Location": location(request, f"/jobengine/pack-runs/{run_id}")}
 
@@ -106,6 +95,7 @@ async def submit_pack_run(
         {202: "Cancel requested: running steps stop at their next heartbeat; the run ends `canceled` when no "
          "step is active any more"},
         "orch:operate",
+        PackRunView,
         action="packrun.cancel",
         target="packRunId",
         problems=(404,),
@@ -130,6 +120,7 @@ async def cancel_pack_run(packRunId: PackRunId, mutation: Mutation) -> Response[
     **also_answers(
         {201: "A new pack run (`retryOf` = this run) with its own operation run (`pack_run.retry`)"},
         "orch:backfill",
+        PackRunView,
         action="packrun.retry",
         target="packRunId",
         location=(201,),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Request, Response, delete, get, post, put
@@ -9,6 +10,7 @@ from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
+from app.domain.jobs import service as jobs_service
 from app.domain.quotas import service
 from app.domain.quotas.schemas import QuotaCreate, QuotaPage, QuotaReplace, QuotaSummary, QuotaView
 from app.http.mutation import Mutation
@@ -53,12 +55,16 @@ async def list_quotas(
     summary="Quota and backpressure summary",
     description="Per job type with a quota, ordered by `jobType asc`: the configured limits beside "
     "observed values. `backpressure` is `paused` when the quota is paused; `saturated` when every "
-    "slot is taken or no waiting job can start; `elevated` at 80 % utilisation or when some waiting "
-    "jobs are held back; else `none`.",
+    "slot is taken or no waiting job can start; `elevated` at 80 % utilisation, when some waiting "
+    "jobs are held back, or while any due job of the type waits; else `none` (never while due jobs "
+    "of the type wait). `waiting` counts the tenant's jobs of the type not yet claimed by "
+    "`waitingReason`, with the reason most of them share, as in the job summary.",
     tags=["quotas"],
 )
 async def quota_summary(session: AsyncSession, caller: Caller) -> QuotaSummary:
-    return await service.summary(session, caller)
+    now = datetime.now(UTC)
+    waiting = await jobs_service.waiting_per_type(session, caller, narrow_to_project=False, now=now)
+    return await service.summary(session, caller, now, waiting=waiting)
 
 
 @get(

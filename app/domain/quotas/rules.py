@@ -43,6 +43,20 @@ def startable(limits: Limits, observed: Observed) -> int:
     return min(observed.queued, free_slots, rate_budget(limits, observed))
 
 
+def quota_hold(limits: Limits, observed: Observed, rank: int) -> str | None:
+    """Why the quota holds back the claimable job at ``rank`` (0-based, in dispatch order among its
+    type's claimable jobs), or None when it may start now: the dispatcher starts the first
+    :func:`startable` of them. ``quota_paused``; else ``quota_max_active`` when the free slots
+    bind (no more than the rate budget); else ``quota_rate``."""
+    if rank < startable(limits, observed):
+        return None
+    if limits.paused:
+        return "quota_paused"
+    if max(0, limits.max_active - observed.active) <= rate_budget(limits, observed):
+        return "quota_max_active"
+    return "quota_rate"
+
+
 def throttled(limits: Limits, observed: Observed) -> int:
     """Queued jobs held back by the quota (paused, no free slot or no rate budget)."""
     return observed.queued - startable(limits, observed)
@@ -55,12 +69,13 @@ def utilisation(limits: Limits, observed: Observed) -> float:
 
 def backpressure(limits: Limits, observed: Observed) -> str:
     """``paused`` when paused; ``saturated`` when every slot is taken or waiting jobs can start
-    none; ``elevated`` at 80 % utilisation or when some waiting jobs are held back; else ``none``."""
+    none; ``elevated`` at 80 % utilisation, when some waiting jobs are held back, or while any due
+    job of the type waits (whatever holds it: a worker, a pack step, its source); else ``none``."""
     if limits.paused:
         return "paused"
     held = throttled(limits, observed)
     if observed.active >= limits.max_active or (observed.queued > 0 and held == observed.queued):
         return "saturated"
-    if utilisation(limits, observed) >= ELEVATED_UTILISATION or held > 0:
+    if utilisation(limits, observed) >= ELEVATED_UTILISATION or held > 0 or observed.queued > 0:
         return "elevated"
     return "none"

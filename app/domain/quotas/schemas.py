@@ -7,6 +7,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from app.domain.jobs.schemas import Waiting
+
 Backpressure = Literal["none", "elevated", "saturated", "paused"]
 
 
@@ -44,6 +46,7 @@ class QuotaUsage(msgspec.Struct, rename="camel"):
     dispatched_last_hour: int
     utilisation: float
     backpressure: Backpressure
+    waiting: Waiting
 
 
 class QuotaTotals(msgspec.Struct, rename="camel"):

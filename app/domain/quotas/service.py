@@ -13,6 +13,7 @@ from app.core.caller import Caller
 from app.core.cursors import CursorCodec, PageScope
 from app.core.problems import FieldError, Problem, not_found
 from app.core.views import by_name
+from app.domain.jobs.schemas import NOT_WAITING, Waiting
 from app.domain.quotas import rules
 from app.domain.quotas.schemas import (
     QuotaCreate,
@@ -28,7 +29,7 @@ from app.storage.models import Job, Quota
 from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
 ORDER = Keyset((Quota.job_type, Quota.quota_id))
-ACTIVE_JOB_STATUSES = ("leased", "running")
+ACTIVE_JOB_STATUSES = ("leased", "running", "cancel_requested")  # a slot is held until the job stops
 QUEUED_JOB_STATUSES = ("pending", "scheduled")
 
 
@@ -97,7 +98,10 @@ async def observed_by_job_type(
     }
 
 
-async def summary(session: AsyncSession, caller: Caller, now: datetime | None = None) -> QuotaSummary:
+async def summary(
+    session: AsyncSession, caller: Caller, now: datetime | None = None, *, waiting: dict[str, Waiting] | None = None
+) -> QuotaSummary:
+    """``waiting``: the tenant's waiting jobs per type (``app/domain/jobs/service.waiting_per_type``)."""
     now = now or datetime.now(UTC)
     quotas = list(
         (
@@ -127,6 +131,7 @@ async def summary(session: AsyncSession, caller: Caller, now: datetime | None = 
                 dispatched_last_hour=seen.dispatched_last_hour,
                 utilisation=rules.utilisation(limits, seen),
                 backpressure=rules.backpressure(limits, seen),  # type: ignore[arg-type]
+                waiting=(waiting or {}).get(quota.job_type, NOT_WAITING),
             )
         )
     totals = QuotaTotals(
