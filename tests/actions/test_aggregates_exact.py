@@ -26,7 +26,7 @@ from sqlalchemy import select, text
 from app.core.caller import Caller, TenantInfo
 from app.domain.deadletter.summary import summary as groups_summary
 from app.engine import dispatcher, outcomes
-from app.engine.handlers import JobFailure, JobContext
+from app.engine.handlers import JobContext, JobFailure
 from app.engine.reconciler import reconcile_once
 from app.engine.replays import advance_replays
 from app.storage import aggregates

@@ -91,7 +91,7 @@ async def observed_by_job_type(
     if not job_types:
         return {}
     hour_ago, minute_ago = now - timedelta(hours=1), now - timedelta(minutes=1)
-    count_if = lambda condition: func.coalesce(func.sum(case((condition, 1), else_=0)), 0)  # noqa: E731
+    count_if = lambda condition: func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
     stmt = (
         select(
             Job.job_type,
