@@ -2,14 +2,14 @@
 maintained counters cost each write.
 
     .venv/bin/python bench/console_scale.py [--entries 1000000] [--jobs 1000000] [--runs 100000]
-                                            [--repeat 60] [--writes 2000]
+                                            [--repeat 60] [--writes 1000]
 
 Creates a throwaway database and Redis prefix (``bench/deep_paging.py``'s ``Environment``) and
 gives the ``bench`` tenant, with plain bulk ``INSERT … SELECT`` statements (so the project's own
 statement triggers build the maintained aggregates while loading, as for any writer):
 
-- ``--entries`` dead-letter entries (600 error templates over 40 codes and 7 categories, three
-  projects and none, 90 % pending, the rest replayed or discarded, over the last 30 days);
+- ``--entries`` dead-letter entries (600 error templates over 40 codes, 280 (category, errorCode)
+  groups, two projects and none, 90 % pending, the rest replayed or discarded, over the last 30 days);
 - ``--jobs`` jobs (60 job types, 1,000 sources, every status: 70 % finished over the last 30
   days, 25 % pending of which some are scheduled for later, 5 % leased or running), 60 quotas,
   1,000 sources, 20,000 pack runs and 100,000 audit rows;
@@ -23,9 +23,8 @@ every summary, stats and first-page route ≤ 50 ms p50.
 
 **Write cost.** On the same database, ``--writes`` single-row transactions of each kind a job
 goes through (insert; a status change; an update that changes no counted column, as a
-heartbeat), and one 500-row status change, are timed with the job-count triggers enabled and
-disabled (``ALTER TABLE … DISABLE TRIGGER``), in alternating rounds: the difference is what the
-counters cost each write.
+heartbeat; a delete) and a 500-row status change run under ``EXPLAIN (ANALYZE)``: the
+``job_counts`` trigger's time against the statement's, measured inside the server.
 
 Everything it creates is removed at the end, also on failure; results go to ``bench/results/``
 (not versioned). The figures are those of the machine it ran on, shared or not: read them as
@@ -49,7 +48,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deep_paging import TENANT, environment, machine, write_result  # noqa: E402
+from deep_paging import TENANT, environment, machine, write_result
 
 TARGET_P50_MS = 50.0
 CHUNK = 100_000
@@ -97,7 +96,7 @@ INSERT INTO dead_letter_entries (tenant_id, entry_id, project_id, job_id, job_ty
                                  first_dead_lettered_at, dead_lettered_at, updated_at)
 SELECT $1, 'dle-' || lpad(i::text, 8, '0'), (ARRAY[NULL, 'alpha', 'beta'])[i % 4 + 1],
        'dlj-' || lpad(i::text, 8, '0'), 'type.' || lpad((i % 60)::text, 3, '0'), 'src-' || lpad((i % 1000)::text, 6, '0'),
-       (ARRAY['transient', 'permanent', 'policy', 'timeout', 'validation', 'quota', 'auth'])[(i % 40) % 7 + 1],
+       (ARRAY['transient', 'permanent', 'policy', 'timeout', 'validation', 'quota', 'auth'])[(i / 40) % 7 + 1],
        'E_' || lpad((i % 40)::text, 2, '0'), 'step ' || (i % 600) || ' failed on item ' || i,
        'step ' || (i % 600) || ' failed on item <n>', left(md5('E_' || (i % 40) || '/' || (i % 600)), 32),
        jsonb_build_object('n', i), 3,
@@ -223,60 +222,62 @@ def measure_reads(url: str, headers: dict[str, str], paths: dict[str, tuple[str,
     return out
 
 
-JOB_TRIGGERS = ("job_counts_insert", "job_counts_update", "job_counts_delete")
-
-
-async def measure_writes(dsn: str, tenant_id: int, writes: int, rounds: int = 4) -> dict[str, Any]:
-    """Single-row transactions of a job's life with the counters' triggers on and off."""
-    conn = await asyncpg.connect(dsn)
-
-    async def timed(sql: str, params: list[tuple[Any, ...]]) -> float:
-        started = time.perf_counter()
-        for p in params:
-            async with conn.transaction():
-                await conn.execute(sql, *p)
-        return (time.perf_counter() - started) / len(params) * 1e6  # µs per write
-
-    insert = (
+WRITES = {
+    "insert (submission)": (
         "INSERT INTO jobs (tenant_id, job_id, project_id, source_id, job_type, payload, priority, status, attempt, "
-        "max_attempts, run_after, created_at, updated_at, cancel_requested) VALUES ($1, $2, 'alpha', 'src-000001', "
-        "'type.001', '{}', 0, 'pending', 0, 3, now(), now(), now(), false)"
-    )
-    status = "UPDATE jobs SET status = $3, updated_at = now() WHERE tenant_id = $1 AND job_id = $2"
-    beat = "UPDATE jobs SET heartbeat_at = now(), updated_at = now() WHERE tenant_id = $1 AND job_id = $2"
-    batch = (
-        "UPDATE jobs SET status = $2, updated_at = now() WHERE tenant_id = $1 AND job_id IN "
-        "(SELECT job_id FROM jobs WHERE tenant_id = $1 AND job_id LIKE 'wcost-%' ORDER BY job_id LIMIT 500)"
-    )
-    results: dict[str, dict[str, list[float]]] = {}
+        "max_attempts, run_after, created_at, updated_at, cancel_requested) VALUES ({tenant}, 'wcost-{n}', 'alpha', "
+        "'src-000001', 'type.001', '{{}}', 0, 'pending', 0, 3, now(), now(), now(), false)"
+    ),
+    "status change (claim)": (
+        "UPDATE jobs SET status = 'leased', lease_owner = 'w', updated_at = now() "
+        "WHERE tenant_id = {tenant} AND job_id = 'wcost-{n}'"
+    ),
+    "update of no counted column (heartbeat)": (
+        "UPDATE jobs SET heartbeat_at = now(), lease_expires_at = now() + interval '1 minute' "
+        "WHERE tenant_id = {tenant} AND job_id = 'wcost-{n}'"
+    ),
+    "delete": "DELETE FROM jobs WHERE tenant_id = {tenant} AND job_id = 'wcost-{n}'",
+}
+BATCH = (
+    "UPDATE jobs SET status = 'succeeded', updated_at = now() WHERE tenant_id = {tenant} AND job_id IN "
+    "(SELECT job_id FROM jobs WHERE tenant_id = {tenant} AND status = 'pending' ORDER BY job_id LIMIT 500)"
+)
+
+
+async def measure_writes(dsn: str, tenant_id: int, writes: int) -> dict[str, Any]:
+    """What the job counters' trigger costs each write, measured inside the server: each statement
+    under ``EXPLAIN (ANALYZE)`` in a transaction of its own (the batch is rolled back, so every
+    repeat changes 500 pending jobs), its execution time and the ``job_counts_*`` trigger's share
+    of it (medians). Timed in the server, the figures do not carry the client's round trip nor
+    most of the noise of a shared machine."""
+    conn = await asyncpg.connect(dsn)
+    samples: dict[str, dict[str, list[float]]] = {}
+
+    async def explain(name: str, sql: str, *, rollback: bool = False) -> None:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            (plan,) = json.loads(await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"))
+        finally:
+            await (transaction.rollback() if rollback else transaction.commit())
+        trigger = sum(t["Time"] for t in plan.get("Triggers", []) if t["Trigger Name"].startswith("job_counts_"))
+        into = samples.setdefault(name, {"statement": [], "trigger": []})
+        into["statement"].append(plan["Execution Time"] * 1000)
+        into["trigger"].append(trigger * 1000)
+
     try:
-        for r in range(rounds):
-            for enabled in ((True, False) if r % 2 == 0 else (False, True)):
-                action = "ENABLE" if enabled else "DISABLE"
-                for trigger in JOB_TRIGGERS:
-                    await conn.execute(f"ALTER TABLE jobs {action} TRIGGER {trigger}")
-                key = "with counters" if enabled else "without"
-                ids = [(tenant_id, f"wcost-{r}-{int(enabled)}-{n:06d}") for n in range(writes)]
-                into = results.setdefault(key, {})
-                into.setdefault("insert", []).append(await timed(insert, ids))
-                into.setdefault("status change", []).append(
-                    await timed(status, [(*i, "leased") for i in ids])
-                )
-                into.setdefault("update, no counted column (heartbeat)", []).append(await timed(beat, ids))
-                into.setdefault("500-row status change (per row)", []).append(
-                    await timed(batch, [(tenant_id, "succeeded")]) / 500
-                )
-                await conn.execute("DELETE FROM jobs WHERE tenant_id = $1 AND job_id LIKE 'wcost-%'", tenant_id)
-        for trigger in JOB_TRIGGERS:
-            await conn.execute(f"ALTER TABLE jobs ENABLE TRIGGER {trigger}")
+        for n in range(writes):
+            for name, sql in WRITES.items():
+                await explain(name, sql.format(tenant=tenant_id, n=n))
+        for _ in range(max(5, writes // 100)):
+            await explain("500-row status change (claim-like batch)", BATCH.format(tenant=tenant_id), rollback=True)
     finally:
         await conn.close()
     out: dict[str, Any] = {}
-    for kind in results["with counters"]:
-        on = statistics.median(results["with counters"][kind])
-        off = statistics.median(results["without"][kind])
-        out[kind] = {"with_us": round(on, 1), "without_us": round(off, 1), "counters_us": round(on - off, 1),
-                     "ratio": round(on / off, 2)}
+    for name, values in samples.items():
+        statement, trigger = statistics.median(values["statement"]), statistics.median(values["trigger"])
+        out[name] = {"statement_us": round(statement, 1), "trigger_us": round(trigger, 1),
+                     "trigger_share": round(trigger / statement, 2), "n": len(values["statement"])}
     return out
 
 
@@ -326,7 +327,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=60)
-    parser.add_argument("--writes", type=int, default=2000)
+    parser.add_argument("--writes", type=int, default=1000)
     args = parser.parse_args()
     result = asyncio.run(run(args, lambda m: print(m, file=sys.stderr, flush=True)))
     out = write_result("console_scale", result)

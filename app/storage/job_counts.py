@@ -65,8 +65,8 @@ async def by_type_and_status(
 async def not_due(
     session: AsyncSession, tenant_id: int, job_types: list[str], statuses: tuple[str, ...], now: datetime
 ) -> dict[str, int]:
-    """Queued jobs (in ``statuses``) per jobType whose ``run_after`` is still ahead: a range of the
-    due-jobs index (``ix_jobs_due``), as long as the jobs scheduled for later."""
+    """Queued jobs (in ``statuses``) per jobType whose ``run_after`` is still ahead: an index-only
+    range of ``ix_jobs_tenant_queued``, as long as the tenant's jobs scheduled for later."""
     stmt = (
         select(Job.job_type, func.count())
         .where(Job.tenant_id == tenant_id, Job.job_type.in_(job_types), Job.status.in_(statuses), Job.run_after > now)

@@ -6,7 +6,8 @@
   ``dead_lettered_at`` (and carries ``project_id`` on PostgreSQL for project-scoped readers).
 - ``job_counts`` (tenant_id, job_type, status, project_key, source_id, stripe) -> jobs: the job
   summary and the quota summary's active and queued counts (``ix_jobs_tenant_started`` gives the
-  quota summary its starts of the last hour without reading the other jobs).
+  quota summary its starts of the last hour, ``ix_jobs_tenant_queued`` its queued jobs not due
+  yet, without reading the other jobs).
 
 The triggers copy the status (and every other key column) from the rows: whatever value a job's
 status takes, it is counted under that value, so a new status needs no change here.
@@ -156,6 +157,7 @@ def _backfill(table: str) -> str:
     )
 
 
+_QUEUED = "status IN ('pending', 'scheduled')"
 _TENANT_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
@@ -196,6 +198,12 @@ def upgrade() -> None:
         "ix_jobs_tenant_started", "jobs", ["tenant_id", "started_at"], postgresql_include=["job_type"],
         postgresql_where=sa.text("started_at IS NOT NULL"), sqlite_where=sa.text("started_at IS NOT NULL"),
     )
+    # The queued jobs not due yet (queued = the counters' pending and scheduled less these): an
+    # index-only range of the tenant's future run_after instants.
+    op.create_index(
+        "ix_jobs_tenant_queued", "jobs", ["tenant_id", "run_after"], postgresql_include=["job_type", "status"],
+        postgresql_where=sa.text(_QUEUED), sqlite_where=sa.text(_QUEUED),
+    )
     for table in _AGGREGATES:
         op.execute(_backfill(table))
         if postgresql:
@@ -215,6 +223,7 @@ def downgrade() -> None:
             if postgresql:
                 op.execute(f"DROP FUNCTION IF EXISTS {table}_{event}()")
         op.drop_table(table)
+    op.drop_index("ix_jobs_tenant_queued", table_name="jobs")
     op.drop_index("ix_jobs_tenant_started", table_name="jobs")
     op.drop_index("ix_dle_tenant_category_code", table_name="dead_letter_entries")
     op.create_index("ix_dle_tenant_category_code", "dead_letter_entries", ["tenant_id", "category", "error_code"])
