@@ -19,7 +19,9 @@ It then checks that ``jobgate db check-aggregates`` finds the aggregates exact, 
 gateway (one worker) and measures each console read ``--repeat`` times, one request at a time in
 rotating order (after a warm-up): p50 and p99 of every list's first page (also with the filters a
 console sets), every summary and stats route, the lifecycle list and the progress overlay. Target:
-every summary, stats and first-page route ≤ 50 ms p50.
+every summary, stats and first-page route ≤ 50 ms p50. As the baseline of the same run, it times
+the ``GROUP BY`` statements the summaries ran before the maintained aggregates (raw asyncpg, no
+HTTP).
 
 **Write cost.** On the same database, ``--writes`` single-row transactions of each kind a job
 goes through (insert; a status change; an update that changes no counted column, as a
@@ -281,6 +283,44 @@ async def measure_writes(dsn: str, tenant_id: int, writes: int) -> dict[str, Any
     return out
 
 
+# The same figures as before the maintained aggregates: the GROUP BY over the rows that the
+# summaries ran (tests/api/grouped.py holds their SQLAlchemy form), timed in the same run.
+GROUPED = {
+    "deadletter/summary": (
+        "SELECT category, error_code, count(*), count(*) FILTER (WHERE status = 'pending'), min(dead_lettered_at), "
+        "max(dead_lettered_at) FROM dead_letter_entries WHERE tenant_id = $1 GROUP BY category, error_code "
+        "ORDER BY category, error_code LIMIT 51"
+    ),
+    "jobs/summary": "SELECT job_type, status, count(*) FROM jobs WHERE tenant_id = $1 GROUP BY job_type, status",
+    "quotas/summary (observed jobs)": (
+        "SELECT job_type, count(*) FILTER (WHERE status IN ('leased', 'running')), "
+        "count(*) FILTER (WHERE status IN ('pending', 'scheduled') AND run_after <= now()), "
+        "count(*) FILTER (WHERE started_at >= now() - interval '1 hour'), "
+        "count(*) FILTER (WHERE started_at >= now() - interval '1 minute') FROM jobs "
+        "WHERE tenant_id = $1 AND job_type IN (SELECT job_type FROM quotas WHERE tenant_id = $1) "
+        "AND (status IN ('leased', 'running', 'pending', 'scheduled') OR started_at >= now() - interval '1 hour') "
+        "GROUP BY job_type"
+    ),
+}
+
+
+async def measure_grouped(dsn: str, tenant_id: int, repeat: int) -> dict[str, Any]:
+    conn = await asyncpg.connect(dsn)
+    out: dict[str, Any] = {}
+    try:
+        for name, sql in GROUPED.items():
+            await conn.fetch(sql, tenant_id)  # warm-up
+            times = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                await conn.fetch(sql, tenant_id)
+                times.append((time.perf_counter() - started) * 1000)
+            out[name] = {"p50_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1), "n": repeat}
+    finally:
+        await conn.close()
+    return out
+
+
 def check_aggregates(env: Any) -> str:
     return env.cli("db", "check-aggregates", "--tenant", TENANT)
 
@@ -301,6 +341,8 @@ async def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}", "X-Stella-Tenant": TENANT}
         log(f"measuring {len(routes(tenant_id))} reads x {args.repeat} ...")
         reads = measure_reads(env.url, headers, routes(tenant_id), args.repeat)
+        log("measuring the GROUP BY forms the summaries replaced ...")
+        grouped = await measure_grouped(env.dsn, tenant_id, max(5, args.repeat // 6))
         log("measuring the counters' cost per write ...")
         writes = await measure_writes(env.dsn, tenant_id, args.writes)
         if check_aggregates(env) != "aggregates exact":
@@ -315,6 +357,7 @@ async def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             "load_seconds": loaded,
             "check_aggregates_seconds": check_seconds,
             "reads": reads,
+            "grouped_before": grouped,
             "writes": writes,
             "target": {"p50_ms_max": TARGET_P50_MS, "over": over, "met": not over},
             "machine": machine(),
