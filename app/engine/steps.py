@@ -32,7 +32,7 @@ def background_steps() -> list[Step]:
     from app.engine.reconciler import reconcile_step
 
     steps.append(Step("reconcile", 30.0, reconcile_step))
-    from app.domain.deadletter.aggregates import fold_stripes
+    from app.storage.aggregates import fold_stripes
 
     async def fold_aggregate_stripes(context: EngineContext) -> None:
         await fold_stripes(context.engine)

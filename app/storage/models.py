@@ -156,6 +156,22 @@ class Job(Base):
             postgresql_where=text("status IN ('leased', 'running', 'cancel_requested')"),
             sqlite_where=text("status IN ('leased', 'running', 'cancel_requested')"),
         ),
+        Index(  # migration 0008: the quota summary's starts of the last hour
+            "ix_jobs_tenant_started",
+            "tenant_id",
+            "started_at",
+            postgresql_include=["job_type"],
+            postgresql_where=text("started_at IS NOT NULL"),
+            sqlite_where=text("started_at IS NOT NULL"),
+        ),
+        Index(  # migration 0008: the quota summary's queued jobs not due yet
+            "ix_jobs_tenant_queued",
+            "tenant_id",
+            "run_after",
+            postgresql_include=["job_type", "status"],
+            postgresql_where=text("status IN ('pending', 'scheduled')"),
+            sqlite_where=text("status IN ('pending', 'scheduled')"),
+        ),
     )
 
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
@@ -190,7 +206,14 @@ class DeadLetterEntry(Base):
     __tablename__ = "dead_letter_entries"
     __table_args__ = (
         Index("ix_dle_tenant_dead_lettered", "tenant_id", "dead_lettered_at", "entry_id"),
-        Index("ix_dle_tenant_category_code", "tenant_id", "category", "error_code"),
+        Index(  # migration 0008: the summary's first/last instants per group
+            "ix_dle_tenant_category_code",
+            "tenant_id",
+            "category",
+            "error_code",
+            "dead_lettered_at",
+            postgresql_include=["project_id"],
+        ),
         Index("ix_dle_tenant_status", "tenant_id", "status", "dead_lettered_at"),
         Index("ix_dle_tenant_template", "tenant_id", "error_code", "template_hash"),
         Index("ix_dle_tenant_category_status", "tenant_id", "category", "status"),

@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, func, select, text
 
 from app.domain.audit import queries as audit
 from app.domain.deadletter import service as deadletter
+from app.domain.deadletter import summary as groups
 from app.domain.jobs import service as jobs
 from app.domain.packruns import service as packruns
 from app.domain.quotas import service as quotas
@@ -110,7 +111,7 @@ LISTS = [
     (quotas.LIST, ["jobType", "paused"], ["type-1", "zzz"]),
     (jobs.LIST, ["project", "status", "jobType", "sourceId", "packRunId"], [at(2), "zzz"]),
     (deadletter.LIST, ["project", "jobType", "category", "errorCode", "status", "from", "to"], [at(3), "zzz"]),
-    (deadletter.SUMMARY, ["project"], ["policy", "E1"]),
+    (groups.SUMMARY, ["project"], ["policy", "E1"]),
     (packruns.LIST, ["project", "status", "packName"], [at(1), "zzz"]),
     (audit.LIST, ["project", "action", "subject", "target", "from", "to"], [NOW + timedelta(days=1), 10**9]),
 ]

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
 from app.domain.deadletter import discard, replay, service
+from app.domain.deadletter import summary as groups
 from app.domain.deadletter.schemas import (
     BATCH_MAX,
     DISCARD_MAX_ENTRIES_DEFAULT,
@@ -76,7 +77,7 @@ async def deadletter_summary(
     limit: Limit = 50,
     continuation_token: ContinuationToken = None,
 ) -> SummaryPage:
-    return await service.summary(
+    return await groups.summary(
         session, caller, request.app.state.runtime.cursors, limit=limit, token=continuation_token
     )
 

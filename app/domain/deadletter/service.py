@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, case, cast, func, select
+from sqlalchemy import BigInteger, bindparam, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
@@ -20,8 +20,6 @@ from app.domain.deadletter.schemas import (
     EntryView,
     ErrorCluster,
     StatusTotals,
-    SummaryGroup,
-    SummaryPage,
 )
 from app.instants import iso_or_none
 from app.storage.models import DeadLetterCluster as Clusters
@@ -108,10 +106,6 @@ async def load(session: AsyncSession, caller: Caller, entry_id: str) -> Entry:
     if entry is None:
         raise not_found("Dead-letter entry")
     return entry
-
-
-def _pending_count():  # type: ignore[no-untyped-def]
-    return func.coalesce(func.sum(case((Entry.status == "pending", 1), else_=0)), 0)
 
 
 def _aggregate(table, caller: Caller, *columns: Any):  # type: ignore[no-untyped-def]
@@ -264,41 +258,3 @@ def _aware(moment: datetime | None) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment
-
-
-SUMMARY = PageQuery(
-    lambda present: _visible_bound(
-        present,
-        Entry.category,
-        Entry.error_code,
-        func.count().label("total"),
-        _pending_count().label("pending"),
-        func.min(Entry.dead_lettered_at).label("first"),
-        func.max(Entry.dead_lettered_at).label("last"),
-    ).group_by(Entry.category, Entry.error_code),
-    Keyset((Entry.category, Entry.error_code)),
-    scalars=False,
-)
-
-
-async def summary(
-    session: AsyncSession, caller: Caller, codec: CursorCodec, *, limit: int, token: str | None
-) -> SummaryPage:
-    """Groups by (category, errorCode), in that order, paged by the group key."""
-    scope = PageScope(caller.tenant.key, caller.project, "deadletter-summary", (), SUMMARY.keyset.name)
-    values = {"tenant": caller.tenant_id, "project": caller.project}
-    rows, next_token = await fetch_page(session, SUMMARY, values, limit=limit, token=token, scope=scope, codec=codec)
-    return SummaryPage(
-        items=[
-            SummaryGroup(
-                category=r.category,
-                error_code=r.error_code,
-                total=r.total,
-                pending=r.pending,
-                first_dead_lettered_at=r.first,
-                last_dead_lettered_at=r.last,
-            )
-            for r in rows
-        ],
-        continuation_token=next_token,
-    )

@@ -24,6 +24,7 @@ from app.domain.jobs.schemas import (
     Waiting,
     WaitingReasons,
 )
+from app.storage import job_counts
 from app.storage.models import Job
 from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
@@ -90,14 +91,11 @@ async def load(session: AsyncSession, caller: Caller, job_id: str) -> Job:
 
 
 async def summary(session: AsyncSession, caller: Caller, *, job_type: str | None, source_id: str | None) -> JobSummary:
-    stmt = visible(caller, Job.job_type, Job.status, func.count()).group_by(Job.job_type, Job.status)
-    if job_type is not None:
-        stmt = stmt.where(Job.job_type == job_type)
-    if source_id is not None:
-        stmt = stmt.where(Job.source_id == source_id)
     overall: dict[str, int] = {}
     per_type: dict[str, dict[str, int]] = {}
-    for kind, status, count in await session.execute(stmt):
+    for kind, status, count in await job_counts.by_type_and_status(
+        session, caller.tenant_id, project=caller.project, job_type=job_type, source_id=source_id
+    ):
         overall[status] = overall.get(status, 0) + count
         per_type.setdefault(kind, {})[status] = count
     held = await waiting_per_type(session, caller, job_type=job_type, source_id=source_id)

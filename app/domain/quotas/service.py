@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, case, delete, func, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,7 +25,8 @@ from app.domain.quotas.schemas import (
     QuotaView,
 )
 from app.sanitize import sanitize
-from app.storage.models import Job, Quota
+from app.storage import job_counts
+from app.storage.models import Quota
 from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
 ORDER = Keyset((Quota.job_type, Quota.quota_id))
@@ -79,23 +80,26 @@ async def observed_by_job_type(
     if not job_types:
         return {}
     hour_ago, minute_ago = now - timedelta(hours=1), now - timedelta(minutes=1)
-    count_if = lambda condition: func.coalesce(func.sum(case((condition, 1), else_=0)), 0)  # noqa: E731
-    stmt = (
-        select(
-            Job.job_type,
-            count_if(Job.status.in_(ACTIVE_JOB_STATUSES)),
-            count_if(Job.status.in_(QUEUED_JOB_STATUSES) & (Job.run_after <= now)),  # due, waiting
-            count_if(Job.started_at >= hour_ago),
-            count_if(Job.started_at >= minute_ago),
+    # Active and queued from the maintained counters; the queued jobs not due yet and the starts of
+    # the last hour from their indexes. A job type with no live job and no recent start is left out.
+    live: dict[str, dict[str, int]] = {}
+    for job_type, status, count in await job_counts.by_type_and_status(
+        session, tenant_id, job_types=job_types, statuses=ACTIVE_JOB_STATUSES + QUEUED_JOB_STATUSES
+    ):
+        live.setdefault(job_type, {})[status] = count
+    later = await job_counts.not_due(session, tenant_id, list(live), QUEUED_JOB_STATUSES, now) if live else {}
+    started = await job_counts.started_since(session, tenant_id, job_types, hour_ago, minute_ago)
+    observed: dict[str, rules.Observed] = {}
+    for job_type in sorted(live.keys() | started.keys()):
+        counts = live.get(job_type, {})
+        hour, minute = started.get(job_type, (0, 0))
+        observed[job_type] = rules.Observed(
+            sum(counts.get(s, 0) for s in ACTIVE_JOB_STATUSES),
+            sum(counts.get(s, 0) for s in QUEUED_JOB_STATUSES) - later.get(job_type, 0),  # due, waiting
+            hour,
+            minute,
         )
-        .where(Job.tenant_id == tenant_id, Job.job_type.in_(job_types))
-        .where(Job.status.in_(ACTIVE_JOB_STATUSES + QUEUED_JOB_STATUSES) | (Job.started_at >= hour_ago))
-        .group_by(Job.job_type)
-    )
-    return {
-        job_type: rules.Observed(int(active), int(queued), int(hour), int(minute))
-        for job_type, active, queued, hour, minute in await session.execute(stmt)
-    }
+    return observed
 
 
 async def summary(
