@@ -14,8 +14,8 @@ from app.core.caller import Caller
 from app.core.cursors import CursorCodec, PageScope
 from app.domain.deadletter.schemas import SummaryGroup, SummaryPage
 from app.domain.deadletter.service import _visible_bound
-from app.domain.jobs.schemas import JobSummary, JobTypeCounts, StatusCounts
-from app.domain.jobs.service import visible
+from app.domain.jobs.schemas import NOT_WAITING, JobSummary, JobTypeCounts, StatusCounts
+from app.domain.jobs.service import visible, waiting_per_type
 from app.domain.quotas import rules
 from app.domain.quotas.service import ACTIVE_JOB_STATUSES, QUEUED_JOB_STATUSES
 from app.storage.models import DeadLetterEntry as Entry
@@ -75,13 +75,18 @@ async def job_summary(session: AsyncSession, caller: Caller, *, job_type: str | 
     for kind, status, count in await session.execute(stmt):
         overall[status] = overall.get(status, 0) + count
         per_type.setdefault(kind, {})[status] = count
+    # the waiting counts are not aggregated: both forms derive them the same way
+    held = await waiting_per_type(session, caller, job_type=job_type, source_id=source_id)
 
     def counts(by_status: dict[str, int]) -> StatusCounts:
         return StatusCounts(**by_status, total=sum(by_status.values()))
 
     return JobSummary(
         overall=counts(overall),
-        by_job_type=[JobTypeCounts(job_type=k, counts=counts(v)) for k, v in sorted(per_type.items())],
+        by_job_type=[
+            JobTypeCounts(job_type=k, counts=counts(v), waiting=held.get(k, NOT_WAITING))
+            for k, v in sorted(per_type.items())
+        ],
     )
 
 
