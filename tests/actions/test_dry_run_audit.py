@@ -51,3 +51,17 @@ async def test_other_actions_are_not_dry_runs(client, factory, runtime):
     refused = await client.post(f"/jobengine/deadletter/{entry.entry_id}/discard", headers=factory.headers(tenant))
     assert refused.status_code == 409
     assert [r.dry_run for r in await audit_rows(runtime, tenant)] == [False, False]
+
+
+async def test_the_replayed_answer_of_a_dry_run_is_audited_as_a_dry_run(client, factory, runtime):
+    tenant = await factory.tenant()
+    ids = [e.entry_id for e in await dead_letters(runtime, tenant, 2)]
+    headers = {**factory.headers(tenant), "Idempotency-Key": "dry-run-twice"}
+    for _ in range(2):
+        response = await client.post(
+            "/jobengine/deadletter/discard/batch", json={"entryIds": ids, "dryRun": True}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+    assert response.headers.get("idempotent-replayed") == "true"
+    rows = [(r.result_status, r.result_code, r.dry_run) for r in await audit_rows(runtime, tenant)]
+    assert rows == [(200, None, True), (200, "idempotent_replay", True)]
