@@ -47,6 +47,14 @@ async def slow_run(client, factory, runtime, tenant: str, count: int, project: s
     return accepted["operationRunId"]
 
 
+async def one_chunk(runtime, run_id: int) -> int:
+    """One chunk of this run, as the runner's step does it (whatever other runs are due)."""
+    async with runtime.sessions.begin() as session:
+        run = await replay_runs.claim_active(session, run_id)
+        assert run is not None
+        return await replays._advance(session, run, datetime.now(UTC))
+
+
 async def replaying(runtime, tenant: str) -> set[str]:
     return {e.entry_id for e in (await entry_rows(runtime, tenant)).values() if e.status != "pending"}
 
@@ -57,7 +65,9 @@ async def replaying(runtime, tenant: str) -> set[str]:
 async def test_cancel_stops_the_run_keeps_what_was_replayed_and_counts_the_rest(client, factory, runtime):
     tenant = await factory.tenant()
     run_id = await slow_run(client, factory, runtime, tenant, 30)
-    await advance_replays(runtime)  # the first chunk: one entry (the bucket holds one token)
+    # The first chunk: one entry, the one token of the bucket (on the embedded default the gateway's
+    # own worker may take it first; the entry is replayed either way).
+    await one_chunk(runtime, run_id)
     response = await client.post(cancel_path(run_id), headers=factory.headers(tenant))
     assert response.status_code == 200, response.text
     body = response.json()
@@ -301,6 +311,9 @@ async def test_a_rate_change_mid_run_takes_effect_and_is_audited(client, factory
     )
 
 
+# On the embedded default the gateway's own worker may replay the whole run at the old rate before
+# the change reaches it, which leaves nothing to slow down.
+@pytest.mark.backends("postgresql")
 async def test_a_lower_rate_slows_the_run_down(client, factory, runtime):
     tenant = await factory.tenant()
     await dead_letters(runtime, tenant, 50, error_code="E_DOWN")
