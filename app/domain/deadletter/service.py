@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, case, cast, func, or_, select
+from sqlalchemy import BigInteger, bindparam, case, cast, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from app.core.caller import Caller
 from app.core.cursors import CursorCodec, PageScope
@@ -102,12 +103,8 @@ class EntryFilter:
         """``stmt`` with the condition of each filter named in ``present``, comparing with
         ``value(name)``: a bound parameter of that name unless given."""
         stmt = where_present(stmt, present, cls.COLUMNS.items(), within=Entry.dead_lettered_at, value=value)
-        if "jobId" in present:
-            # The job that dead-lettered, or a replay job of the entry (two primary-key lookups).
-            replayed = select(Job.replay_of_entry_id).where(
-                Job.tenant_id == Entry.tenant_id, Job.job_id == value("jobId")
-            )
-            stmt = stmt.where(or_(Entry.job_id == value("jobId"), Entry.entry_id.in_(replayed)))
+        if "jobId" in present:  # the entry list only: it compares the tenant too, ``value("tenant")``
+            stmt = stmt.where(Entry.entry_id.in_(_entries_of_job(value("tenant"), value("jobId"))))
         return stmt
 
     def values(self) -> dict[str, Any]:
@@ -121,6 +118,17 @@ class EntryFilter:
         times = (("from", iso_or_none(self.dead_lettered_from)), ("to", iso_or_none(self.dead_lettered_to)))
         return (*sorted(self.equals.items()), *times)
 
+
+
+def _entries_of_job(tenant: Any, job_id: Any):  # type: ignore[no-untyped-def]
+    """The entry of a job: the job that dead-lettered, or a replay job of the entry. An uncorrelated
+    union of two unique-index lookups, so the list joins at most two entries by primary key (an
+    ``OR`` of the two conditions made PostgreSQL filter every entry of the tenant)."""
+    other = aliased(Entry)
+    return union_all(
+        select(other.entry_id).where(other.tenant_id == tenant, other.job_id == job_id),
+        select(Job.replay_of_entry_id).where(Job.tenant_id == tenant, Job.job_id == job_id),
+    )
 
 
 def _visible_bound(present: frozenset[str], *columns: Any):  # type: ignore[no-untyped-def]
