@@ -135,7 +135,7 @@ def create_app(
             allow_origins=list(settings.cors_origins),
             allow_headers=CORS_ALLOW_HEADERS,
             expose_headers=CORS_EXPOSE_HEADERS,
-            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             allow_credentials=False,
             max_age=600,
         )

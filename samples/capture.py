@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -38,7 +40,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def capture(samples: dict[str, tuple[str, str, dict | None]] = READS) -> None:
+@contextmanager
+def gateway() -> Iterator[tuple[str, dict[str, str]]]:
+    """A `jobgate serve --demo` on the embedded default in a temporary directory: its base URL and
+    the headers of tenant `acme` with a development token."""
     with tempfile.TemporaryDirectory() as folder:
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")}
         env["JOBGATE_DATA_DIR"] = str(Path(folder) / ".jobgate")
@@ -63,21 +68,34 @@ def capture(samples: dict[str, tuple[str, str, dict | None]] = READS) -> None:
                 [sys.executable, "-m", "app.cli", "token", "--tenant", "acme"],
                 env=env, cwd=ROOT, capture_output=True, text=True, check=True,
             ).stdout.strip()
-            headers = {
+            yield base, {
                 "Authorization": f"Bearer {token}",
                 "X-Stella-Tenant": "acme",
                 "X-Stella-Operator-Reason": "capturing contract samples",
                 "X-Stella-Trace-Id": "sample-capture-0001",
             }
-            for name, (method, path, body) in samples.items():
-                response = httpx.request(method, base + path, headers=headers, json=body, timeout=10)
-                if response.status_code >= 400:
-                    raise SystemExit(f"{method} {path} answered {response.status_code}: {response.text}")
-                (HERE / name).write_text(json.dumps(response.json(), indent=2, ensure_ascii=False) + "\n")
-                print(f"{name}: {method} {path} -> {response.status_code}")
         finally:
             server.terminate()
             server.wait(10)
+
+
+def call(base: str, headers: dict[str, str], method: str, path: str, body: dict | None = None) -> httpx.Response:
+    response = httpx.request(method, base + path, headers=headers, json=body, timeout=10)
+    if response.status_code >= 400:
+        raise SystemExit(f"{method} {path} answered {response.status_code}: {response.text}")
+    return response
+
+
+def write(name: str, response: httpx.Response) -> None:
+    (HERE / name).write_text(json.dumps(response.json(), indent=2, ensure_ascii=False) + "\n")
+    request = response.request
+    print(f"{name}: {request.method} {request.url.raw_path.decode()} -> {response.status_code}")
+
+
+def capture(samples: dict[str, tuple[str, str, dict | None]] = READS) -> None:
+    with gateway() as (base, headers):
+        for name, (method, path, body) in samples.items():
+            write(name, call(base, headers, method, path, body))
 
 
 if __name__ == "__main__":

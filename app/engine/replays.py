@@ -10,7 +10,14 @@ directly (tests, benchmarks) without a worker.
 Pacing: a token bucket per run, kept in the run's ``context`` (``tokens``, ``tokensAt``): tokens
 accrue at ``ratePerSecond`` up to ``min(ratePerSecond, CHUNK)``, each replayed entry spends one,
 and a run without tokens is not due before ``nextAt``. Over any interval of T seconds a run
-replays at most ``ratePerSecond × (T + 1)`` entries.
+replays at most ``ratePerSecond × (T + 1)`` entries. An operator may change ``ratePerSecond`` of an
+active run (``PATCH /jobengine/deadletter/replays/{id}``): the bucket is capped by the new rate
+at the next chunk.
+
+Operators may cancel a run (:mod:`app.domain.deadletter.replay_runs`). A chunk takes its run with
+the same guarded statement as a cancel (``replay_runs.claim_active``) before it reads anything of
+it, so no chunk starts after a cancel has committed, and a cancel waits for a chunk in progress
+and counts it.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from sqlalchemy import or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.domain.deadletter import replay
+from app.domain.deadletter import replay, replay_runs
 from app.domain.operations import ledger
 from app.storage.models import ACTIVE_RUN_STATUSES, OperationRun
 
@@ -54,8 +61,8 @@ def _due(now: datetime):  # type: ignore[no-untyped-def]
 
 
 def _counts(run: OperationRun) -> dict[str, int]:
-    counts = {"matched": 0, "replayed": 0, "skipped": 0, "failed": 0}
-    counts.update({k: int(v) for k, v in (run.summary_counts or {}).items() if k in counts})
+    counts = replay_runs.run_counts(run.summary_counts)
+    del counts["canceled"]  # only a cancel sets it (app/domain/deadletter/replay_runs.py)
     return counts
 
 
@@ -156,10 +163,8 @@ async def _record_error(context: EngineContext, run_id: int, error: Exception) -
     """A failed chunk changed nothing; count it, and give up after MAX_ERRORS in a row."""
     now = datetime.now(UTC)
     async with context.sessions.begin() as session:
-        run = (
-            await session.execute(select(OperationRun).where(OperationRun.id == run_id).with_for_update())
-        ).scalar_one_or_none()
-        if run is None or run.status not in ACTIVE_RUN_STATUSES:
+        run = await replay_runs.claim_active(session, run_id)
+        if run is None:  # completed (or canceled) meanwhile
             return
         run_context = dict(run.context)
         run_context["errors"] = int(run_context.get("errors", 0)) + 1
@@ -197,11 +202,16 @@ async def advance_replays(context: EngineContext, *, budget_seconds: float = 1.0
         run_id: int | None = None
         try:
             async with context.sessions.begin() as session:
-                run = (await session.execute(_due(now))).scalar_one_or_none()
-                if run is None:
+                due = (await session.execute(_due(now))).scalar_one_or_none()
+                if due is None:
                     return total
-                run_id = run.id
-                total += await _advance(session, run, now)
+                run_id = due.id
+                # Re-checked under the run's lock: a cancel that committed since the pick (or
+                # holds the run now, and commits first) leaves nothing to do; a rate changed
+                # meanwhile is read here.
+                run = await replay_runs.claim_active(session, run_id)
+                if run is not None:
+                    total += await _advance(session, run, now)
         except Exception as exc:
             if run_id is None:
                 raise

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import select, update
@@ -40,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.caller import Caller
 from app.core.problems import Problem
 from app.http.tracing import header_values
-from app.security.audit import REPLAYED_KEY
+from app.security.audit import DRY_RUN_KEY, REPLAYED_KEY
 from app.security.guards import MUTATING
 from app.security.header_rules import idempotency_key
 from app.storage.idempotency import RETENTION, complete_in, record_key, release_in
@@ -189,6 +190,17 @@ class IdempotencyStore:
                 await complete_in(session, caller, captured.status, captured.headers, bytes(captured.body))
 
 
+def _asks_for_a_dry_run(body: bytes) -> bool:
+    """Whether a request whose first answer is replayed was a dry run (its audit row says so, as
+    the first one's did): only a request the handler accepted has a stored answer, so its body is
+    the JSON object the handler read."""
+    try:
+        decoded = msgspec.json.decode(body) if body else None
+    except msgspec.DecodeError:
+        return False
+    return isinstance(decoded, dict) and decoded.get("dryRun") is True
+
+
 class IdempotencyClaim:
     """``before_request``: claim the request's key; a completed first request's answer is returned
     (and so sent instead of calling the handler), marked for the audit as a replay."""
@@ -206,9 +218,11 @@ class IdempotencyClaim:
             return None
         caller = replace(caller, idempotency_key=key)
         scope["user"] = caller
-        stored = await self.store.claim(caller, self.store.fingerprint(scope, await request.body()))
+        body = await request.body()
+        stored = await self.store.claim(caller, self.store.fingerprint(scope, body))
         if stored is not None:
             scope["state"][REPLAYED_KEY] = True
+            scope["state"][DRY_RUN_KEY] = _asks_for_a_dry_run(body)
             return stored.replay()
         scope["state"][CLAIM_KEY] = caller
         return None

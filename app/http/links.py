@@ -80,6 +80,16 @@ LINKS = (
         "operationRun",
         (("GetOperationRun", "GET", "/api/admin/operations/{operationRun}"),),
     ),
+    Follow(
+        ("POST", "/jobengine/deadletter/replay/pending"),
+        "202",
+        "operationRunId",
+        "operationRunId",
+        (
+            ("ChangeReplayRate", "PATCH", "/jobengine/deadletter/replays/{operationRunId}"),
+            ("CancelReplay", "POST", "/jobengine/deadletter/replays/{operationRunId}/cancel"),
+        ),
+    ),
 )
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.caller import Caller
 from app.core.problems import Problem
 from app.http.caching import encode, etag_of_body
-from app.security.audit import AUDITED_KEY
+from app.security.audit import AUDITED_KEY, DRY_RUN_KEY
 from app.storage.audit import record
 from app.storage.idempotency import complete_in
 
@@ -28,6 +28,15 @@ class Mutation:
         self.session = session
         self.caller = caller
         self._request = request
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self._request.scope["state"].get(DRY_RUN_KEY))
+
+    @dry_run.setter
+    def dry_run(self, value: bool) -> None:
+        """Mark the request a dry run (its audit row says so, also when it is refused after this)."""
+        self._request.scope["state"][DRY_RUN_KEY] = value
 
     async def commit(
         self,
@@ -51,6 +60,7 @@ class Mutation:
             route=scope.get("path_template") or scope["path"],
             target=target,
             status=status,
+            dry_run=self.dry_run,
         )
         await complete_in(self.session, self.caller, status, response_headers, body)
         try:

@@ -30,6 +30,9 @@ log = logging.getLogger("jobgate.envelope")
 
 AUDITED_KEY = "jobgate_audited"
 REPLAYED_KEY = "jobgate_replayed"
+# Set by a handler as soon as it knows the request is a dry run (``Mutation.dry_run``), so that a
+# refusal after that point is audited as a dry run too.
+DRY_RUN_KEY = "jobgate_dry_run"
 
 
 def _valid_or_none(parse: Any, values: list[bytes]) -> str | None:
@@ -91,6 +94,7 @@ class MutationAudit:
             target=_target(scope, handler.opt.get("target")),
             status=status,
             code=code,
+            dry_run=bool(scope["state"].get(DRY_RUN_KEY)),
         )
         try:
             async with self.sessions.begin() as session:

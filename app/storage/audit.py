@@ -20,6 +20,7 @@ def audit_row(
     target: str | None,
     status: int,
     code: str | None = None,
+    dry_run: bool = False,
 ) -> AuditRecord:
     return AuditRecord(
         occurred_at=datetime.now(UTC),
@@ -38,6 +39,7 @@ def audit_row(
         idempotency_key=caller.idempotency_key,
         result_status=status,
         result_code=code,
+        dry_run=dry_run,
     )
 
 

@@ -151,6 +151,15 @@ class Job(Base):
             sqlite_where=text("status IN ('pending', 'scheduled')"),
         ),
         Index(
+            "ix_jobs_replay_of_entry",
+            "tenant_id",
+            "replay_of_entry_id",
+            "created_at",
+            "job_id",
+            postgresql_where=text("replay_of_entry_id IS NOT NULL"),
+            sqlite_where=text("replay_of_entry_id IS NOT NULL"),
+        ),
+        Index(
             "ix_jobs_leases",
             "lease_expires_at",
             postgresql_where=text("status IN ('leased', 'running', 'cancel_requested')"),
@@ -337,7 +346,11 @@ class AuditRecord(Base):
     """Append-only; PostgreSQL refuses UPDATE, DELETE and TRUNCATE (see the migration)."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_tenant_time", "tenant_id", "occurred_at", "id"),)
+    __table_args__ = (
+        Index("ix_audit_tenant_time", "tenant_id", "occurred_at", "id"),
+        Index("ix_audit_tenant_action", "tenant_id", "action", "occurred_at", "id"),
+        Index("ix_audit_tenant_target", "tenant_id", "target", "occurred_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -355,6 +368,7 @@ class AuditRecord(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     result_status: Mapped[int] = mapped_column(Integer)
     result_code: Mapped[str | None] = mapped_column(String(64))
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class IdempotencyRecord(Base):

@@ -136,7 +136,7 @@ async def test_retry_creates_a_new_run_of_the_same_steps_with_its_own_operation_
     assert response.status_code == 201, response.text
     retry = response.json()
     assert response.headers["location"].endswith(f"/jobengine/pack-runs/{retry['packRunId']}")
-    assert (retry["retryOf"], retry["status"], retry["packName"], retry["steps"]["total"]) == (
+    assert (retry["retryOf"], retry["status"], retry["packName"], retry["stepCounts"]["total"]) == (
         pack["packRunId"], "queued", "nightly", 3)
     assert retry["operationRunId"] != pack["operationRunId"]
     operation = await _operation(runtime, retry["operationRunId"])

@@ -166,7 +166,7 @@ async def test_pack_run_creates_its_operation_run_then_one_pending_job_per_step(
     assert response.status_code == 201, response.text
     run = response.json()
     assert response.headers["location"] == f"http://gateway.test/jobengine/pack-runs/{run['packRunId']}"
-    assert (run["status"], run["steps"], run["retryOf"]) == ("queued", {"total": 3, "succeeded": 0, "failed": 0}, None)
+    assert (run["status"], run["stepCounts"], run["retryOf"]) == ("queued", {"total": 3, "succeeded": 0, "failed": 0}, None)
     tid = await tenant_id(runtime, tenant)
     async with runtime.sessions() as session:
         operation = await session.get(OperationRun, run["operationRunId"])

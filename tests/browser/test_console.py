@@ -166,3 +166,36 @@ async def test_an_origin_not_on_the_list_gets_no_cors_grant(
         "t => call('GET', '/jobengine/sources', {tenant: t}).then(() => 'answered', e => e.name)", tenant
     )
     assert outcome == "TypeError"  # the browser withholds the answer: a network error to the page
+
+
+async def test_a_console_may_pace_and_cancel_a_replay_by_filter(
+    browser, browser_gateway, page_origins, client, factory, keys
+):
+    """PATCH is a method the preflight grants: a console changes a replay's pace, then cancels it."""
+    from tests.api.rows import Rows
+
+    tenant = await factory.tenant()
+    rows = await Rows.of(factory.runtime, tenant)
+    source = rows.source()
+    await rows.add(source, *(rows.entry(source_id=source.source_id, error_code="E_CONSOLE") for _ in range(5)))
+    started = await client.post(
+        "/jobengine/deadletter/replay/pending",
+        json={"filter": {"errorCode": "E_CONSOLE"}, "ratePerSecond": 1},
+        headers=factory.headers(tenant),
+    )
+    assert started.status_code == 202, started.text
+    run = f"/jobengine/deadletter/replays/{started.json()['operationRunId']}"
+    page = await open_console(browser, page_origins[0], browser_gateway, keys.token(tenant=tenant, scope=ALL_SCOPES))
+    paced = await page.evaluate(
+        """([t, p]) => call('PATCH', p, {tenant: t, headers: {'X-Stella-Operator-Reason': 'slower'},
+           body: {ratePerSecond: 2}})""",
+        [tenant, run],
+    )
+    assert paced["status"] == 200, paced
+    assert paced["body"]["ratePerSecond"] == 2
+    canceled = await page.evaluate(
+        "([t, p]) => call('POST', p, {tenant: t, headers: {'X-Stella-Operator-Reason': 'wrong filter'}})",
+        [tenant, run + "/cancel"],
+    )
+    assert canceled["status"] == 200, canceled
+    assert canceled["body"]["status"] == "completed"

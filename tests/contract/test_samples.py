@@ -30,6 +30,14 @@ OPERATIONS = {
     "orchestrator-job-submit-warning.json": ("post", "/jobengine/jobs", "201"),
     "orchestrator-job-cancel.json": ("post", "/jobengine/jobs/{jobId}/cancel", "200"),
     "orchestrator-job-cancel-requested.json": ("post", "/jobengine/jobs/{jobId}/cancel", "202"),
+    "orchestrator-deadletter-entries.json": ("get", "/jobengine/deadletter", "200"),
+    "orchestrator-deadletter-entry.json": ("get", "/jobengine/deadletter/{entryId}", "200"),
+    "orchestrator-packrun.json": ("get", "/jobengine/pack-runs/{packRunId}", "200"),
+    "orchestrator-audit.json": ("get", "/jobengine/audit", "200"),
+    "orchestrator-deadletter-replay-rate.json": ("patch", "/jobengine/deadletter/replays/{operationRunId}", "200"),
+    "orchestrator-deadletter-replay-cancel.json": (
+        "post", "/jobengine/deadletter/replays/{operationRunId}/cancel", "200",
+    ),
 }
 READ_SAMPLES = [name for name, (method, _, _) in OPERATIONS.items() if method == "get"]
 
@@ -76,3 +84,21 @@ def test_samples_are_not_empty_demo_answers():
     canceled = json.loads((SAMPLES / "orchestrator-job-cancel.json").read_text())
     requested = json.loads((SAMPLES / "orchestrator-job-cancel-requested.json").read_text())
     assert (canceled["status"], requested["status"]) == ("canceled", "cancel_requested")
+
+
+def test_operator_samples_show_what_they_were_captured_for():
+    def sample(name: str) -> dict:
+        return json.loads((SAMPLES / name).read_text())
+
+    (entry,) = sample("orchestrator-deadletter-entries.json")["items"]
+    assert entry["replayJobIds"] and entry == sample("orchestrator-deadletter-entry.json")
+    pack_run = sample("orchestrator-packrun.json")
+    assert pack_run["status"] == "failed" and pack_run["failureReason"]
+    assert [s["index"] for s in pack_run["steps"]] == list(range(len(pack_run["steps"])))
+    assert any(s["lastErrorCode"] for s in pack_run["steps"])
+    audit = sample("orchestrator-audit.json")["items"]
+    assert sorted(a["dryRun"] for a in audit) == [False, True]
+    canceled = sample("orchestrator-deadletter-replay-cancel.json")
+    assert (canceled["status"], canceled["outcome"]) == ("completed", "failed")
+    assert canceled["replayed"] + canceled["skipped"] + canceled["failed"] + canceled["canceled"] == canceled["matched"]
+    assert sample("orchestrator-deadletter-replay-rate.json")["ratePerSecond"] == canceled["ratePerSecond"] == 2

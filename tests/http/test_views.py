@@ -67,7 +67,7 @@ def _distinct_row(model: type) -> Any:
     ("make", "model", "view_type", "derived"),
     [
         (source_view, Source, SourceView, {"job_counts": lambda r: JobCounts(r.jobs_submitted, r.jobs_active, r.jobs_failed)}),
-        (packrun_view, PackRun, PackRunView, {"steps": lambda r: StepCounts(r.steps_total, r.steps_succeeded, r.steps_failed)}),
+        (packrun_view, PackRun, PackRunView, {"step_counts": lambda r: StepCounts(r.steps_total, r.steps_succeeded, r.steps_failed)}),
         (lambda r: audit_view(r, "tenant-key"), AuditRecord, AuditView, {"audit_id": lambda r: r.id, "tenant": lambda r: "tenant-key"}),
     ],
     ids=["source", "pack-run", "audit"],

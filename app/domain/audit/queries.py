@@ -37,6 +37,7 @@ def view(row: AuditRecord, tenant: str) -> AuditView:
         idempotency_key=r.idempotency_key,
         result_status=r.result_status,
         result_code=r.result_code,
+        dry_run=r.dry_run,
     )
 
 

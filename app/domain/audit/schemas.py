@@ -24,6 +24,7 @@ class AuditView(msgspec.Struct, rename="camel"):
     idempotency_key: str | None
     result_status: int
     result_code: str | None
+    dry_run: bool
 
 
 class AuditPage(msgspec.Struct, rename="camel"):

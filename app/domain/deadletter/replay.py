@@ -36,7 +36,7 @@ from app.domain.deadletter.schemas import (
     ReplayPendingPreview,
     ReplayPendingRequest,
 )
-from app.domain.deadletter.service import EntryFilter, view
+from app.domain.deadletter.service import EntryFilter, views
 from app.domain.operations import ledger
 from app.domain.operations.ledger import failure_item
 from app.instants import iso, parse_iso
@@ -406,7 +406,7 @@ async def preview_pending(
         dry_run=True,
         matched=matched,
         would_replay=min(matched, data.max_entries),
-        sample=[view(e) for e in sample],
+        sample=await views(session, caller.tenant_id, list(sample)),
     )
 
 

@@ -1,17 +1,18 @@
-"""Routes of dead-letter entries: reads, the replay actions (single, batch, by filter), and the
-discard actions (single, batch, by filter) with restore."""
+"""Routes of dead-letter entries: reads, the replay actions (single, batch, by filter) with the
+control of a running replay by filter (cancel, pace), and the discard actions (single, batch, by
+filter) with restore."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
-from app.domain.deadletter import discard, replay, service
+from app.domain.deadletter import discard, replay, replay_runs, service
 from app.domain.deadletter import summary as groups
 from app.domain.deadletter.schemas import (
     BATCH_MAX,
@@ -37,6 +38,8 @@ from app.domain.deadletter.schemas import (
     ReplayPendingAccepted,
     ReplayPendingPreview,
     ReplayPendingRequest,
+    ReplayRunChange,
+    ReplayRunView,
     SummaryPage,
 )
 from app.http.mutation import Mutation
@@ -103,12 +106,22 @@ async def list_entries(
     status: EntryStatusFilter = None,
     dead_lettered_from: DeadLetteredFrom = None,
     dead_lettered_to: DeadLetteredTo = None,
+    job_id: Annotated[
+        str | None,
+        Parameter(
+            query="jobId",
+            max_length=64,
+            description="Only the entry of this job: the job that dead-lettered, or one of the entry's replay "
+            "jobs (`replayJobIds`)",
+        ),
+    ] = None,
 ) -> EntryPage:
     filters = service.EntryFilter(
         jobType=job_type,
         category=category,
         errorCode=error_code,
         sourceId=source_id,
+        jobId=job_id,
         status=status,
         dead_lettered_from=parse_instant("deadLetteredFrom", dead_lettered_from),
         dead_lettered_to=parse_instant("deadLetteredTo", dead_lettered_to),
@@ -132,7 +145,7 @@ async def list_entries(
     tags=["deadletter"],
 )
 async def get_entry(session: AsyncSession, caller: Caller, entryId: EntryId) -> EntryView:
-    return service.view(await service.load(session, caller, entryId))
+    return await service.view_one(session, await service.load(session, caller, entryId))
 
 
 @post(
@@ -188,6 +201,7 @@ async def replay_entry(
     tags=["deadletter"],
 )
 async def replay_batch(data: BatchReplayRequest, mutation: Mutation) -> Response[BatchReplayResult]:
+    mutation.dry_run = data.dry_run
     result = await replay.replay_batch(mutation.session, mutation.caller, data)
     target = str(result.operation_run_id) if result.operation_run_id is not None else None
     return await mutation.commit(target=target, status=200, content=result)
@@ -223,6 +237,7 @@ PENDING_ENVELOPE["responses"][200] = ResponseSpec(
 async def replay_pending(
     request: Request[Any, Any, Any], data: ReplayPendingRequest, mutation: Mutation
 ) -> Response[ReplayPendingAccepted]:
+    mutation.dry_run = data.dry_run
     if data.dry_run:
         preview = await replay.preview_pending(mutation.session, mutation.caller, data)
         return await mutation.commit(target=None, status=200, content=preview)
@@ -233,6 +248,63 @@ async def replay_pending(
         content=accepted,
         headers={"Location": location(request, f"/api/admin/operations/{accepted.operation_run_id}")},
     )
+
+
+# -- a running replay by filter ------------------------------------------------------------------------
+
+OperationRunId = Annotated[
+    int,
+    Parameter(
+        description="The replay-by-filter run's operation run id (another tenant's or project's run, or a run "
+        "of another type, is 404)",
+        ge=1,
+        le=2**63 - 1,
+    ),
+]
+REPLAY_RUN_ANSWER = "`run_not_active` (the run has finished: completed, canceled or reconciled), or the " \
+    "Idempotency-Key is in flight"
+
+
+@post(
+    "/jobengine/deadletter/replays/{operationRunId:int}/cancel",
+    **protected(
+        "orch:backfill", action="deadletter.replay_cancel", target="operationRunId", problems=(404,),
+        s409=REPLAY_RUN_ANSWER,
+    ),
+    status_code=200,
+    summary="Cancel a replay by filter",
+    description="Stops an active `deadletter.replay_pending` run: no chunk starts after the cancel is "
+    "committed (a chunk in progress finishes first and is counted). Entries already replayed stay replayed "
+    "(their jobs run); the others stay `pending`. The run ends `completed` with outcome `failed` and the "
+    "failure code `run.canceled` (the lifecycle of a canceled run), and its `summary_counts` say what was done "
+    "and what was not: `matched` = `replayed` + `skipped` + `failed` + `canceled`. Answers the run and those "
+    "counts. Of concurrent cancels exactly one succeeds; a finished run is 409 `run_not_active`. No request "
+    "body.",
+    tags=["deadletter"],
+)
+async def cancel_replay_run(operationRunId: OperationRunId, mutation: Mutation) -> Response[ReplayRunView]:
+    run = await replay_runs.cancel(mutation.session, mutation.caller, operationRunId)
+    return await mutation.commit(target=str(operationRunId), status=200, content=run)
+
+
+@patch(
+    "/jobengine/deadletter/replays/{operationRunId:int}",
+    **protected(
+        "orch:backfill", action="deadletter.replay_rate", target="operationRunId", problems=(404,),
+        s409=REPLAY_RUN_ANSWER,
+    ),
+    status_code=200,
+    summary="Change the pace of a replay by filter",
+    description=f"`ratePerSecond` (1-{RATE_MAX}, as in the replay-by-filter request) of an active "
+    "`deadletter.replay_pending` run, from its next chunk on (a run waiting for its pace is due at once). "
+    "Answers the run and its counts. A finished run is 409 `run_not_active`.",
+    tags=["deadletter"],
+)
+async def change_replay_run(
+    operationRunId: OperationRunId, data: ReplayRunChange, mutation: Mutation
+) -> Response[ReplayRunView]:
+    run = await replay_runs.change_rate(mutation.session, mutation.caller, operationRunId, data.rate_per_second)
+    return await mutation.commit(target=str(operationRunId), status=200, content=run)
 
 
 # -- discards ----------------------------------------------------------------------------------------
@@ -257,7 +329,8 @@ async def replay_pending(
 )
 async def discard_entry(entryId: EntryId, mutation: Mutation) -> Response[EntryView]:
     entry = await discard.discard_one(mutation.session, mutation.caller, entryId)
-    return await mutation.commit(target=entryId, status=200, content=service.view(entry))
+    view = await service.view_one(mutation.session, entry)
+    return await mutation.commit(target=entryId, status=200, content=view)
 
 
 @post(
@@ -278,7 +351,8 @@ async def discard_entry(entryId: EntryId, mutation: Mutation) -> Response[EntryV
 )
 async def restore_entry(entryId: EntryId, mutation: Mutation) -> Response[EntryView]:
     entry = await discard.restore_one(mutation.session, mutation.caller, entryId)
-    return await mutation.commit(target=entryId, status=200, content=service.view(entry))
+    view = await service.view_one(mutation.session, entry)
+    return await mutation.commit(target=entryId, status=200, content=view)
 
 
 @post(
@@ -294,6 +368,7 @@ async def restore_entry(entryId: EntryId, mutation: Mutation) -> Response[EntryV
     tags=["deadletter"],
 )
 async def discard_batch(data: BatchDiscardRequest, mutation: Mutation) -> Response[BatchDiscardResult]:
+    mutation.dry_run = data.dry_run
     result = await discard.discard_batch(mutation.session, mutation.caller, data)
     return await mutation.commit(target=None, status=200, content=result)
 
@@ -316,6 +391,7 @@ async def discard_batch(data: BatchDiscardRequest, mutation: Mutation) -> Respon
 async def discard_pending(
     data: DiscardPendingRequest, mutation: Mutation
 ) -> Response[DiscardPendingPreview | DiscardPendingResult]:
+    mutation.dry_run = data.dry_run
     if data.dry_run:
         preview = await discard.preview_pending(mutation.session, mutation.caller, data)
         return await mutation.commit(target=None, status=200, content=preview)
@@ -331,6 +407,8 @@ ROUTES = [
     replay_pending,
     discard_batch,
     discard_pending,
+    cancel_replay_run,
+    change_replay_run,
     get_entry,
     replay_entry,
     discard_entry,

@@ -29,6 +29,8 @@ class EntryView(msgspec.Struct, rename="camel"):
     first_dead_lettered_at: datetime
     dead_lettered_at: datetime
     updated_at: datetime
+    # The jobs created by replaying the entry, oldest first (empty when none).
+    replay_job_ids: list[str]
 
 
 class EntryPage(msgspec.Struct, rename="camel"):
@@ -227,3 +229,26 @@ class DiscardPendingResult(msgspec.Struct, rename="camel"):
     outcome: str
     matched: int
     discarded: int
+
+
+# -- a running replay by filter: cancel it, change its pace ------------------------------------------
+
+
+class ReplayRunView(msgspec.Struct, rename="camel"):
+    """A replay-by-filter run and its counts: `matched` (entries taken at the start, at most
+    maxEntries) = `replayed` + `skipped` + `failed` + `canceled` once the run has ended."""
+
+    operation_run_id: int
+    status: Literal["queued", "running", "completed"]
+    outcome: Literal["pending", "succeeded", "partially_succeeded", "failed"]
+    rate_per_second: int
+    max_entries: int
+    matched: int
+    replayed: int
+    skipped: int
+    failed: int
+    canceled: int
+
+
+class ReplayRunChange(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    rate_per_second: Annotated[int, msgspec.Meta(ge=1, le=RATE_MAX)]

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, cast, func, select
+from sqlalchemy import BigInteger, bindparam, cast, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from app.core.caller import Caller
 from app.core.cursors import CursorCodec, PageScope
 from app.core.problems import not_found
-from app.core.views import by_name
 from app.domain.deadletter.schemas import (
     CategoryCount,
     DeadLetterStats,
@@ -25,6 +26,7 @@ from app.instants import iso_or_none
 from app.storage.models import DeadLetterCluster as Clusters
 from app.storage.models import DeadLetterCount as Counts
 from app.storage.models import DeadLetterEntry as Entry
+from app.storage.models import Job
 from app.storage.pages import Keyset, PageQuery, fetch_page, where_present
 
 ORDER = Keyset((Entry.dead_lettered_at, Entry.entry_id), descending=True)
@@ -32,7 +34,39 @@ TOP_CLUSTERS = 10
 SAMPLES = 3
 
 
-view = by_name(EntryView)  # every field is the entry's attribute of its name
+# Every field but replayJobIds is the entry's attribute of its name.
+_ENTRY_FIELDS = attrgetter(*(f for f in EntryView.__struct_fields__ if f != "replay_job_ids"))
+
+
+def view(entry: Any, replay_job_ids: list[str]) -> EntryView:
+    """The view of an entry (or a list page's row of its columns) and its replay jobs, oldest first."""
+    return EntryView(*_ENTRY_FIELDS(entry), replay_job_ids=replay_job_ids)
+
+
+async def replay_job_ids(session: AsyncSession, tenant_id: int, entry_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The jobs created by replaying each entry (``jobs.replay_of_entry_id``), oldest first: one
+    range scan of ``ix_jobs_replay_of_entry`` per entry."""
+    found: dict[str, list[str]] = {entry_id: [] for entry_id in entry_ids}
+    if not found:
+        return found
+    rows = await session.execute(
+        select(Job.replay_of_entry_id, Job.job_id)
+        .where(Job.tenant_id == tenant_id, Job.replay_of_entry_id.in_(list(found)))
+        .order_by(Job.replay_of_entry_id, Job.created_at, Job.job_id)
+    )
+    for entry_id, job_id in rows:
+        found[entry_id].append(job_id)
+    return found
+
+
+async def views(session: AsyncSession, tenant_id: int, entries: Sequence[Any]) -> list[EntryView]:
+    """Every place that renders entries renders them through here (or :func:`view_one`)."""
+    jobs = await replay_job_ids(session, tenant_id, [e.entry_id for e in entries])
+    return [view(e, jobs[e.entry_id]) for e in entries]
+
+
+async def view_one(session: AsyncSession, entry: Entry) -> EntryView:
+    return (await views(session, entry.tenant_id, [entry]))[0]
 
 
 def visible(caller: Caller, *columns: Any):  # type: ignore[no-untyped-def]
@@ -55,7 +89,7 @@ class EntryFilter:
 
     def __init__(self, *, dead_lettered_from: datetime | None = None, dead_lettered_to: datetime | None = None,
                  **equals: str | None) -> None:
-        unknown = set(equals) - set(self.COLUMNS)
+        unknown = set(equals) - set(self.COLUMNS) - {"jobId"}
         if unknown:
             raise ValueError(f"unknown filters: {unknown}")
         self.equals = {k: v for k, v in equals.items() if v is not None}
@@ -66,7 +100,10 @@ class EntryFilter:
     def narrowed(cls, stmt, present: frozenset[str], value: Callable[[str], Any] = bindparam):  # type: ignore[no-untyped-def]
         """``stmt`` with the condition of each filter named in ``present``, comparing with
         ``value(name)``: a bound parameter of that name unless given."""
-        return where_present(stmt, present, cls.COLUMNS.items(), within=Entry.dead_lettered_at, value=value)
+        stmt = where_present(stmt, present, cls.COLUMNS.items(), within=Entry.dead_lettered_at, value=value)
+        if "jobId" in present:  # the entry list only: it compares the tenant too, ``value("tenant")``
+            stmt = stmt.where(Entry.entry_id.in_(_entries_of_job(value("tenant"), value("jobId"))))
+        return stmt
 
     def values(self) -> dict[str, Any]:
         return {**self.equals, "from": self.dead_lettered_from, "to": self.dead_lettered_to}
@@ -79,6 +116,17 @@ class EntryFilter:
         times = (("from", iso_or_none(self.dead_lettered_from)), ("to", iso_or_none(self.dead_lettered_to)))
         return (*sorted(self.equals.items()), *times)
 
+
+
+def _entries_of_job(tenant: Any, job_id: Any):  # type: ignore[no-untyped-def]
+    """The entry of a job: the job that dead-lettered, or a replay job of the entry. An uncorrelated
+    union of two unique-index lookups, so the list joins at most two entries by primary key (an
+    ``OR`` of the two conditions made PostgreSQL filter every entry of the tenant)."""
+    other = aliased(Entry)
+    return union_all(
+        select(other.entry_id).where(other.tenant_id == tenant, other.job_id == job_id),
+        select(Job.replay_of_entry_id).where(Job.tenant_id == tenant, Job.job_id == job_id),
+    )
 
 
 def _visible_bound(present: frozenset[str], *columns: Any):  # type: ignore[no-untyped-def]
@@ -98,7 +146,7 @@ async def list_entries(
     values = {**filters.values(), "tenant": caller.tenant_id, "project": caller.project}
     scope = PageScope(caller.tenant.key, caller.project, "deadletter", filters.binding(), ORDER.name)
     rows, next_token = await fetch_page(session, LIST, values, limit=limit, token=token, scope=scope, codec=codec)
-    return EntryPage(items=[view(r) for r in rows], continuation_token=next_token)
+    return EntryPage(items=await views(session, caller.tenant_id, rows), continuation_token=next_token)
 
 
 async def load(session: AsyncSession, caller: Caller, entry_id: str) -> Entry:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
 from app.domain.packruns import actions, service
-from app.domain.packruns.schemas import PackRunPage, PackRunStatus, PackRunSubmit, PackRunView
+from app.domain.packruns.schemas import PackRunDetail, PackRunPage, PackRunStatus, PackRunSubmit
 from app.http.mutation import Mutation
 from app.http.paging import ContinuationToken, Limit
 from app.http.params import enum_query
@@ -51,12 +51,16 @@ async def list_pack_runs(
     "/jobengine/pack-runs/{packRunId:str}",
     **protected("orch:read", problems=(304, 404)),
     summary="One pack run",
-    description="A pack run of the tenant (and project) with its step counts; another tenant's or "
-    "project's run is 404. Revalidate with `If-None-Match`.",
+    description="A pack run of the tenant (and project) with its step counts, its `steps` in order (each "
+    "step's job: `index` from 0, `jobType`, `jobId`, `status`, `attempts` made, `lastErrorCode` and the "
+    "sanitised `lastErrorMessage`) and its `failureReason`: for a `failed`, `partially_succeeded` or `blocked` "
+    "run one sentence saying why (the failed step and its error code, the job types without a handler, the "
+    "disabled source, or the reconciler's reason), null in every other status. Another tenant's or project's "
+    "run is 404. Revalidate with `If-None-Match`. The pack-run actions answer the same view.",
     tags=["pack-runs"],
 )
-async def get_pack_run(session: AsyncSession, caller: Caller, packRunId: PackRunId) -> PackRunView:
-    return service.view(await service.load(session, caller, packRunId))
+async def get_pack_run(session: AsyncSession, caller: Caller, packRunId: PackRunId) -> PackRunDetail:
+    return await service.detail(session, await service.load(session, caller, packRunId))
 
 
 def _location(request: Request[Any, Any, Any], run_id: str) -> dict[str, str]:
@@ -82,10 +86,11 @@ def _location(request: Request[Any, Any, Any], run_id: str) -> dict[str, str]:
 )
 async def submit_pack_run(
     request: Request[Any, Any, Any], data: PackRunSubmit, submission: Mutation
-) -> Response[PackRunView]:
+) -> Response[PackRunDetail]:
     run = await actions.submit(submission.session, submission.caller, data)
+    view = await service.detail(submission.session, run)
     return await submission.commit(
-        target=run.pack_run_id, status=201, content=service.view(run), headers=_location(request, run.pack_run_id)
+        target=run.pack_run_id, status=201, content=view, headers=_location(request, run.pack_run_id)
     )
 
 
@@ -95,7 +100,7 @@ async def submit_pack_run(
         {202: "Cancel requested: running steps stop at their next heartbeat; the run ends `canceled` when no "
          "step is active any more"},
         "orch:operate",
-        PackRunView,
+        PackRunDetail,
         action="packrun.cancel",
         target="packRunId",
         problems=(404,),
@@ -109,10 +114,11 @@ async def submit_pack_run(
     "Canceling a `cancel_requested` run answers 202 again; a terminal run is 409 `run_not_active`.",
     tags=["pack-runs"],
 )
-async def cancel_pack_run(packRunId: PackRunId, mutation: Mutation) -> Response[PackRunView]:
+async def cancel_pack_run(packRunId: PackRunId, mutation: Mutation) -> Response[PackRunDetail]:
     run = await actions.cancel(mutation.session, mutation.caller, packRunId)
     status = 200 if run.status == "canceled" else 202
-    return await mutation.commit(target=run.pack_run_id, status=status, content=service.view(run))
+    view = await service.detail(mutation.session, run)
+    return await mutation.commit(target=run.pack_run_id, status=status, content=view)
 
 
 @post(
@@ -120,7 +126,7 @@ async def cancel_pack_run(packRunId: PackRunId, mutation: Mutation) -> Response[
     **also_answers(
         {201: "A new pack run (`retryOf` = this run) with its own operation run (`pack_run.retry`)"},
         "orch:backfill",
-        PackRunView,
+        PackRunDetail,
         action="packrun.retry",
         target="packRunId",
         location=(201,),
@@ -136,12 +142,12 @@ async def cancel_pack_run(packRunId: PackRunId, mutation: Mutation) -> Response[
 )
 async def retry_pack_run(
     request: Request[Any, Any, Any], packRunId: PackRunId, mutation: Mutation
-) -> Response[PackRunView]:
+) -> Response[PackRunDetail]:
     run, created = await actions.retry(mutation.session, mutation.caller, packRunId)
     return await mutation.commit(
         target=packRunId,
         status=201 if created else 200,
-        content=service.view(run),
+        content=await service.detail(mutation.session, run),
         headers=_location(request, run.pack_run_id),
     )
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from app.domain.jobs.schemas import JobStatus
 from app.domain.jobs.submission import Payload
 
 PackRunStatus = Literal[
@@ -29,13 +30,33 @@ class PackRunView(msgspec.Struct, rename="camel"):
     source_id: str | None
     retry_of: str | None
     operation_run_id: int | None
-    steps: StepCounts
+    step_counts: StepCounts
     initiated_by: str | None
     cancel_requested_at: datetime | None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class PackRunStep(msgspec.Struct, rename="camel"):
+    """One step of a pack run: its job, as it stands."""
+
+    index: int  # 0-based, the order the steps run in
+    job_type: str
+    job_id: str
+    status: JobStatus
+    attempts: int  # attempts made so far
+    last_error_code: str | None
+    last_error_message: str | None  # sanitised (secrets, addresses masked), at most 2000 characters
+
+
+class PackRunDetail(PackRunView):
+    """One pack run: its fields, its steps in order, and why it failed."""
+
+    steps: list[PackRunStep]
+    # Why the run is failed, partially_succeeded or blocked (one sentence); null in every other status.
+    failure_reason: str | None
 
 
 class PackRunPage(msgspec.Struct, rename="camel"):
