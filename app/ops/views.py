@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -99,7 +100,7 @@ COLUMNS: dict[str, list[Column]] = {
 
 def stats(payload: dict[str, Any]) -> list[Any]:
     by_status = payload.get("byStatus") or {}
-    totals = Table(title="Dead letters", title_justify="left", header_style="bold")
+    totals = Table(title="Dead letters", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for name in ("total", "pending", "replaying", "replayed", "discarded", "last 24 h", "oldest pending"):
         totals.add_column(name, justify="right")
     totals.add_row(
