@@ -527,14 +527,17 @@ def _act_on_ids(session: Session, path: str, ids: tuple[str, ...], done: str) ->
     return EXIT_OK if all(r.get("outcome") == done for r in results) else EXIT_REFUSED
 
 
-def _follow(session: Session, run_id: int | str, detach: bool) -> int:
+def _follow(session: Session, run_id: int | str, detach: bool, started: str | None = None) -> int:
+    """Follow the run an action started (or `runs watch`); Ctrl-C detaches, the run goes on."""
     from app.ops.follow import Follower, finished, summary_line
 
     output = session.output
-    if detach:
-        output.say(f"run {run_id} started; follow it with: jobgate ops runs watch {run_id}")
-        return EXIT_OK
     try:
+        if started:
+            output.say(started)
+        if detach:
+            output.say(f"follow it with: jobgate ops runs watch {run_id}")
+            return EXIT_OK
         run = Follower(session.gateway, output, run_id).follow()
     except KeyboardInterrupt:
         output.note(
@@ -636,14 +639,15 @@ def _by_filter(
         output.document(answer, views.discard_result)
         return EXIT_OK
     run_id = answer["operationRunId"]
-    if answer.get("deduplicated"):
-        output.say(f"the same filter is being replayed already: run {run_id}")
-    elif output.mode == "table":
-        output.say(f"replay run {run_id} {answer.get('status', 'queued')}")
     if output.mode != "table" and detach:
         output.document(answer)
         return EXIT_OK
-    return _follow(session, run_id, detach)
+    started = (
+        f"the same filter is being replayed already: run {run_id}"
+        if answer.get("deduplicated")
+        else f"replay run {run_id} {answer.get('status', 'queued')}"
+    )
+    return _follow(session, run_id, detach, started)
 
 
 @ops_command(deadletter, "restore")
