@@ -389,7 +389,7 @@ def jobs_list(session: Session, filters: tuple[str, ...], limit: int) -> None:
 @ops_command(jobs, "show")
 @click.argument("job_id", metavar="ID")
 def jobs_show(session: Session, job_id: str) -> None:
-    """Show one job."""
+    """Show one job: its status, attempts, lease, last error and payload."""
     _show(session, f"/jobengine/jobs/{_segment(job_id)}")
 
 
