@@ -171,6 +171,7 @@ class Follower:
         failures = 0
         while True:
             headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            self.gateway.log(f"-> GET {EVENTS}?kinds=operation" + (f" [Last-Event-ID: {last_event_id}]" if last_event_id else ""))
             try:
                 with connect_sse(
                     self.gateway.http,

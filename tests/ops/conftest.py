@@ -92,7 +92,7 @@ class Operator:
     def __call__(self, *args: str, timeout: float = 120, **env: str | None) -> Result:
         done = subprocess.run(
             self.command(*args), env=self.env(**env), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, check=False,
         )
         return Result(done.returncode, done.stdout, done.stderr)
 
