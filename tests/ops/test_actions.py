@@ -270,3 +270,28 @@ async def test_503_with_retry_after_is_retried(operator: Operator):
     assert result.code == 0, result.both
     assert len(plan.seen) == 3
 
+
+
+async def test_runs_cancel_of_a_pack_run_uses_the_pack_run_route(operator: Operator, runtime):
+    rows = await Rows.of(runtime, operator.tenant)
+    source = rows.source()
+    await rows.add(source)
+    submitted = operator.api(
+        "POST", "/jobengine/pack-runs",
+        json={"packName": "nightly", "packVersion": "1.0.0", "sourceId": source.source_id,
+              "steps": [{"jobType": "demo.sleep", "payload": {"seconds": 3}}] * 3},
+    )
+    assert submitted.status_code == 201, submitted.text
+    pack_run = submitted.json()
+    result = operator("runs", "cancel", str(pack_run["operationRunId"]), "--reason", "wrong pack", "-o", "json")
+    assert result.code == 0, result.both
+    assert result.json()["packRunId"] == pack_run["packRunId"]
+    assert result.json()["status"] in ("canceled", "cancel_requested")
+
+
+async def test_runs_cancel_refuses_a_run_of_a_kind_that_cannot_be_canceled(operator: Operator, runtime):
+    (entry,) = await dead_letters(runtime, operator.tenant, 1, error_code="E_KIND")
+    batch = operator("deadletter", "replay", entry.entry_id, "--reason", "r", "-o", "json").json()
+    result = operator("runs", "cancel", str(batch["operationRunId"]), "--reason", "r")
+    assert result.code == 1
+    assert "run_not_cancelable" in result.err and "deadletter.replay_batch" in result.err
