@@ -120,29 +120,43 @@ class Output:
         if not collected:
             self.say(empty)
             return 0
-        self.console.print(table(collected, columns, title=title))
+        self.console.print(table(collected, columns, title=title, width=self.console.width))
         return len(collected)
 
 
-def table(rows: Iterable[dict[str, Any]], columns: Sequence[Column], *, title: str | None = None) -> Table:
+def table(
+    rows: Iterable[dict[str, Any]], columns: Sequence[Column], *, title: str | None = None, width: int | None = None
+) -> Table:
     cells = [[text(column.of(row)) for column in columns] for row in rows]
     result = Table(
         title=title, title_justify="left", header_style="bold", expand=False, box=box.SIMPLE_HEAD, pad_edge=False
     )
-    for n, column in enumerate(columns):
-        # a whole column (ids, instants) is never cut: its longest value is its least width
-        widest = max([len(column.header), *(len(row[n]) for row in cells)]) if column.no_wrap else None
+    for column, least in zip(columns, least_widths(cells, columns, width or Console().width), strict=True):
         result.add_column(
             column.header,
             max_width=column.max_width,
-            min_width=widest,
+            min_width=least,
             overflow="fold",
-            no_wrap=column.no_wrap,
+            no_wrap=column.no_wrap and least is not None,
             justify=column.justify,  # type: ignore[arg-type]
         )
     for row in cells:
         result.add_row(*row)
     return result
+
+
+def least_widths(cells: list[list[str]], columns: Sequence[Column], width: int) -> list[int | None]:
+    """The least width of each column. Whole columns (ids, instants: copied into the next command)
+    keep their longest value, short values (codes, statuses) theirs up to 28 characters, long free
+    texts wrap first; what does not fit the terminal gives way in that order."""
+    widest = [max([len(c.header), *(len(row[n]) for row in cells)]) for n, c in enumerate(columns)]
+    generous = [w if c.no_wrap else min(w, 12 if c.max_width else 28) for w, c in zip(widest, columns, strict=True)]
+    whole_only = [w if c.no_wrap else None for w, c in zip(widest, columns, strict=True)]
+    gaps = 3 * (len(columns) - 1)
+    for choice in (generous, whole_only):
+        if sum(w or 4 for w in choice) + gaps <= width:
+            return choice
+    return [None] * len(columns)
 
 
 def fields_table(payload: dict[str, Any], *, title: str | None = None, skip: Sequence[str] = ()) -> Table:

@@ -57,10 +57,8 @@ COLUMNS: dict[str, list[Column]] = {
         Column("jobType", "jobType"),
         Column("maxActive", "maxActive", justify="right"),
         Column("maxPerHour", "maxPerHour", justify="right"),
-        Column("burst", "burst", justify="right"),
-        Column("paused", "paused"),
-        Column("pausedBy", "pausedBy"),
-        Column("pausedReason", "pausedReason", max_width=30),
+        Column("paused", lambda r: f"yes ({r.get('pausedBy')})" if r.get("paused") else "no"),
+        Column("pausedReason", "pausedReason", max_width=24),
     ],
     "packruns": [
         Column("packRunId", "packRunId", no_wrap=True),

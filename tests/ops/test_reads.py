@@ -141,7 +141,7 @@ async def test_quotas_list(operator: Operator, runtime):
     result = operator("quotas", "list")
     assert result.code == 0, result.both
     assert lines_with(result.out, paused.quota_id)[0].split() == [
-        paused.quota_id, "export", "10", "1000", "100", "yes", "ops.carol", "upstream", "down"
+        paused.quota_id, "export", "10", "1000", "yes", "(ops.carol)", "upstream", "down"
     ]
     assert operator("quotas", "list", "-o", "json").json() == operator.api(
         "GET", "/jobengine/quotas", params={"limit": 50}
