@@ -250,8 +250,8 @@ def _group_callback(**options: Any) -> None:
     epilog=(
         "Connect with --url/JOBGATE_URL, --tenant/JOBGATE_TENANT and a token from JOBGATE_TOKEN or "
         "--token-file, or name a --profile of $XDG_CONFIG_HOME/jobgate/ops.toml. Exit codes: 0 done, "
-        "1 refused by the gateway (4xx) or not confirmed, 2 usage, 3 gateway unreachable or failing (5xx) "
-        "after retries."
+        "1 refused by the gateway (4xx), not confirmed, or a followed run that did not succeed; "
+        "2 usage; 3 gateway unreachable or failing (5xx) after retries."
     ),
 )
 @_global_options
@@ -498,7 +498,7 @@ def _confirm(session: Session, question: str, yes: bool) -> bool:
 
     if yes:
         return True
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):  # the question is asked on stderr
         raise UsageProblem("refusing to act without a terminal to confirm on: pass --yes to act from a script")
     return click.confirm(question, default=False, err=True)
 

@@ -295,3 +295,25 @@ async def test_runs_cancel_refuses_a_run_of_a_kind_that_cannot_be_canceled(opera
     result = operator("runs", "cancel", str(batch["operationRunId"]), "--reason", "r")
     assert result.code == 1
     assert "run_not_cancelable" in result.err and "deadletter.replay_batch" in result.err
+
+
+async def test_packrun_retry_follows_the_new_run_to_its_end(operator: Operator, runtime):
+    rows = await Rows.of(runtime, operator.tenant)
+    source = rows.source()
+    await rows.add(source)
+    submitted = operator.api(
+        "POST", "/jobengine/pack-runs",
+        json={"packName": "nightly", "packVersion": "1.0.0", "sourceId": source.source_id,
+              "steps": [{"jobType": "demo.sleep", "payload": {"seconds": 1}}] * 2},
+    ).json()
+    canceled = operator("packruns", "cancel", submitted["packRunId"], "--reason", "restart it")
+    assert canceled.code == 0, canceled.both
+    operator.wait_for(
+        lambda: operator.api("GET", f"/jobengine/pack-runs/{submitted['packRunId']}").json()["status"] == "canceled",
+        what="the cancel",
+    )
+    result = operator("packruns", "retry", submitted["packRunId"], "--reason", "restart it", "--ticket", "OPS-5")
+    assert result.code == 0, result.both
+    assert re.search(rf"retryOf\s+{submitted['packRunId']}", result.out), result.out
+    assert re.search(r"100%\s+2 done, 0 failed, 0 remaining", result.err), result.err
+    assert re.search(r"run \d+ \(pack_run.retry\) completed: succeeded", result.out), result.out
