@@ -133,27 +133,37 @@ class Session:
             self._gateway.close()
 
 
+def _given(ctx: click.Context, values: dict[str, Any]) -> dict[str, tuple[int, Any]]:
+    """The global options a context was given, ranked: typed on the command line 2, from the
+    environment 1 (click reads the same variables at both levels)."""
+    from click.core import ParameterSource
+
+    ranked: dict[str, tuple[int, Any]] = {}
+    for name in GLOBAL_OPTIONS:
+        if values.get(name) is None:
+            continue
+        source = ctx.get_parameter_source(name)
+        ranked[name] = (2 if source == ParameterSource.COMMANDLINE else 1, values[name])
+    return ranked
+
+
 def _session(params: dict[str, Any]) -> Session:
+    """The session of a leaf command: a global option typed after the subcommand wins over one
+    typed before it, and either over its environment variable."""
     ctx = click.get_current_context()
-    merged: dict[str, Any] = {}
-    for context in reversed([c for c in _lineage(ctx)]):
-        merged.update({k: v for k, v in (context.meta.get("jobgate.ops") or {}).items() if v is not None})
-    merged.update({k: params.pop(k) for k in GLOBAL_OPTIONS if params.get(k) is not None})
-    for key in GLOBAL_OPTIONS:
-        params.pop(key, None)
+    before: dict[str, tuple[int, Any]] = ctx.meta.get("jobgate.ops", {})
+    after = _given(ctx, params)
+    merged = {
+        name: max((v for v in (after.get(name), before.get(name)) if v), key=lambda v: v[0])[1]
+        for name in GLOBAL_OPTIONS
+        if name in before or name in after
+    }
+    for name in GLOBAL_OPTIONS:
+        params.pop(name, None)
     session = Session(merged)
     session.reason = params.pop("reason", None)
     session.ticket = params.pop("ticket", None)
     return session
-
-
-def _lineage(ctx: click.Context) -> list[click.Context]:
-    found = []
-    current: click.Context | None = ctx.parent
-    while current is not None:
-        found.append(current)
-        current = current.parent
-    return found
 
 
 def _guarded(session: Session, work: Callable[[], int | None]) -> None:
@@ -242,7 +252,8 @@ def parse_filters(pairs: tuple[str, ...], kind: str) -> dict[str, str]:
 
 
 def _group_callback(**options: Any) -> None:
-    click.get_current_context().meta["jobgate.ops"] = {k: v for k, v in options.items() if v is not None}
+    ctx = click.get_current_context()
+    ctx.meta["jobgate.ops"] = _given(ctx, options)
 
 
 @click.group(

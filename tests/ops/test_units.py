@@ -94,3 +94,25 @@ def test_whole_columns_keep_their_width_and_texts_give_way_first() -> None:
     assert least_widths(cells, columns, 120) == [36, 16, 12]
     assert least_widths(cells, columns, 60) == [36, None, None]
     assert least_widths(cells, columns, 30) == [None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("args", "url"),
+    [
+        ([], "http://env"),
+        (["--url", "http://a"], "http://a"),
+        (["whoami-after", "--url", "http://b"], "http://b"),
+        (["--url", "http://a", "whoami-after", "--url", "http://b"], "http://b"),
+    ],
+)
+def test_a_typed_global_option_wins_over_its_variable_before_or_after_the_subcommand(args, url) -> None:
+    from click.testing import CliRunner
+
+    from app.ops.commands import ops
+
+    before = [a for a in args[: args.index("whoami-after")]] if "whoami-after" in args else args
+    after = args[args.index("whoami-after") + 1:] if "whoami-after" in args else []
+    env = {"JOBGATE_URL": "http://env", "JOBGATE_TOKEN": jwt_with(tenant="acme"), "JOBGATE_TENANT": None}
+    result = CliRunner().invoke(ops, [*before, "whoami", *after, "-o", "json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["url"] == url
