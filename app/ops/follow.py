@@ -23,7 +23,9 @@ from app.ops.render import Output
 
 EVENTS = "/jobengine/events"
 NO_FEED = frozenset({404, 405, 501})
-FEED_READ_SECONDS = 20.0  # above the feed's 15-second heartbeat
+# A quiet feed is reconnected (with Last-Event-ID) and the run read again after this long, so a
+# change the feed did not carry is seen within seconds all the same.
+FEED_QUIET_SECONDS = 5.0
 
 
 def run_path(run_id: int | str) -> str:
@@ -179,7 +181,7 @@ class Follower:
                     EVENTS,
                     params={"kinds": "operation"},
                     headers=headers,
-                    timeout=httpx.Timeout(FEED_READ_SECONDS, connect=5.0),
+                    timeout=httpx.Timeout(FEED_QUIET_SECONDS, connect=5.0),
                 ) as source:
                     status = source.response.status_code
                     if status in NO_FEED or not source.response.is_success:
@@ -193,11 +195,18 @@ class Follower:
                     self.gateway.log("<- 200 change feed connected")
                     failures = 0
                     yield  # (re)connected: whatever happened meanwhile is read again
+                    looked = time.monotonic()
                     for event in source.iter_sse():
                         if event.id:
                             last_event_id = event.id
-                        if event.event == "reset" or self._concerns_us(event.data):
+                        # others' events only: look again now and then all the same
+                        overdue = time.monotonic() - looked >= FEED_QUIET_SECONDS
+                        if event.event == "reset" or self._concerns_us(event.data) or overdue:
+                            looked = time.monotonic()
                             yield
+            except httpx.ReadTimeout:
+                self.gateway.log("   change feed quiet; reading the run again")
+                yield
             except (httpx.TransportError, SSEError) as exc:
                 failures += 1
                 self.gateway.log(f"   change feed interrupted ({type(exc).__name__}); reconnecting")

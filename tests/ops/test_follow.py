@@ -25,25 +25,35 @@ def start_replay(operator: Operator, error_code: str, rate: int) -> int:
 
 
 async def test_watch_follows_the_change_feed_when_the_gateway_has_one(operator: Operator, runtime):
-    await dead_letters(runtime, operator.tenant, 8, error_code="E_FEED")
-    run_id = start_replay(operator, "E_FEED", 4)
+    await dead_letters(runtime, operator.tenant, 12, error_code="E_FEED")
+    run_id = start_replay(operator, "E_FEED", 2)  # 5 s at least: still running when the watch starts
     with proxy(operator.url, Plan(feed_ids=[run_id + 1000, run_id])) as url:
         result = operator("runs", "watch", str(run_id), "-v", JOBGATE_URL=url)
     assert result.code == 0, result.both
     assert "<- 200 change feed connected" in result.err and "polling" not in result.err
-    assert re.search(r"100%\s+8 done, 0 failed, 0 remaining", result.err), result.err
+    assert re.search(r"100%\s+12 done, 0 failed, 0 remaining", result.err), result.err
     assert f"run {run_id} (deadletter.replay_pending) completed: succeeded" in result.out
 
 
+async def test_watch_reads_the_run_now_and_then_when_the_feed_carries_only_other_runs(operator: Operator, runtime):
+    await dead_letters(runtime, operator.tenant, 8, error_code="E_OTHERS")
+    run_id = start_replay(operator, "E_OTHERS", 1)  # 7 s at least
+    with proxy(operator.url, Plan(feed_ids=[run_id + 1000])) as url:
+        result = operator("runs", "watch", str(run_id), "-v", JOBGATE_URL=url)
+    assert result.code == 0, result.both
+    assert "<- 200 change feed connected" in result.err
+    assert re.search(r"100%\s+8 done, 0 failed, 0 remaining", result.err), result.err
+
+
 async def test_watch_polls_the_run_with_etags_without_a_change_feed(operator: Operator, runtime):
-    await dead_letters(runtime, operator.tenant, 6, error_code="E_POLL")
-    run_id = start_replay(operator, "E_POLL", 2)
+    await dead_letters(runtime, operator.tenant, 10, error_code="E_POLL")
+    run_id = start_replay(operator, "E_POLL", 2)  # 4 s at least
     with proxy(operator.url, Plan(no_feed=True)) as url:
         result = operator("runs", "watch", str(run_id), "-v", JOBGATE_URL=url)
     assert result.code == 0, result.both
     assert "<- 404: this gateway has no change feed; polling the run instead" in result.err
     assert re.search(r'-> GET /api/admin/operations/\d+ \[If-None-Match: "\w+"\]', result.err), result.err
-    assert re.search(r"100%\s+6 done, 0 failed, 0 remaining", result.err), result.err
+    assert re.search(r"100%\s+10 done, 0 failed, 0 remaining", result.err), result.err
 
 
 async def test_an_unchanged_run_costs_a_304(operator: Operator, runtime):

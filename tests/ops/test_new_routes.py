@@ -52,12 +52,12 @@ async def test_runs_cancel_stops_a_replay_by_filter(operator: Operator, runtime)
 
 
 async def test_watch_follows_the_gateways_change_feed(operator: Operator, runtime):
-    await dead_letters(runtime, operator.tenant, 8, error_code="E_EVENTS")
-    run_id = start_replay(operator, "E_EVENTS", 4)
+    await dead_letters(runtime, operator.tenant, 12, error_code="E_EVENTS")
+    run_id = start_replay(operator, "E_EVENTS", 2)  # 5 s at least: still running when the watch starts
     result = operator("runs", "watch", str(run_id), "-v")
     assert result.code == 0, result.both
     assert "<- 200 change feed connected" in result.err and "polling" not in result.err
-    assert re.search(r"100%\s+8 done, 0 failed, 0 remaining", result.err), result.err
+    assert re.search(r"100%\s+12 done, 0 failed, 0 remaining", result.err), result.err
 
 
 async def test_deadletter_list_filters_by_job_id(operator: Operator, runtime):
