@@ -29,8 +29,10 @@ def plain(text: str) -> str:
     return ANSI.sub("", text)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ops_gateway(gateway_env: dict[str, str]) -> Iterator[GatewayProcess]:
+    """Per module: its embedded worker (and its background steps) must not outlive these tests
+    and act on the rows of the test directories that run after them."""
     gateway = GatewayProcess(gateway_env, free_port(), JOBGATE_EMBEDDED_WORKER="true")
     try:
         gateway.wait_ready()
