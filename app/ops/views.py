@@ -26,7 +26,9 @@ def when(key: str) -> Any:
 
 
 def steps(row: dict[str, Any]) -> str:
-    counts = row.get("steps")
+    """A pack run's step counts: ``stepCounts`` where the gateway names them so (its detail then
+    lists the ``steps``), else the counts in ``steps``."""
+    counts = row.get("stepCounts", row.get("steps"))
     if isinstance(counts, dict):
         return f"{counts.get('succeeded', 0)}/{counts.get('total', 0)} ok, {counts.get('failed', 0)} failed"
     if isinstance(counts, list):

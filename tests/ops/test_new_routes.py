@@ -14,8 +14,10 @@ from tests.ops.test_follow import start_replay
 async def test_jobs_why_prints_the_waiting_reason(operator: Operator, runtime):
     rows = await Rows.of(runtime, operator.tenant)
     source = rows.source()
-    quota = rows.quota("export", paused=True, paused_by="ops.carol", paused_reason="upstream down", paused_at=ago(minutes=1))
-    job = rows.job(source_id=source.source_id, job_type="export", status="pending")
+    # a type the gateway's embedded worker serves, so the paused quota is what holds the job
+    quota = rows.quota("demo.sleep", paused=True, paused_by="ops.carol", paused_reason="upstream down",
+                       paused_at=ago(minutes=1))
+    job = rows.job(source_id=source.source_id, job_type="demo.sleep", status="pending", payload={"seconds": 1})
     await rows.add(source, quota, job)
     result = operator("jobs", "why", job.job_id)
     assert result.code == 0, result.both
