@@ -258,6 +258,7 @@ def _group_callback(**options: Any) -> None:
 
 @click.group(
     "ops",
+    short_help="The operator's command line over the HTTP API.",
     epilog=(
         "Connect with --url/JOBGATE_URL, --tenant/JOBGATE_TENANT and a token from JOBGATE_TOKEN or "
         "--token-file, or name a --profile of $XDG_CONFIG_HOME/jobgate/ops.toml. Exit codes: 0 done, "
@@ -377,8 +378,9 @@ def deadletter_stats(session: Session) -> None:
 @filter_option
 @limit_option
 def deadletter_list(session: Session, filters: tuple[str, ...], limit: int) -> None:
-    """List entries, newest first (filters: jobType, category, errorCode, sourceId, status,
-    deadLetteredFrom, deadLetteredTo, jobId)."""
+    """List entries, newest first.
+
+    Filters: jobType, category, errorCode, sourceId, status, deadLetteredFrom, deadLetteredTo, jobId."""
     _list(session, "/jobengine/deadletter", "deadletter", filters, limit)
 
 
@@ -393,7 +395,9 @@ def deadletter_show(session: Session, entry_id: str) -> None:
 @filter_option
 @limit_option
 def jobs_list(session: Session, filters: tuple[str, ...], limit: int) -> None:
-    """List jobs (filters: status, jobType, sourceId, packRunId)."""
+    """List jobs, newest first.
+
+    Filters: status, jobType, sourceId, packRunId."""
     _list(session, "/jobengine/jobs", "jobs", filters, limit)
 
 
@@ -433,7 +437,9 @@ def jobs_why(session: Session, job_id: str) -> int:
 @filter_option
 @limit_option
 def quotas_list(session: Session, filters: tuple[str, ...], limit: int) -> None:
-    """List quotas (filters: jobType, paused)."""
+    """List quotas with their limits and who paused them.
+
+    Filters: jobType, paused."""
     _list(session, "/jobengine/quotas", "quotas", filters, limit)
 
 
@@ -441,7 +447,9 @@ def quotas_list(session: Session, filters: tuple[str, ...], limit: int) -> None:
 @filter_option
 @limit_option
 def packruns_list(session: Session, filters: tuple[str, ...], limit: int) -> None:
-    """List pack runs (filters: status, packName)."""
+    """List pack runs with their step counts, newest first.
+
+    Filters: status, packName."""
     _list(session, "/jobengine/pack-runs", "packruns", filters, limit)
 
 
@@ -458,8 +466,9 @@ def packruns_show(session: Session, pack_run_id: str) -> None:
 @filter_option
 @limit_option
 def runs_list(session: Session, filters: tuple[str, ...], limit: int) -> None:
-    """List operation runs, newest first (filters: status, outcome, type, tenant_id,
-    freshness_state, reconciled)."""
+    """List operation runs, newest first.
+
+    Filters: status, outcome, type, tenant_id, freshness_state, reconciled."""
     _list(session, "/api/admin/operations", "runs", filters, limit, items_key="data")
 
 
@@ -478,7 +487,9 @@ def runs_show(session: Session, run_id: int) -> None:
 def audit_list(
     session: Session, action_name: str | None, target_name: str | None, filters: tuple[str, ...], limit: int
 ) -> None:
-    """List audit rows, newest first (filters: action, subject, target, occurredFrom, occurredTo)."""
+    """List audit rows, newest first.
+
+    Filters: action, subject, target, occurredFrom, occurredTo."""
     extra = {k: v for k, v in (("action", action_name), ("target", target_name)) if v}
     _list(session, "/jobengine/audit", "audit", filters, limit, extra=extra)
 
@@ -563,7 +574,7 @@ def _follow(session: Session, run_id: int | str, detach: bool, started: str | No
     return EXIT_OK if finished(run) and run.get("outcome") in ("succeeded", None) else EXIT_REFUSED
 
 
-@ops_command(deadletter, "replay")
+@ops_command(deadletter, "replay", short_help="Replay entries by id or by filter.")
 @click.argument("entry_ids", metavar="[ID]...", nargs=-1)
 @filter_option
 @click.option("--max", "max_entries", type=click.IntRange(1, 100_000), help="Replay at most this many (default 10000).")
@@ -589,7 +600,7 @@ def deadletter_replay(
     return _entry_action(session, "replay", entry_ids, filters, max_entries, rate, yes, detach)
 
 
-@ops_command(deadletter, "discard")
+@ops_command(deadletter, "discard", short_help="Discard entries by id or by filter.")
 @click.argument("entry_ids", metavar="[ID]...", nargs=-1)
 @filter_option
 @click.option("--max", "max_entries", type=click.IntRange(1, 10_000), help="Discard at most this many (default 1000).")
@@ -706,7 +717,7 @@ def packruns_cancel(session: Session, pack_run_id: str) -> None:
     session.output.document(answer, views.pack_run)
 
 
-@ops_command(packruns, "retry")
+@ops_command(packruns, "retry", short_help="Retry a pack run and follow the new run.")
 @click.argument("pack_run_id", metavar="ID")
 @follow_option
 @action_options
@@ -722,7 +733,7 @@ def packruns_retry(session: Session, pack_run_id: str, detach: bool) -> int:
     return _follow(session, run_id, detach)
 
 
-@ops_command(runs, "watch")
+@ops_command(runs, "watch", short_help="Follow a run with a progress bar.")
 @click.argument("run_id", metavar="RUN", type=int)
 def runs_watch(session: Session, run_id: int) -> int:
     """Follow a run with a progress bar until it ends (Ctrl-C stops following, not the run)."""
@@ -732,7 +743,7 @@ def runs_watch(session: Session, run_id: int) -> int:
 CANCEL_ROUTES = {"deadletter.replay_pending": "replay", "pack_run.execute": "packrun", "pack_run.retry": "packrun"}
 
 
-@ops_command(runs, "cancel")
+@ops_command(runs, "cancel", short_help="Cancel a replay by filter or a pack run.")
 @click.argument("run_id", metavar="RUN", type=int)
 @action_options
 def runs_cancel(session: Session, run_id: int) -> int:
