@@ -464,5 +464,10 @@ def openapi(output: Path | None) -> None:
         output.write_text(text)
 
 
+from app.ops.commands import ops  # the operator's client: HTTP only
+
+main.add_command(ops)
+
+
 if __name__ == "__main__":
     main()

@@ -10,6 +10,10 @@ Each layer imports only the ones below it:
    application's state and names what it needs as protocols, never importing the composition root);
 6. the composition root: ``app/server.py``, ``app/runtime.py``, ``app/cli.py``, ``app/seed.py``.
 
+Beside them, ``app/ops/`` (``jobgate ops``) is a client of the published HTTP contract: it imports
+nothing of ``app`` but itself, and no server-side library (Litestar, SQLAlchemy, the database and
+Redis drivers), so it can only learn about the gateway over HTTP.
+
 Imports inside ``if TYPE_CHECKING:`` and inside functions count like any other.
 """
 
@@ -45,6 +49,10 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "http": COMPOSITION_ROOT,
     "edge": COMPOSITION_ROOT,
     "root": (),
+    "ops": (
+        "app.storage", "app.http", "app.security", "app.domain", "app.engine", "app.core", *COMPOSITION_ROOT,
+        *FRAMEWORK, "sqlalchemy", "asyncpg", "aiosqlite", "redis", "alembic",
+    ),
 }
 
 # Private names of the libraries (SQLAlchemy, its pool, Litestar) that no module may reach for.
@@ -93,6 +101,8 @@ def layer_of(module: str) -> str:
         return "http"
     if top[:2] == ["app", "domain"]:
         return "edge" if top[-1] == "routes" else "domain"
+    if top[:2] == ["app", "ops"]:
+        return "ops"
     return "root"  # app/__init__.py
 
 
@@ -138,6 +148,9 @@ def scan_source(source: str, path: str, module: str, *, is_package: bool = False
             if _within(target, "app") and target != "app" and target not in BASE:
                 violations.append(Violation(path, line, f"import {target}"))
             continue
+        if layer == "ops" and _within(target, "app") and not _within(target, "app.ops"):
+            violations.append(Violation(path, line, f"import {target}"))
+            continue
         if any(_within(target, forbidden) for forbidden in FORBIDDEN[layer]):
             violations.append(Violation(path, line, f"import {target}"))
     for node in ast.walk(tree):
@@ -167,7 +180,7 @@ def test_every_module_imports_only_the_layers_below_it() -> None:
 
 def test_every_layer_holds_modules() -> None:
     layers = {layer_of(module_name(p)) for p in APP.rglob("*.py")}
-    assert layers == {"base", "core", "storage", "domain", "engine", "security", "http", "edge", "root"}
+    assert layers == {"base", "core", "storage", "domain", "engine", "security", "http", "edge", "root", "ops"}
 
 
 @pytest.mark.parametrize(
@@ -191,6 +204,13 @@ def test_every_layer_holds_modules() -> None:
         ("app.http.planted", "from litestar import _parsers\n", "import litestar._parsers"),
         ("app.http.planted", "def f(session):\n    return session.sync_session._new\n", "attribute _new"),
         ("app.storage.planted", "def f(pool):\n    return pool._do_get()\n", "attribute _do_get"),
+        ("app.ops.planted", "from app.storage.models import Job\n", "import app.storage.models"),
+        ("app.ops.planted", "def later():\n    from app.domain.deadletter import service\n",
+         "import app.domain.deadletter.service"),
+        ("app.ops.planted", "from app.engine import worker\n", "import app.engine.worker"),
+        ("app.ops.planted", "from app.settings import load_settings\n", "import app.settings"),
+        ("app.ops.planted", "import sqlalchemy\n", "import sqlalchemy"),
+        ("app.ops.planted", "from app.cli import main\n", "import app.cli"),
     ],
 )
 def test_the_scan_catches_a_planted_forbidden_import(module: str, source: str, expected: str) -> None:
@@ -217,6 +237,22 @@ def test_allowed_imports_pass() -> None:
     )
     assert scan_source(source, "planted.py", "app.engine.planted") == []
     assert scan_source("from app.core.caller import Caller\n", "planted.py", "app.security.planted") == []
+
+
+def test_the_ops_client_may_import_itself_and_client_libraries() -> None:
+    source = "from app.ops.client import Gateway\nimport httpx\nfrom rich.table import Table\n"
+    assert scan_source(source, "planted.py", "app.ops.planted") == []
+
+
+def test_the_ops_client_loads_without_the_server_side() -> None:
+    subprocess.run(
+        [sys.executable, "-c", "import app.ops.commands, app.ops.client, app.ops.follow, app.ops.views, sys; "
+         "loaded = {m.split('.')[0] for m in sys.modules}; "
+         "assert not loaded & {'litestar', 'sqlalchemy', 'asyncpg', 'redis'}, loaded"],
+        check=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("module", ["app.engine.worker", "app.engine.reconciler"])

@@ -29,10 +29,12 @@ _NAME = re.compile(r"JOBGATE_[A-Z0-9_]*[A-Z0-9](?![A-Z0-9_{])")
 
 
 def settings_in_code(app_dir: Path = ROOT / "app") -> set[str]:
-    """Every ``JOBGATE_*`` name in ``app/``: written out anywhere, or built by a helper such as
+    """Every ``JOBGATE_*`` name in ``app/`` (but ``app/ops/``, a client): written out anywhere, or built by a helper such as
     ``get("ENV")`` (``f"JOBGATE_{name}"``) or ``_number(env, "BATCH", ...)`` (``f"JOBGATE_WORKER_{name}"``)."""
     names: set[str] = set()
     for path in app_dir.rglob("*.py"):
+        if path.relative_to(app_dir).parts[0] == "ops":
+            continue  # the operator's client (`jobgate ops`) reads its own variables, not the gateway's
         source = path.read_text()
         names |= set(_NAME.findall(source))
         names |= _names_built_by_helpers(ast.parse(source))
