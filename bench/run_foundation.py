@@ -251,6 +251,7 @@ class Load:
     expect: int = 200
     follow_etag: bool = False
     path: str = PATH
+    body_file: str = ""  # POST this file's content instead of a GET
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def rps(self) -> float:
@@ -291,6 +292,7 @@ def run_wrk(
         "BENCH_TENANT": load.headers.get("X-Stella-Tenant", ""),
         "BENCH_IF_NONE_MATCH": load.headers.get("If-None-Match", ""),
         "BENCH_FOLLOW_ETAG": "1" if load.follow_etag else "",
+        "BENCH_BODY_FILE": load.body_file,
     }
     argv = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",

@@ -43,17 +43,17 @@ class Mutation:
             response_headers["ETag"] = etag_of_body(body)
             response_headers["Content-Type"] = "application/json"
         scope = self._request.scope
-        record(
-            self.session,
-            self.caller,
-            action=self._request.route_handler.opt["action"],
-            method=scope["method"],
-            route=scope.get("path_template") or scope["path"],
-            target=target,
-            status=status,
-        )
-        await complete_in(self.session, self.caller, status, response_headers, body)
         try:
+            await record(
+                self.session,
+                self.caller,
+                action=self._request.route_handler.opt["action"],
+                method=scope["method"],
+                route=scope.get("path_template") or scope["path"],
+                target=target,
+                status=status,
+            )
+            await complete_in(self.session, self.caller, status, response_headers, body)
             await self.session.commit()
         except IntegrityError:
             await self.session.rollback()

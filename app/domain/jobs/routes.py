@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
+from app.domain.jobs import batch as batches
 from app.domain.jobs import service
 from app.domain.jobs import submission as submissions
 from app.domain.jobs.schemas import JobPage, JobStatus, JobSummary, JobView
@@ -105,4 +107,35 @@ async def submit_job(
     )
 
 
-ROUTES = [job_summary, list_jobs, get_job, submit_job]
+BATCH_ENVELOPE = protected(
+    "orch:submit",
+    action="job.submit_batch",
+    submission=True,
+    s409="The Idempotency-Key is in flight",
+)
+BATCH_ENVELOPE["responses"][207] = ResponseSpec(
+    data_container=batches.BatchResults,
+    description="Some items were refused (see each item's `error`); the others were accepted",
+    generate_examples=False,
+)
+
+
+@post(
+    "/jobengine/jobs/batch",
+    **BATCH_ENVELOPE,
+    status_code=200,
+    summary="Submit a batch of jobs",
+    description=f"1 to {batches.MAX_JOBS} jobs (each as `POST /jobengine/jobs` takes it), validated each on its "
+    "own; the accepted ones are inserted in one transaction. One result per item, in request order: "
+    "`{index, jobId}` or `{index, error: {code, detail}}` (`validation_failed`, `not_found` for an unknown or "
+    "other tenant's source, `source_disabled`). 200 when every item was accepted, 207 when some were refused; "
+    "400 when the body itself is invalid (`jobs` not a list, empty, or more than "
+    f"{batches.MAX_JOBS} items). An `Idempotency-Key` covers the whole batch.",
+    tags=["jobs"],
+)
+async def submit_job_batch(data: batches.JobBatch, submission: Mutation) -> Response[batches.BatchResults]:
+    results = await batches.submit_batch(submission.session, submission.caller, data)
+    return await submission.commit(target=None, status=200 if results.all_accepted else 207, content=results)
+
+
+ROUTES = [job_summary, list_jobs, get_job, submit_job, submit_job_batch]
