@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 import msgspec
-from litestar.openapi.spec import Reference, Schema
-from litestar.openapi.spec.enums import OpenAPIType
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
@@ -41,13 +39,13 @@ class JobBatch(msgspec.Struct, forbid_unknown_fields=True):
     # The items are decoded one by one (see the module doc); the contract states their type.
     schema_extra: ClassVar[dict[str, Any]] = {
         "properties": {
-            "jobs": Schema(
-                type=OpenAPIType.ARRAY,
-                items=Reference(ref="#/components/schemas/JobSubmit"),
-                min_items=1,
-                max_items=MAX_JOBS,
-                description=_JOBS_DESCRIPTION,
-            )
+            "jobs": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/JobSubmit"},
+                "minItems": 1,
+                "maxItems": MAX_JOBS,
+                "description": _JOBS_DESCRIPTION,
+            }
         }
     }
 
