@@ -177,6 +177,7 @@ class Server:
     env: dict[str, str]
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    cwd: Path = ROOT  # the checkout it runs from
 
     @property
     def url(self) -> str:
@@ -185,7 +186,7 @@ class Server:
     def start(self) -> None:
         self.process = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,

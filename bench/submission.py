@@ -14,7 +14,9 @@ Then it drives with ``wrk`` (32 connections by default):
   (a mutation's p99 under submission load).
 
 Loads run in alternating order for ``--rounds`` rounds; medians are compared as ratios within the
-run (the machine is shared). ``--profile`` adds a py-spy sample of the gateway under the single
+run (the machine is shared). ``--before REV`` also starts a gateway of the commit REV (exported
+with ``git archive``) and measures its single submission in the same rounds, so that the change is
+a ratio measured in the same command too. ``--profile`` adds a py-spy sample of the gateway under the single
 submission load. Everything it creates is removed at the end (``bench_environment``); results go
 to ``bench/results/`` (not versioned).
 """
@@ -94,6 +96,7 @@ def main() -> None:
     parser = load_options(__doc__, duration=5, rounds=2)
     parser.add_argument("--profile", action="store_true", help="also sample the gateway with py-spy")
     parser.add_argument("--skip-routes", action="store_true", help="only the submission loads")
+    parser.add_argument("--before", default=None, help="also measure the single submission of this commit")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         fail("wrk is not installed; install it with: apt-get install wrk")
@@ -115,9 +118,20 @@ def run(args: argparse.Namespace, env: Any) -> None:
     gateway = server("gateway", gateway_env, PYTHON, "-m", "app.cli", "serve", "--port", "{port}", "--workers", "1")
     ceiling_env = {"BENCH_PG_DSN": pg_dsn, "BENCH_TENANT_ID": str(tenant_id)}
     ceiling = server("ceiling", ceiling_env, PYTHON, str(BENCH / "serve.py"), "bench.baseline_submission:create_app", "{port}")
-    for s in (gateway, ceiling):
+    before = None
+    if args.before:
+        checkout = env.workdir / "before"
+        checkout.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "app"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive.stdout, check=True)
+        before = server("gateway-before", {**gateway_env, "PYTHONPATH": str(checkout)}, PYTHON, "-m", "app.cli", "serve",
+                        "--port", "{port}", "--workers", "1")
+        before.cwd = checkout
+    for s in (gateway, ceiling, *([before] if before else [])):
         s.start()
     gateway.wait_ready("/healthz")
+    if before:
+        before.wait_ready("/healthz")
     ceiling.wait_ready("/schema/openapi.json")
     auth = {"Authorization": f"Bearer {token}", "X-Stella-Tenant": TENANT}
     job = {"jobType": "demo.noop", "sourceId": "src-1", "payload": {"n": 1}}
@@ -138,6 +152,9 @@ def run(args: argparse.Namespace, env: Any) -> None:
         Load("batch|ceiling", f"POST /jobengine/jobs/batch ({BATCH}) ceiling", ceiling,
              path="/jobengine/jobs/batch", body_file=batch_file),
     ]  # fmt: skip
+    if before:
+        loads.append(Load("single|before", f"POST /jobengine/jobs gateway at {args.before}", before, auth,
+                          path="/jobengine/jobs", body_file=single_file))
     print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} rounds, alternating order")
     sessions = Sessions(pg_dsn)
     try:
@@ -152,7 +169,7 @@ def run(args: argparse.Namespace, env: Any) -> None:
         "single_gateway_rps": round(sg.rps()),
         "single_ceiling_rps": round(sc.rps()),
         "single_vs_ceiling": round(sg.rps() / sc.rps(), 3),
-        "single_vs_before": round(sg.rps() / BEFORE_RPS, 2),
+        "single_vs_before_absolute": round(sg.rps() / BEFORE_RPS, 2),
         "single_gateway_cpu_ms": round(sg.cpu_ms(), 3),
         "single_ceiling_cpu_ms": round(sc.cpu_ms(), 3),
         "single_gateway_p99_ms": round(sg.p99_ms(), 1),
@@ -162,13 +179,22 @@ def run(args: argparse.Namespace, env: Any) -> None:
         "batch_gateway_cpu_ms_per_batch": round(bg.cpu_ms(), 2),
         "batch_gateway_p99_ms": round(bg.p99_ms(), 1),
     }
+    if before:
+        sb = by_key["single|before"]
+        summary.update(single_before_rps=round(sb.rps()), single_vs_before_same_run=round(sg.rps() / sb.rps(), 2),
+                       single_before_cpu_ms=round(sb.cpu_ms(), 3))
     print()
     for key, value in summary.items():
         print(f"  {key:<34}{value}")
     if routes:
-        print(f"\n  {'mutation route':<52}{'req/s':>8}{'p99 ms':>9}{'CPU ms/req':>12}")
+        print(f"\n  {'mutation route':<62}{'req/s':>8}{'p99 ms':>9}{'CPU ms/req':>12}")
         for row in routes:
-            print(f"  {row['route']:<52}{row['rps']:>8}{row['p99_ms']:>9}{row['cpu_ms']:>12}")
+            cpu = "" if row["cpu_ms"] is None else row["cpu_ms"]
+            print(f"  {row['route']:<62}{row['rps']:>8}{row['p99_ms']:>9}{cpu:>12}")
+    if spy:
+        print("\n  py-spy, POST /jobengine/jobs (inclusive %):")
+        for name, share in spy["inclusive_top"]:
+            print(f"    {share:>5}  {name}")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     results = BENCH / "results"
     results.mkdir(exist_ok=True)

@@ -1,4 +1,5 @@
-"""The one way a handler commits a change: audit row, stored idempotent response, commit.
+"""The one way a handler commits a change: audit row, stored idempotent response, the
+statements the change asked to run last (``app/storage/db.py``: ``run_last``), commit.
 
 All three land in the handler's transaction, committed before the response is sent; a failing
 commit answers a problem response and applies nothing.
@@ -18,6 +19,7 @@ from app.core.problems import Problem
 from app.http.caching import encode, etag_of_body
 from app.security.audit import AUDITED_KEY
 from app.storage.audit import record
+from app.storage.db import run_last_steps
 from app.storage.idempotency import complete_in
 
 log = logging.getLogger("jobgate.mutation")
@@ -54,6 +56,7 @@ class Mutation:
                 status=status,
             )
             await complete_in(self.session, self.caller, status, response_headers, body)
+            await run_last_steps(self.session)
             await self.session.commit()
         except IntegrityError:
             await self.session.rollback()

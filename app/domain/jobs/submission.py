@@ -2,23 +2,27 @@
 counters move in the same transaction as the new job rows.
 
 One job (``submit_job``) and a batch (``app/domain/jobs/batch.py``) share :func:`validated` (what
-a submission's payload types cannot state, and the defaults it takes) and :func:`count_jobs`
-(the sources' counters, one guarded statement for every source of the request); the job rows
-are written with a Core ``INSERT`` of prepared values, without the ORM's unit of work."""
+a submission's payload types cannot state, and the defaults it takes), :func:`open_sources`
+(which sources take jobs) and :func:`count_jobs` (the sources' counters: one statement, run last
+in the transaction, because every submission of a source locks its row). The job rows are
+written with Core ``INSERT`` statements of prepared values, without the ORM's unit of work; one
+job is inserted by one ``INSERT … SELECT`` that also checks its source."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
 from app.core.problems import FieldError, Problem, not_found
 from app.domain.sources.schemas import SourceIdText
+from app.storage.db import run_last
 from app.storage.models import Job, Source
 
 JobTypeText = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9._-]{0,127}$", max_length=128)]
@@ -92,46 +96,59 @@ def validated(data: JobSubmit, now: datetime, field: str = "payload") -> dict[st
     }
 
 
-async def count_jobs(
-    session: AsyncSession, caller: Caller, counts: dict[str, int], now: datetime
+async def open_sources(
+    session: AsyncSession, caller: Caller, source_ids: Iterable[str]
 ) -> tuple[dict[str, str | None], dict[str, str]]:
-    """Count new jobs on their sources: ``counts`` maps a source id to its number of new jobs.
-
-    One guarded ``UPDATE`` for every source of the request (visible to the caller and enabled);
-    over several sources it locks their rows in ``source_id`` order first, so that concurrent
-    requests over overlapping sources wait for each other, never in a cycle. Returns the project
-    of each counted source, and the refusal code of each other one (``not_found``: unknown,
-    another tenant's or another project's; ``source_disabled``), read only when there is one."""
-    visible = [Source.tenant_id == caller.tenant_id]
+    """Which of ``source_ids`` take jobs (one read, no lock): the project of each visible, enabled
+    source, and the refusal code of each other one (``not_found``: unknown, another tenant's or
+    another project's; ``source_disabled``)."""
+    wanted = set(source_ids)
+    stmt = select(Source.source_id, Source.project_id, Source.enabled).where(
+        Source.tenant_id == caller.tenant_id, Source.source_id.in_(sorted(wanted))
+    )
     if caller.project is not None:
-        visible.append(Source.project_id == caller.project)
+        stmt = stmt.where(Source.project_id == caller.project)
+    projects: dict[str, str | None] = {}
+    refused = dict.fromkeys(wanted, "not_found")
+    for source_id, project_id, enabled in await session.execute(stmt):
+        if enabled:
+            projects[source_id] = project_id
+            del refused[source_id]
+        else:
+            refused[source_id] = "source_disabled"
+    return projects, refused
+
+
+def count_jobs(session: AsyncSession, tenant_id: int, counts: dict[str, int], now: datetime) -> None:
+    """Count new jobs on their sources (``counts``: source id → new jobs) with one statement that
+    runs last in the transaction (``run_last``): every submission of a source updates its row, so
+    the row's lock is held only from this statement to the commit. Over several sources the rows
+    are locked in ``source_id`` order, so that concurrent requests over overlapping sources wait
+    for each other, never in a cycle."""
+    scope = [Source.tenant_id == tenant_id]
     if len(counts) == 1:
         [(source_id, added)] = counts.items()
-        chosen: Any = Source.source_id == source_id
+        scope.append(Source.source_id == source_id)
     else:
         added = case(counts, value=Source.source_id, else_=0)
-        chosen = Source.source_id.in_(
+        locked = (
             select(Source.source_id)
-            .where(*visible, Source.source_id.in_(sorted(counts)), Source.enabled)
+            .where(Source.tenant_id == tenant_id, Source.source_id.in_(sorted(counts)))
             .order_by(Source.source_id)
             .with_for_update()
-            .scalar_subquery()
         )
-    counted = await session.execute(
+        scope.append(Source.source_id.in_(locked.scalar_subquery()))
+    statement = (
         update(Source)
-        .where(*visible, chosen, Source.enabled)
+        .where(*scope)
         .values(jobs_submitted=Source.jobs_submitted + added, last_job_at=now)
-        .returning(Source.source_id, Source.project_id)
         .execution_options(synchronize_session=False)
     )
-    projects: dict[str, str | None] = dict(counted.tuples().all())
-    refused: dict[str, str] = {}
-    if len(projects) < len(counts):
-        missing = [source_id for source_id in counts if source_id not in projects]
-        seen = await session.execute(select(Source.source_id).where(*visible, Source.source_id.in_(missing)))
-        disabled = set(seen.scalars())  # visible but not counted: disabled
-        refused = {source_id: "source_disabled" if source_id in disabled else "not_found" for source_id in missing}
-    return projects, refused
+
+    async def count(session: AsyncSession) -> None:
+        await session.execute(statement)
+
+    run_last(session, count)
 
 
 def job_row(tenant_id: int, source_id: str, project_id: str | None, fields: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -150,6 +167,27 @@ def job_row(tenant_id: int, source_id: str, project_id: str | None, fields: dict
 
 
 INSERT_JOBS = insert(Job.__table__)  # Core: the rows are complete, nothing for the ORM to track
+_JOBS = Job.__table__.c
+_FROM_SOURCE = ("tenant_id", "job_id", "source_id", "job_type", "payload", "priority", "status", "attempt",
+                "max_attempts", "run_after", "cancel_requested", "created_at", "updated_at")
+
+
+def _insert_from_source(project_scoped: bool) -> Any:
+    """``INSERT INTO jobs … SELECT … FROM sources WHERE <visible, enabled> RETURNING project_id``:
+    the job and its source's check in one statement (its project taken from the source)."""
+    values = [bindparam(name, type_=_JOBS[name].type) for name in _FROM_SOURCE]
+    where = [
+        Source.tenant_id == bindparam("tenant_id"),
+        Source.source_id == bindparam("source_id"),
+        Source.enabled,
+    ]
+    if project_scoped:
+        where.append(Source.project_id == bindparam("project"))
+    chosen = select(*values, Source.project_id).where(*where)
+    return insert(Job.__table__).from_select([*_FROM_SOURCE, "project_id"], chosen).returning(_JOBS.project_id)
+
+
+INSERT_FROM_SOURCE = {scoped: _insert_from_source(scoped) for scoped in (False, True)}
 
 
 async def take_source(session: AsyncSession, caller: Caller, source_id: str, jobs: int, now: datetime) -> Source:
@@ -209,15 +247,18 @@ def new_job(
 
 
 async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> Job:
-    """Count the job on its source and insert it (two statements); returns the new job, not
-    attached to the session. A refused source raises 404 or 409 ``source_disabled``."""
+    """Insert the job (one statement that also checks its source) and count it on its source
+    last (:func:`count_jobs`); returns the new job, not attached to the session. A refused
+    source raises 404 or 409 ``source_disabled``."""
     now = datetime.now(UTC)
-    fields = validated(data, now)
-    projects, refused = await count_jobs(session, caller, {data.source_id: 1}, now)
-    if refused:
+    row = job_row(caller.tenant_id, data.source_id, None, validated(data, now), now)
+    statement = INSERT_FROM_SOURCE[caller.project is not None]
+    inserted = (await session.execute(statement, {**row, "project": caller.project})).first()
+    if inserted is None:
+        _, refused = await open_sources(session, caller, [data.source_id])
         if refused[data.source_id] == "not_found":
             raise not_found("Source")
         raise Problem(409, "source_disabled", f"Source {data.source_id!r} is disabled; it accepts no jobs.")
-    row = job_row(caller.tenant_id, data.source_id, projects[data.source_id], fields, now)
-    await session.execute(INSERT_JOBS, row)
+    row["project_id"] = inserted.project_id
+    count_jobs(session, caller.tenant_id, {data.source_id: 1}, now)
     return Job(**row)
