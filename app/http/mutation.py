@@ -18,7 +18,7 @@ from app.core.caller import Caller
 from app.core.problems import Problem
 from app.http.caching import encode, etag_of_body
 from app.security.audit import AUDITED_KEY
-from app.storage.audit import record
+from app.storage.audit import audit_values, record
 from app.storage.db import run_last_steps
 from app.storage.idempotency import complete_in
 
@@ -74,6 +74,37 @@ class Mutation:
                 headers={"Retry-After": "2"},
             ) from None
         scope["state"][AUDITED_KEY] = True
+        return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
+
+
+    # -- a change written with its audit row in one statement ----------------------------------
+
+    @property
+    def at_once(self) -> bool:
+        """Whether the change may be written as one autocommitted statement that carries its own
+        audit row (:meth:`audit_values`): on PostgreSQL, for a request without ``Idempotency-Key``
+        (whose answer must otherwise be stored in the same transaction). The handler then answers
+        with :meth:`answered`."""
+        return self.caller.idempotency_key is None and self.session.bind.dialect.name == "postgresql"  # type: ignore[union-attr]
+
+    def audit_values(self, target: str | None, status: int) -> dict[str, Any]:
+        """The values of this request's audit row, as :meth:`commit` writes it."""
+        scope = self._request.scope
+        return audit_values(
+            self.caller,
+            action=self._request.route_handler.opt["action"],
+            method=scope["method"],
+            route=scope.get("path_template") or scope["path"],
+            target=target,
+            status=status,
+        )
+
+    def answered(self, *, status: int, content: Any, headers: dict[str, str] | None = None) -> Response[bytes]:
+        """The answer of a change already written with its audit row (see :attr:`at_once`)."""
+        body = encode(content)
+        response_headers = {"Cache-Control": "no-store", **(headers or {}), "ETag": etag_of_body(body)}
+        response_headers["Content-Type"] = "application/json"
+        self._request.scope["state"][AUDITED_KEY] = True
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
 
 

@@ -11,19 +11,19 @@ job is inserted by one ``INSERT … SELECT`` that also checks its source."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy import bindparam, case, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
 from app.core.problems import FieldError, Problem, not_found
 from app.domain.sources.schemas import SourceIdText
 from app.storage.db import run_last
-from app.storage.models import Job, Source
+from app.storage.models import AuditRecord, Job, Source
 
 JobTypeText = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9._-]{0,127}$", max_length=128)]
 Priority = Annotated[int, msgspec.Meta(ge=-100, le=100, description="Higher runs first")]
@@ -175,19 +175,76 @@ _FROM_SOURCE = ("tenant_id", "job_id", "source_id", "job_type", "payload", "prio
 def _insert_from_source(project_scoped: bool) -> Any:
     """``INSERT INTO jobs … SELECT … FROM sources WHERE <visible, enabled> RETURNING project_id``:
     the job and its source's check in one statement (its project taken from the source)."""
-    values = [bindparam(name, type_=_JOBS[name].type) for name in _FROM_SOURCE]
+    # Parameters are named ``new_<column>``: a name equal to a column would also be taken as a
+    # value to set by the UPDATE of the statement that embeds this one.
+    values = [bindparam(f"new_{name}", type_=_JOBS[name].type) for name in _FROM_SOURCE]
     where = [
-        Source.tenant_id == bindparam("tenant_id"),
-        Source.source_id == bindparam("source_id"),
+        Source.tenant_id == bindparam("new_tenant_id"),
+        Source.source_id == bindparam("new_source_id"),
         Source.enabled,
     ]
     if project_scoped:
         where.append(Source.project_id == bindparam("project"))
     chosen = select(*values, Source.project_id).where(*where)
-    return insert(Job.__table__).from_select([*_FROM_SOURCE, "project_id"], chosen).returning(_JOBS.project_id)
+    return insert(Job.__table__).from_select([*_FROM_SOURCE, "project_id"], chosen)
 
 
-INSERT_FROM_SOURCE = {scoped: _insert_from_source(scoped) for scoped in (False, True)}
+def _new(row: dict[str, Any]) -> dict[str, Any]:
+    return {f"new_{name}": value for name, value in row.items()}
+
+
+INSERT_FROM_SOURCE = {scoped: _insert_from_source(scoped).returning(_JOBS.project_id) for scoped in (False, True)}
+
+
+def _submit_at_once(project_scoped: bool) -> Any:
+    """PostgreSQL, one statement: the job (``INSERT … SELECT`` from its visible, enabled source),
+    its source's counter and the request's audit row (``audit_*`` parameters), the last two only
+    when the job was inserted. Run on its own (autocommit), it is the whole transaction: one round
+    trip, and the source row is locked only while the statement runs."""
+    job = _insert_from_source(project_scoped).returning(_JOBS.project_id, _JOBS.source_id).cte("job")
+    counted = (
+        update(Source)
+        .where(Source.tenant_id == bindparam("new_tenant_id"), Source.source_id.in_(select(job.c.source_id)))
+        .values(jobs_submitted=Source.jobs_submitted + literal_column("1"), last_job_at=bindparam("new_created_at"))
+        .returning(Source.source_id)
+        .cte("counted")
+    )
+    audit_columns = [c for c in AuditRecord.__table__.c if c.name != "id"]
+    audited = (
+        insert(AuditRecord.__table__)
+        .from_select(
+            [c.name for c in audit_columns],
+            select(*(bindparam(f"audit_{c.name}", type_=c.type) for c in audit_columns)).select_from(job),
+        )
+        .returning(AuditRecord.__table__.c.id)
+        .cte("audited")
+    )
+    return select(job.c.project_id).add_cte(counted, audited)
+
+
+SUBMIT_AT_ONCE = {scoped: _submit_at_once(scoped) for scoped in (False, True)}
+
+
+async def submit_job_at_once(
+    session: AsyncSession, caller: Caller, data: JobSubmit, audit: Callable[[str, int], dict[str, Any]]
+) -> Job:
+    """:func:`submit_job` and its audit row in one autocommitted statement (PostgreSQL; a request
+    without ``Idempotency-Key``, whose answer need not be stored with it). ``audit(target,
+    status)`` gives the audit row's values. A refused source raises 404 or 409 as
+    :func:`submit_job` does, and nothing was written."""
+    now = datetime.now(UTC)
+    row = job_row(caller.tenant_id, data.source_id, None, validated(data, now), now)
+    audit_row = {f"audit_{name}": value for name, value in audit(row["job_id"], 201).items()}
+    connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    statement = SUBMIT_AT_ONCE[caller.project is not None]
+    inserted = (await connection.execute(statement, {**_new(row), **audit_row, "project": caller.project})).first()
+    if inserted is None:
+        _, refused = await open_sources(session, caller, [data.source_id])
+        if refused[data.source_id] == "not_found":
+            raise not_found("Source")
+        raise Problem(409, "source_disabled", f"Source {data.source_id!r} is disabled; it accepts no jobs.")
+    row["project_id"] = inserted.project_id
+    return Job(**row)
 
 
 async def take_source(session: AsyncSession, caller: Caller, source_id: str, jobs: int, now: datetime) -> Source:
@@ -253,7 +310,7 @@ async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> 
     now = datetime.now(UTC)
     row = job_row(caller.tenant_id, data.source_id, None, validated(data, now), now)
     statement = INSERT_FROM_SOURCE[caller.project is not None]
-    inserted = (await session.execute(statement, {**row, "project": caller.project})).first()
+    inserted = (await session.execute(statement, {**_new(row), "project": caller.project})).first()
     if inserted is None:
         _, refused = await open_sources(session, caller, [data.source_id])
         if refused[data.source_id] == "not_found":
