@@ -2,7 +2,9 @@
 statements the change asked to run last (``app/storage/db.py``: ``run_last``), commit.
 
 All three land in the handler's transaction, committed before the response is sent; a failing
-commit answers a problem response and applies nothing.
+commit answers a problem response and applies nothing. A change that is one statement can carry
+its audit row in that statement and run it on its own (:attr:`Mutation.at_once`, job submission):
+then nothing else is committed, and :meth:`Mutation.answered` only builds the answer.
 """
 
 from __future__ import annotations
