@@ -41,11 +41,7 @@ class Mutation:
         content: Any = None,
         headers: dict[str, str] | None = None,
     ) -> Response[bytes]:
-        body = b"" if content is None else encode(content)
-        response_headers = {"Cache-Control": "no-store", **(headers or {})}
-        if content is not None:
-            response_headers["ETag"] = etag_of_body(body)
-            response_headers["Content-Type"] = "application/json"
+        body, response_headers = _encoded(content, headers)
         scope = self._request.scope
         try:
             await record(
@@ -78,7 +74,6 @@ class Mutation:
         scope["state"][AUDITED_KEY] = True
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
 
-
     # -- a change written with its audit row in one statement ----------------------------------
 
     @property
@@ -101,13 +96,23 @@ class Mutation:
             status=status,
         )
 
-    def answered(self, *, status: int, content: Any, headers: dict[str, str] | None = None) -> Response[bytes]:
+    def answered(
+        self, *, status: int, content: Any, headers: dict[str, str] | None = None
+    ) -> Response[bytes]:
         """The answer of a change already written with its audit row (see :attr:`at_once`)."""
-        body = encode(content)
-        response_headers = {"Cache-Control": "no-store", **(headers or {}), "ETag": etag_of_body(body)}
-        response_headers["Content-Type"] = "application/json"
+        body, response_headers = _encoded(content, headers)
         self._request.scope["state"][AUDITED_KEY] = True
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
+
+
+def _encoded(content: Any, headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
+    """A mutation's answer: its body and headers (``no-store``; an ETag for a body)."""
+    body = b"" if content is None else encode(content)
+    response_headers = {"Cache-Control": "no-store", **(headers or {})}
+    if content is not None:
+        response_headers["ETag"] = etag_of_body(body)
+        response_headers["Content-Type"] = "application/json"
+    return body, response_headers
 
 
 async def provide_caller(request: Request[Any, Any, Any]) -> Caller:

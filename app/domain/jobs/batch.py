@@ -19,7 +19,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 import msgspec
-from sqlalchemy import Boolean, DateTime, Integer, String, bindparam, cast, column, func, insert, literal, select
+from sqlalchemy import (
+    Boolean, DateTime, Integer, String, bindparam, cast, column, func, insert, literal, select,
+)  # fmt: skip
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 

@@ -99,7 +99,9 @@ async def submit_job(
     request: Request[Any, Any, Any], data: submissions.JobSubmit, submission: Mutation
 ) -> Response[JobView]:
     if submission.at_once:  # one statement with its audit row (PostgreSQL, no Idempotency-Key)
-        job = await submissions.submit_job_at_once(submission.session, submission.caller, data, submission.audit_values)
+        job = await submissions.submit_job_at_once(
+            submission.session, submission.caller, data, submission.audit_values
+        )
         headers = {"Location": location(request, f"/jobengine/jobs/{job.job_id}")}
         return submission.answered(status=201, content=service.view(job), headers=headers)
     job = await submissions.submit_job(submission.session, submission.caller, data)

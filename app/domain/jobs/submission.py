@@ -151,7 +151,9 @@ def count_jobs(session: AsyncSession, tenant_id: int, counts: dict[str, int], no
     run_last(session, count)
 
 
-def job_row(tenant_id: int, source_id: str, project_id: str | None, fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+def job_row(
+    tenant_id: int, source_id: str, project_id: str | None, fields: dict[str, Any], now: datetime
+) -> dict[str, Any]:
     """A new job's row: ``fields`` from :func:`validated`, the rest of a job not yet claimed."""
     return {
         "tenant_id": tenant_id,
@@ -193,7 +195,9 @@ def _new(row: dict[str, Any]) -> dict[str, Any]:
     return {f"new_{name}": value for name, value in row.items()}
 
 
-INSERT_FROM_SOURCE = {scoped: _insert_from_source(scoped).returning(_JOBS.project_id) for scoped in (False, True)}
+INSERT_FROM_SOURCE = {
+    scoped: _insert_from_source(scoped).returning(_JOBS.project_id) for scoped in (False, True)
+}
 
 
 def _submit_at_once(project_scoped: bool) -> Any:
@@ -205,7 +209,9 @@ def _submit_at_once(project_scoped: bool) -> Any:
     counted = (
         update(Source)
         .where(Source.tenant_id == bindparam("new_tenant_id"), Source.source_id.in_(select(job.c.source_id)))
-        .values(jobs_submitted=Source.jobs_submitted + literal_column("1"), last_job_at=bindparam("new_created_at"))
+        .values(
+            jobs_submitted=Source.jobs_submitted + literal_column("1"), last_job_at=bindparam("new_created_at")
+        )
         .returning(Source.source_id)
         .cte("counted")
     )
@@ -237,7 +243,8 @@ async def submit_job_at_once(
     audit_row = {f"audit_{name}": value for name, value in audit(row["job_id"], 201).items()}
     connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     statement = SUBMIT_AT_ONCE[caller.project is not None]
-    inserted = (await connection.execute(statement, {**_new(row), **audit_row, "project": caller.project})).first()
+    parameters = {**_new(row), **audit_row, "project": caller.project}
+    inserted = (await connection.execute(statement, parameters)).first()
     if inserted is None:
         _, refused = await open_sources(session, caller, [data.source_id])
         if refused[data.source_id] == "not_found":
