@@ -371,7 +371,7 @@ def token(tenant: tuple[str, ...], scope: str, subject: str, ttl: str, jkt: str 
 
 
 @main.command()
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1000), help="Jobs run at once.")
+@click.option("--concurrency", default=64, show_default=True, type=click.IntRange(1, 1000), help="Jobs run at once.")
 @click.option("--worker-id", default=None, help="Lease owner name (default: host-pid).")
 @click.option("--tenant", "tenants", multiple=True, help="Only claim this tenant's jobs (repeat for several).")
 @click.option("--metrics-port", default=None, type=click.IntRange(1, 65535), help="Serve /metrics on this port.")

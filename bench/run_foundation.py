@@ -177,6 +177,7 @@ class Server:
     env: dict[str, str]
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    cwd: Path = ROOT  # the checkout it runs from
 
     @property
     def url(self) -> str:
@@ -185,7 +186,7 @@ class Server:
     def start(self) -> None:
         self.process = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -251,6 +252,7 @@ class Load:
     expect: int = 200
     follow_etag: bool = False
     path: str = PATH
+    body_file: str = ""  # POST this file's content instead of a GET
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def rps(self) -> float:
@@ -291,6 +293,7 @@ def run_wrk(
         "BENCH_TENANT": load.headers.get("X-Stella-Tenant", ""),
         "BENCH_IF_NONE_MATCH": load.headers.get("If-None-Match", ""),
         "BENCH_FOLLOW_ETAG": "1" if load.follow_etag else "",
+        "BENCH_BODY_FILE": load.body_file,
     }
     argv = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",

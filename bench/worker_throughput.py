@@ -1,6 +1,10 @@
 """Worker throughput: two `jobgate worker` processes on PostgreSQL drain N `demo.noop` jobs.
 
-    .venv/bin/python bench/worker_throughput.py [--jobs 20000] [--workers 2] [--concurrency 64]
+    .venv/bin/python bench/worker_throughput.py [--jobs 20000] [--workers 2] [--concurrency 200] [--batch 200]
+
+Two runs in one command, each on a database of its own: the workers started without flags or
+``JOBGATE_WORKER_*`` settings (the defaults), then tuned (``--concurrency``, ``JOBGATE_WORKER_BATCH``
+= ``--batch``, ``JOBGATE_WORKER_POLL_SECONDS`` = 0.05).
 
 Creates a throwaway database on ``BENCH_PG_ADMIN`` (default
 postgresql://postgres@127.0.0.1:5432/postgres), migrates it, inserts the jobs of one tenant in
@@ -100,33 +104,23 @@ async def _sample(dsn: str, jobs: int, timeout: float) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=20000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=200)
-    args = parser.parse_args()
-    admin = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+def drain(admin: str, jobs: int, workers: int, flags: list[str], settings: dict[str, str]) -> dict[str, float]:
     database = f"jobgate_bench_{secrets.token_hex(4)}"
-    url = _prepare(admin, database, args.jobs)
-    env = {**os.environ, "JOBGATE_DATABASE_URL": url, "JOBGATE_DATA_DIR": tempfile.mkdtemp(),
-           "JOBGATE_WORKER_BATCH": str(args.batch), "JOBGATE_WORKER_POLL_SECONDS": "0.05"}
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--concurrency", str(args.concurrency),
-                          "--worker-id", f"bench-{n}"], env=env, cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for n in range(args.workers)
+    url = _prepare(admin, database, jobs)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_WORKER_")}
+    env.update({"JOBGATE_DATABASE_URL": url, "JOBGATE_DATA_DIR": tempfile.mkdtemp(), **settings})
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "app.cli", "worker", *flags, "--worker-id", f"bench-{n}"], env=env,
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for n in range(workers)
     ]
     try:
         dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-        result = asyncio.run(_sample(dsn, args.jobs, timeout=600))
-        result.update(workers=args.workers, concurrency=args.concurrency, batch=args.batch)
-        print(json.dumps(result, indent=2))
+        return asyncio.run(_sample(dsn, jobs, timeout=600))
     finally:
-        for worker in workers:
+        for worker in processes:
             worker.send_signal(signal.SIGTERM)
-        for worker in workers:
+        for worker in processes:
             worker.wait(30)
 
         async def drop() -> None:
@@ -135,6 +129,22 @@ def main() -> None:
             await conn.close()
 
         asyncio.run(drop())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=200)
+    args = parser.parse_args()
+    admin = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    default = drain(admin, args.jobs, args.workers, [], {})
+    default.update(workers=args.workers, settings="defaults (no flags, no JOBGATE_WORKER_* settings)")
+    tuned = drain(admin, args.jobs, args.workers, ["--concurrency", str(args.concurrency)],
+                  {"JOBGATE_WORKER_BATCH": str(args.batch), "JOBGATE_WORKER_POLL_SECONDS": "0.05"})
+    tuned.update(workers=args.workers, concurrency=args.concurrency, batch=args.batch)
+    print(json.dumps({"default": default, "tuned": tuned}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 -- One script for every target, so wrk does the same work for each of them.
--- Headers come from the environment: BENCH_TOKEN (Bearer), BENCH_TENANT, BENCH_IF_NONE_MATCH.
+-- Headers come from the environment: BENCH_TOKEN (Bearer), BENCH_TENANT, BENCH_IF_NONE_MATCH;
+-- BENCH_BODY_FILE makes every request a POST of that file's content (JSON).
 -- BENCH_FOLLOW_ETAG=1 makes each thread revalidate with the ETag of the last 200 it received,
 -- as a caching client does (otherwise the first request's ETag is sent throughout).
 -- done() prints one line, "BENCH {json}", that bench/run_foundation.py reads.
@@ -10,6 +11,14 @@ local etag = os.getenv("BENCH_IF_NONE_MATCH")
 local follow = os.getenv("BENCH_FOLLOW_ETAG") == "1"
 
 wrk.method = "GET"
+local body_file = os.getenv("BENCH_BODY_FILE")
+if body_file and body_file ~= "" then
+  local f = assert(io.open(body_file, "rb"))
+  wrk.method = "POST"
+  wrk.body = f:read("*a")
+  f:close()
+  wrk.headers["Content-Type"] = "application/json"
+end
 if token and token ~= "" then wrk.headers["Authorization"] = "Bearer " .. token end
 if tenant and tenant ~= "" then wrk.headers["X-Stella-Tenant"] = tenant end
 if etag and etag ~= "" then wrk.headers["If-None-Match"] = etag end
@@ -34,7 +43,7 @@ function init(args)
 end
 
 function response(status, headers, body)
-  if status == 200 then
+  if status == 200 or status == 201 then  -- a page, or a created job
     ok = ok + 1
   elseif status == 304 then
     not_modified = not_modified + 1

@@ -11,6 +11,9 @@ replayed entry, the pack run).
   dead-lettered); release (shutdown) → ``pending`` without consuming the attempt;
 - an expired lease → back to ``pending`` (or dead-lettered as ``lease.expired`` when no attempt
   is left; ``canceled`` when a cancel was requested).
+
+A job given back (released, or its lease expired) keeps its ``run_after``: it goes back to its
+place in the dispatch order (priority, then ``run_after``), ahead of jobs submitted after it.
 """
 
 from __future__ import annotations
@@ -177,7 +180,7 @@ async def release(session: AsyncSession, worker_id: str, jobs: list[JobContext],
     for job in jobs:
         result = await session.execute(
             _guarded(job, worker_id).values(
-                status="pending", attempt=Job.attempt - 1, started_at=None, run_after=now, **_lease_cleared(now)
+                status="pending", attempt=Job.attempt - 1, started_at=None, **_lease_cleared(now)
             )
         )
         released += result.rowcount or 0
@@ -383,10 +386,11 @@ async def _expire(session: AsyncSession, row: Job, now: datetime) -> None:
         return
     error = {"last_error_code": "lease.expired", "last_error_category": "timeout"}
     if row.attempt < row.max_attempts:
+        # run_after is kept: the job returns to its place in the dispatch order, not behind
+        # everything submitted since it was first due.
         await session.execute(
             _guarded(job, owner).values(
                 status="pending",
-                run_after=now,
                 last_error_message=f"The lease of worker {owner} expired.",
                 **error,
                 **_lease_cleared(now),

@@ -134,12 +134,18 @@ class Worker:
             waiter.cancel()
 
     async def _claim_loop(self, tenant_ids: tuple[int, ...] | None) -> None:
-        # Claim in batches: wait until half the slots (or the batch) are free, not one by one.
+        # Claim in batches: wait until half the slots (or the batch) are free, not one by one; but
+        # a slot free for a whole poll interval is filled anyway, so that jobs still running (long
+        # ones) never keep the queue waiting behind a threshold.
         threshold = max(1, min(self.config.batch, self.concurrency) // 2)
+        loop = asyncio.get_running_loop()
+        last_claim = loop.time()
         while not self.stopping.is_set():
             free = self.concurrency - len(self.running)
             claimed: list[JobContext] = []
-            if free >= threshold or (free > 0 and not self.running):
+            overdue = loop.time() - last_claim >= self.config.poll_seconds
+            if free >= threshold or (free > 0 and (not self.running or overdue)):
+                last_claim = loop.time()
                 try:
                     claimed = await self.claim_once(min(free, self.config.batch), tenant_ids)
                 except Exception:
@@ -257,9 +263,18 @@ class Worker:
             # "lost": another worker owns the job now; nothing to write
 
     async def _success_loop(self) -> None:
-        """Records plain successes in batches (one statement each); runs until cancelled after the drain."""
+        """Records plain successes in batches, one guarded statement each (``outcomes.succeed_many``);
+        runs until cancelled after the drain.
+
+        The first success of a batch waits ``outcome_window_seconds`` (5 ms) for the others that
+        end close to it, unless a batch is already full, so jobs claimed together are written
+        together. Until its batch is written a job holds its lease and counts as running (the
+        heartbeat keeps it): a worker that dies meanwhile loses only those outcomes, and those
+        jobs run again once their leases expire (at least once, never lost)."""
         while True:
             await self._success_ready.wait()
+            if len(self._successes) < self.config.batch and not self.stopping.is_set():
+                await asyncio.sleep(self.config.outcome_window_seconds)
             self._success_ready.clear()
             batch, self._successes = self._successes, []
             if not batch:

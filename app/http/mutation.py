@@ -1,7 +1,10 @@
-"""The one way a handler commits a change: audit row, stored idempotent response, commit.
+"""The one way a handler commits a change: audit row, stored idempotent response, the
+statements the change asked to run last (``app/storage/db.py``: ``run_last``), commit.
 
 All three land in the handler's transaction, committed before the response is sent; a failing
-commit answers a problem response and applies nothing.
+commit answers a problem response and applies nothing. A change that is one statement can carry
+its audit row in that statement and run it on its own (:attr:`Mutation.at_once`, job submission):
+then nothing else is committed, and :meth:`Mutation.answered` only builds the answer.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from app.core.caller import Caller
 from app.core.problems import Problem
 from app.http.caching import encode, etag_of_body
 from app.security.audit import AUDITED_KEY, DRY_RUN_KEY
-from app.storage.audit import record
+from app.storage.audit import audit_values, record
+from app.storage.db import run_last_steps
 from app.storage.idempotency import complete_in
 
 log = logging.getLogger("jobgate.mutation")
@@ -46,24 +50,21 @@ class Mutation:
         content: Any = None,
         headers: dict[str, str] | None = None,
     ) -> Response[bytes]:
-        body = b"" if content is None else encode(content)
-        response_headers = {"Cache-Control": "no-store", **(headers or {})}
-        if content is not None:
-            response_headers["ETag"] = etag_of_body(body)
-            response_headers["Content-Type"] = "application/json"
+        body, response_headers = _encoded(content, headers)
         scope = self._request.scope
-        record(
-            self.session,
-            self.caller,
-            action=self._request.route_handler.opt["action"],
-            method=scope["method"],
-            route=scope.get("path_template") or scope["path"],
-            target=target,
-            status=status,
-            dry_run=self.dry_run,
-        )
-        await complete_in(self.session, self.caller, status, response_headers, body)
         try:
+            await record(
+                self.session,
+                self.caller,
+                action=self._request.route_handler.opt["action"],
+                method=scope["method"],
+                route=scope.get("path_template") or scope["path"],
+                target=target,
+                status=status,
+                dry_run=self.dry_run,
+            )
+            await complete_in(self.session, self.caller, status, response_headers, body)
+            await run_last_steps(self.session)
             await self.session.commit()
         except IntegrityError:
             await self.session.rollback()
@@ -82,6 +83,47 @@ class Mutation:
             ) from None
         scope["state"][AUDITED_KEY] = True
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
+
+    # -- a change written with its audit row in one statement ----------------------------------
+
+    @property
+    def at_once(self) -> bool:
+        """Whether the change may be written as one autocommitted statement that carries its own
+        audit row (:meth:`audit_values`): on PostgreSQL, for a request without ``Idempotency-Key``
+        (whose answer must otherwise be stored in the same transaction). The handler then answers
+        with :meth:`answered`."""
+        return self.caller.idempotency_key is None and self.session.bind.dialect.name == "postgresql"  # type: ignore[union-attr]
+
+    def audit_values(self, target: str | None, status: int) -> dict[str, Any]:
+        """The values of this request's audit row, as :meth:`commit` writes it."""
+        scope = self._request.scope
+        return audit_values(
+            self.caller,
+            action=self._request.route_handler.opt["action"],
+            method=scope["method"],
+            route=scope.get("path_template") or scope["path"],
+            target=target,
+            status=status,
+            dry_run=self.dry_run,
+        )
+
+    def answered(
+        self, *, status: int, content: Any, headers: dict[str, str] | None = None
+    ) -> Response[bytes]:
+        """The answer of a change already written with its audit row (see :attr:`at_once`)."""
+        body, response_headers = _encoded(content, headers)
+        self._request.scope["state"][AUDITED_KEY] = True
+        return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
+
+
+def _encoded(content: Any, headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
+    """A mutation's answer: its body and headers (``no-store``; an ETag for a body)."""
+    body = b"" if content is None else encode(content)
+    response_headers = {"Cache-Control": "no-store", **(headers or {})}
+    if content is not None:
+        response_headers["ETag"] = etag_of_body(body)
+        response_headers["Content-Type"] = "application/json"
+    return body, response_headers
 
 
 async def provide_caller(request: Request[Any, Any, Any]) -> Caller:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
@@ -11,7 +13,7 @@ from app.sanitize import sanitize
 from app.storage.models import AuditRecord
 
 
-def audit_row(
+def audit_values(
     caller: Caller,
     *,
     action: str,
@@ -21,8 +23,8 @@ def audit_row(
     status: int,
     code: str | None = None,
     dry_run: bool = False,
-) -> AuditRecord:
-    return AuditRecord(
+) -> dict[str, Any]:
+    return dict(
         occurred_at=datetime.now(UTC),
         tenant_id=caller.tenant.id,
         project_id=caller.project,
@@ -43,6 +45,14 @@ def audit_row(
     )
 
 
-def record(session: AsyncSession, caller: Caller, **fields) -> None:  # type: ignore[no-untyped-def]
-    """Add the audit row to ``session``: it commits with the change it describes, or not at all."""
-    session.add(audit_row(caller, **fields))
+def audit_row(caller: Caller, **fields: Any) -> AuditRecord:
+    return AuditRecord(**audit_values(caller, **fields))
+
+
+INSERT_AUDIT = insert(AuditRecord.__table__)  # Core: a row written once and never read back
+
+
+async def record(session: AsyncSession, caller: Caller, **fields: Any) -> None:
+    """Write the audit row in ``session``'s transaction: it commits with the change it
+    describes, or not at all."""
+    await session.execute(INSERT_AUDIT, audit_values(caller, **fields))

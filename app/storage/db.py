@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,20 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
 
 def session_factory(engine: AsyncEngine, info: dict[str, Any] | None = None) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info)
+
+
+# -- statements a transaction runs last -----------------------------------------------------------
+
+_LAST = "jobgate_run_last"
+
+
+def run_last(session: AsyncSession, step: Callable[[AsyncSession], Awaitable[None]]) -> None:
+    """Run ``step`` just before ``session`` commits (:func:`run_last_steps`, called by whoever
+    commits). For a statement that locks a row many requests update (a source's job counter): the
+    row stays locked from that statement to the commit, so it should be the transaction's last."""
+    session.info.setdefault(_LAST, []).append(step)
+
+
+async def run_last_steps(session: AsyncSession) -> None:
+    for step in session.info.pop(_LAST, ()):
+        await step(session)

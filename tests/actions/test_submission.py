@@ -231,3 +231,17 @@ async def test_pack_run_of_another_tenants_source_is_404(client, factory, runtim
     assert response.status_code == 404
     assert await snapshot(runtime, tenant) == before
     assert [a.result_status for a in await audit_rows(runtime, tenant, "packrun.submit")] == [404]
+
+
+async def test_a_project_caller_submits_to_its_projects_sources_only(client, factory, runtime):
+    tenant = await factory.tenant()
+    await factory.source(client, tenant, sourceId="alpha-src", projectId="alpha")
+    await factory.source(client, tenant, sourceId="beta-src", projectId="beta")
+    headers = _submitter(factory, tenant, project="beta")
+    refused = await client.post(JOBS, json={"jobType": "demo.noop", "sourceId": "alpha-src"}, headers=headers)
+    accepted = await client.post(JOBS, json={"jobType": "demo.noop", "sourceId": "beta-src"}, headers=headers)
+    assert (refused.status_code, accepted.status_code) == (404, 201)
+    assert accepted.json()["projectId"] == "beta"
+    counts = {s[0]: s[1] for s in (await snapshot(runtime, tenant))["sources"]}
+    assert counts == {"alpha-src": 0, "beta-src": 1}
+    assert [a.result_status for a in await audit_rows(runtime, tenant, "job.submit")] == [404, 201]

@@ -6,10 +6,12 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
+from app.domain.jobs import batch as batches
 from app.domain.jobs import cancel, service
 from app.domain.jobs import submission as submissions
 from app.domain.jobs.schemas import JobPage, JobStatus, JobSubmitted, JobSummary, JobView
@@ -105,15 +107,29 @@ async def get_job(session: AsyncSession, caller: Caller, jobId: JobId) -> JobVie
 async def submit_job(
     request: Request[Any, Any, Any], data: submissions.JobSubmit, submission: Mutation
 ) -> Response[JobSubmitted]:
+    if submission.at_once:  # one statement with its audit row (PostgreSQL, no Idempotency-Key)
+        job = await submissions.submit_job_at_once(
+            submission.session, submission.caller, data, submission.audit_values
+        )
+        return submission.answered(
+            status=201,
+            content=await _submitted(submission, job),
+            headers={"Location": location(request, f"/jobengine/jobs/{job.job_id}")},
+        )
     job = await submissions.submit_job(submission.session, submission.caller, data)
-    warnings = await submissions.warnings_for(submission.session, submission.caller, job.job_type)
-    [view] = await service.views(submission.session, submission.caller.tenant_id, [job])
     return await submission.commit(
         target=job.job_id,
         status=201,
-        content=JobSubmitted(**msgspec.structs.asdict(view), warnings=warnings),
+        content=await _submitted(submission, job),
         headers={"Location": location(request, f"/jobengine/jobs/{job.job_id}")},
     )
+
+
+async def _submitted(submission: Mutation, job: Any) -> JobSubmitted:
+    """The answer to a submission: the job's view (why it waits) and what the submitter should know."""
+    warnings = await submissions.warnings_for(submission.session, submission.caller, job.job_type)
+    [view] = await service.views(submission.session, submission.caller.tenant_id, [job])
+    return JobSubmitted(**msgspec.structs.asdict(view), warnings=warnings)
 
 
 @post(
@@ -145,4 +161,35 @@ async def cancel_job(jobId: JobId, mutation: Mutation) -> Response[JobView]:
     return await mutation.commit(target=job.job_id, status=200 if job.status == "canceled" else 202, content=view)
 
 
-ROUTES = [job_summary, list_jobs, get_job, submit_job, cancel_job]
+BATCH_ENVELOPE = protected(
+    "orch:submit",
+    action="job.submit_batch",
+    submission=True,
+    s409="The Idempotency-Key is in flight",
+)
+BATCH_ENVELOPE["responses"][207] = ResponseSpec(
+    data_container=batches.BatchResults,
+    description="Some items were refused (see each item's `error`); the others were accepted",
+    generate_examples=False,
+)
+
+
+@post(
+    "/jobengine/jobs/batch",
+    **BATCH_ENVELOPE,
+    status_code=200,
+    summary="Submit a batch of jobs",
+    description=f"1 to {batches.MAX_JOBS} jobs (each as `POST /jobengine/jobs` takes it), validated each on its "
+    "own; the accepted ones are inserted in one transaction. One result per item, in request order: "
+    "`{index, jobId}` or `{index, error: {code, detail}}` (`validation_failed`, `not_found` for an unknown or "
+    "other tenant's source, `source_disabled`). 200 when every item was accepted, 207 when some were refused; "
+    "400 when the body itself is invalid (`jobs` not a list, empty, or more than "
+    f"{batches.MAX_JOBS} items). An `Idempotency-Key` covers the whole batch.",
+    tags=["jobs"],
+)
+async def submit_job_batch(data: batches.JobBatch, submission: Mutation) -> Response[batches.BatchResults]:
+    results = await batches.submit_batch(submission.session, submission.caller, data)
+    return await submission.commit(target=None, status=200 if results.all_accepted else 207, content=results)
+
+
+ROUTES = [job_summary, list_jobs, get_job, submit_job, submit_job_batch, cancel_job]
