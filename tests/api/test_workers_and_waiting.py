@@ -181,6 +181,44 @@ async def test_each_waiting_reason_is_reported_on_the_list_and_the_detail(client
         assert item["backpressure"] != "none"
 
 
+async def test_a_submissions_answer_says_why_the_job_waits_as_a_read_of_it_does(client, factory, runtime):
+    """The answer to a submission derives its waitingReason and warning with fewer statements than a
+    read (``why.on_submission``); both must say the same, with and without Idempotency-Key (on
+    PostgreSQL the two take different write paths)."""
+    tenant, rows = await tenant_rows(runtime, factory)
+    served, capacity, paused, full, rated, unserved = (kind() for _ in range(6))
+    await add_worker(runtime, [served, paused, full, rated], tenants=(rows.tenant_id,), concurrency=8, running=2)
+    await add_worker(runtime, [capacity], tenants=(rows.tenant_id,), concurrency=2, running=2)
+    source = rows.source()
+    await rows.add(
+        source,
+        rows.job(job_type=full, source_id=source.source_id, status="running"),
+        rows.job(job_type=rated, source_id=source.source_id, status="succeeded", started_at=ago(seconds=10)),
+        rows.quota(paused, paused=True), rows.quota(full, max_active=1), rows.quota(rated, max_per_hour=1, burst=1),
+    )
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    cases = {
+        (served, None): (None, []), (served, later): ("scheduled", []),
+        (capacity, None): ("worker_capacity", []), (paused, None): ("quota_paused", []),
+        (full, None): ("quota_max_active", []), (rated, None): ("quota_rate", []),
+        (unserved, None): ("no_worker_for_job_type", ["no_worker_for_job_type"]),
+    }
+    for keyed in (False, True):
+        for (job_type, run_after), (reason, warnings) in cases.items():
+            body: dict[str, Any] = {"jobType": job_type, "sourceId": source.source_id}
+            if run_after:
+                body["runAfter"] = run_after
+            headers = factory.headers(tenant, reason=None)
+            if keyed:
+                headers["Idempotency-Key"] = str(uuid.uuid4())
+            answer = await client.post("/jobengine/jobs", json=body, headers=headers)
+            assert answer.status_code == 201, answer.text
+            submitted = answer.json()
+            assert (submitted["waitingReason"], submitted["warnings"]) == (reason, warnings), (job_type, keyed)
+            read = (await client.get(f"/jobengine/jobs/{submitted['jobId']}", headers=factory.headers(tenant))).json()
+            assert read["waitingReason"] == submitted["waitingReason"], (job_type, keyed)
+
+
 async def test_a_quota_with_room_for_some_holds_the_later_ranks_in_dispatch_order(client, factory, runtime):
     tenant, rows = await tenant_rows(runtime, factory)
     job_type = kind()

@@ -127,8 +127,7 @@ async def submit_job(
 
 async def _submitted(submission: Mutation, job: Any) -> JobSubmitted:
     """The answer to a submission: the job's view (why it waits) and what the submitter should know."""
-    warnings = await submissions.warnings_for(submission.session, submission.caller, job.job_type)
-    [view] = await service.views(submission.session, submission.caller.tenant_id, [job])
+    view, warnings = await service.answer(submission.session, submission.caller, job)
     return JobSubmitted(**msgspec.structs.asdict(view), warnings=warnings)
 
 

@@ -46,6 +46,14 @@ async def views(session: AsyncSession, tenant_id: int, jobs: list[Any], now: dat
     return [view(j, reasons.get(j.job_id), entries.get(j.job_id)) for j in jobs]
 
 
+async def answer(session: AsyncSession, caller: Caller, job: Any) -> tuple[JobView, list[str]]:
+    """A submitted job's view (why it waits) and its warnings: ``no_worker_for_job_type`` when no
+    worker that may run the tenant's jobs has served its type in the last hour (it is queued all the
+    same)."""
+    reason, served = await why.on_submission(session, caller.tenant_id, job, datetime.now(UTC))
+    return view(job, reason), [] if served else ["no_worker_for_job_type"]
+
+
 def visible(caller: Caller, *columns: Any):  # type: ignore[no-untyped-def]
     stmt = select(*columns) if columns else select(Job)
     stmt = stmt.where(Job.tenant_id == caller.tenant_id)

@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.caller import Caller
 from app.core.problems import FieldError, Problem, not_found
 from app.domain.sources.schemas import SourceIdText
-from app.domain.workers import registry
 from app.storage.db import run_last
 from app.storage.models import AuditRecord, Job, Source
 
@@ -328,9 +327,3 @@ async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> 
     count_jobs(session, caller.tenant_id, {data.source_id: 1}, now)
     return Job(**row)
 
-
-async def warnings_for(session: AsyncSession, caller: Caller, job_type: str, now: datetime | None = None) -> list[str]:
-    """What a submission of ``job_type`` should know: ``no_worker_for_job_type`` when no worker that may
-    run the tenant's jobs has served the type in the last hour (the job is queued all the same)."""
-    served = await registry.served_recently(session, caller.tenant_id, job_type, now or datetime.now(UTC))
-    return [] if served else ["no_worker_for_job_type"]

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.storage.models import Worker
@@ -117,6 +117,20 @@ class Capacity:
 def capacity(workers: Iterable[Worker], job_type: str) -> Capacity:
     serving = [w for w in workers if job_type in w.job_types]
     return Capacity(len(serving), sum(max(0, w.concurrency - w.running) for w in serving))
+
+
+async def live_and_served(
+    session: AsyncSession, tenant_id: int, job_type: str, now: datetime
+) -> tuple[list[Worker], bool]:
+    """:func:`live` and :func:`served_recently` in one query: what a submission's answer needs."""
+    rows = await session.execute(
+        select(Worker)
+        .where(or_(Worker.expires_at > now, Worker.last_seen_at >= now - SERVED_WINDOW))
+        .order_by(Worker.worker_id)
+    )
+    mine = [w for w in rows.scalars() if serves_tenant(w, tenant_id)]
+    live_ones = [w for w in mine if w.expires_at > now]
+    return live_ones, any(job_type in w.job_types for w in mine if w.last_seen_at >= now - SERVED_WINDOW)
 
 
 async def served_recently(session: AsyncSession, tenant_id: int, job_type: str, now: datetime) -> bool:
