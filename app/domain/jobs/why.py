@@ -34,11 +34,11 @@ async def type_facts(
         return {}
     quotas = {
         q.job_type: rules.Limits(q.max_active, q.max_per_hour, q.burst, q.paused)
-        for q in (
-            await session.execute(
-                select(Quota).where(Quota.tenant_id == tenant_id, Quota.job_type.in_(types))
+        for q in await session.execute(
+            select(Quota.job_type, Quota.max_active, Quota.max_per_hour, Quota.burst, Quota.paused).where(
+                Quota.tenant_id == tenant_id, Quota.job_type.in_(types)
             )
-        ).scalars()
+        )
     }
     observed = await observed_by_job_type(session, tenant_id, sorted(quotas), now)
     if workers is None:

@@ -21,6 +21,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -121,14 +122,17 @@ def capacity(workers: Iterable[Worker], job_type: str) -> Capacity:
 
 async def live_and_served(
     session: AsyncSession, tenant_id: int, job_type: str, now: datetime
-) -> tuple[list[Worker], bool]:
+) -> tuple[list[Any], bool]:
     """:func:`live` and :func:`served_recently` in one query: what a submission's answer needs."""
-    rows = await session.execute(
-        select(Worker)
+    rows = await session.execute(  # the columns the two need, without loading entities
+        select(
+            Worker.worker_id, Worker.job_types, Worker.tenant_ids, Worker.concurrency, Worker.running,
+            Worker.expires_at, Worker.last_seen_at,
+        )
         .where(or_(Worker.expires_at > now, Worker.last_seen_at >= now - SERVED_WINDOW))
         .order_by(Worker.worker_id)
     )
-    mine = [w for w in rows.scalars() if serves_tenant(w, tenant_id)]
+    mine = [w for w in rows if serves_tenant(w, tenant_id)]  # type: ignore[arg-type]
     live_ones = [w for w in mine if w.expires_at > now]
     return live_ones, any(job_type in w.job_types for w in mine if w.last_seen_at >= now - SERVED_WINDOW)
 
