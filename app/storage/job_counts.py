@@ -63,15 +63,27 @@ async def by_type_and_status(
 
 
 async def not_due(
-    session: AsyncSession, tenant_id: int, job_types: list[str], statuses: tuple[str, ...], now: datetime
+    session: AsyncSession,
+    tenant_id: int,
+    job_types: list[str],
+    statuses: tuple[str, ...],
+    now: datetime,
+    *,
+    project: str | None = None,
+    source_id: str | None = None,
 ) -> dict[str, int]:
-    """Queued jobs (in ``statuses``) per jobType whose ``run_after`` is still ahead: an index-only
-    range of ``ix_jobs_tenant_queued``, as long as the tenant's jobs scheduled for later."""
+    """Queued jobs (in ``statuses``) per jobType whose ``run_after`` is still ahead, narrowed to a
+    project, a source: a range of ``ix_jobs_tenant_queued`` (index-only unless narrowed), as long as
+    the tenant's jobs scheduled for later."""
     stmt = (
         select(Job.job_type, func.count())
         .where(Job.tenant_id == tenant_id, Job.job_type.in_(job_types), Job.status.in_(statuses), Job.run_after > now)
         .group_by(Job.job_type)
     )
+    if project is not None:
+        stmt = stmt.where(Job.project_id == project)
+    if source_id is not None:
+        stmt = stmt.where(Job.source_id == source_id)
     return {kind: int(count) for kind, count in await session.execute(stmt)}
 
 

@@ -181,6 +181,17 @@ class Job(Base):
             postgresql_where=text("status IN ('pending', 'scheduled')"),
             sqlite_where=text("status IN ('pending', 'scheduled')"),
         ),
+        Index(  # migration 0010: the head of each type's queue, per tenant (the summaries' waiting reasons)
+            "ix_jobs_tenant_type_dispatch",
+            "tenant_id",
+            "job_type",
+            text("priority DESC"),
+            "run_after",
+            "job_id",
+            postgresql_include=["cancel_requested", "pack_run_id", "step_index", "source_id", "project_id"],
+            postgresql_where=text("status IN ('pending', 'scheduled')"),
+            sqlite_where=text("status IN ('pending', 'scheduled')"),
+        ),
     )
 
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)

@@ -1,21 +1,23 @@
 """The console reads as they were before the maintained aggregates (migration 0008): a ``GROUP BY``
-over the rows. The equivalence tests answer each route once with these and once as it is now,
-on the same data, and compare the bytes."""
+over the rows; and the summaries' waiting counts as they were before the head of each queue
+bounded them (migration 0010): every waiting job grouped. The equivalence tests answer each route
+once with these and once as it is now, on the same data, and compare the bytes."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
 from app.core.cursors import CursorCodec, PageScope
 from app.domain.deadletter.schemas import SummaryGroup, SummaryPage
 from app.domain.deadletter.service import _visible_bound
-from app.domain.jobs.schemas import NOT_WAITING, JobSummary, JobTypeCounts, StatusCounts
-from app.domain.jobs.service import visible, waiting_per_type
+from app.domain.jobs import queue, waiting, why
+from app.domain.jobs.schemas import NOT_WAITING, JobSummary, JobTypeCounts, StatusCounts, Waiting
+from app.domain.jobs.service import visible, waiting_view
 from app.domain.quotas import rules
 from app.domain.quotas.service import ACTIVE_JOB_STATUSES, QUEUED_JOB_STATUSES
 from app.storage.models import DeadLetterEntry as Entry
@@ -75,7 +77,6 @@ async def job_summary(session: AsyncSession, caller: Caller, *, job_type: str | 
     for kind, status, count in await session.execute(stmt):
         overall[status] = overall.get(status, 0) + count
         per_type.setdefault(kind, {})[status] = count
-    # the waiting counts are not aggregated: both forms derive them the same way
     held = await waiting_per_type(session, caller, job_type=job_type, source_id=source_id)
 
     def counts(by_status: dict[str, int]) -> StatusCounts:
@@ -88,6 +89,74 @@ async def job_summary(session: AsyncSession, caller: Caller, *, job_type: str | 
             for k, v in sorted(per_type.items())
         ],
     )
+
+
+async def waiting_per_type(
+    session: AsyncSession,
+    caller: Caller,
+    *,
+    job_type: str | None = None,
+    source_id: str | None = None,
+    narrow_to_project: bool = True,
+    now: datetime | None = None,
+) -> dict[str, Waiting]:
+    """The waiting counts as they were read before the head of each queue bounded them: every
+    waiting job the caller sees grouped by type, with the dispatcher's correlated predicates, and
+    the rank bound of each type's quota over the tenant's claimable jobs. Exact, and as long as the
+    waiting jobs; while no type has more than ``why.HEAD`` due waiting jobs, the routes answer the
+    same bytes."""
+    now = now or datetime.now(UTC)
+    where: list[Any] = []
+    if caller.project is not None and narrow_to_project:
+        where.append(Job.project_id == caller.project)
+    if source_id is not None:
+        where.append(Job.source_id == source_id)
+    due = Job.run_after <= now
+
+    def count_if(condition: Any) -> Any:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    stmt = (
+        select(
+            Job.job_type,
+            func.count(),
+            count_if(Job.run_after > now),
+            count_if(due & ~queue.previous_step_succeeded()),
+            count_if(due & queue.previous_step_succeeded() & queue.source_disabled()),
+            count_if(and_(*queue.claimable(now))),
+        )
+        .where(Job.tenant_id == caller.tenant_id, Job.status.in_(queue.QUEUED), *where)
+        .group_by(Job.job_type)
+    )
+    if job_type is not None:
+        stmt = stmt.where(Job.job_type == job_type)
+    counted = {row[0]: [int(v) for v in row[1:]] for row in await session.execute(stmt)}
+    kinds = await why.type_facts(session, caller.tenant_id, counted, now)
+    out: dict[str, Waiting] = {}
+    for kind_of, (total, scheduled, pack, disabled, claimable) in counted.items():
+        kind = kinds[kind_of]
+        bound = waiting.startable(kind)
+        first = claimable
+        if bound is not None and claimable:
+            head = (
+                select(Job.job_id)
+                .where(Job.tenant_id == caller.tenant_id, Job.job_type == kind_of, *queue.claimable(now))
+                .order_by(*queue.ORDER)
+                .limit(bound)
+                .subquery()
+            )
+            first = int(
+                (
+                    await session.execute(
+                        select(func.count())
+                        .select_from(Job)
+                        .where(Job.tenant_id == caller.tenant_id, Job.job_id.in_(select(head.c.job_id)), *where)
+                    )
+                ).scalar_one()
+            )
+        counts = waiting.WaitingCounts(total, scheduled, pack, disabled, claimable, first)
+        out[kind_of] = waiting_view(counts, kind, now)
+    return out
 
 
 async def observed_by_job_type(
@@ -115,4 +184,4 @@ async def observed_by_job_type(
     }
 
 
-__all__: list[Any] = ["deadletter_summary", "job_summary", "observed_by_job_type"]
+__all__: list[Any] = ["deadletter_summary", "job_summary", "observed_by_job_type", "waiting_per_type"]

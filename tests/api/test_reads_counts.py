@@ -82,7 +82,8 @@ def no_worker_waiting(jobs: list[Any]) -> dict[str, Any]:
     """The waiting jobs of a job type no worker serves (every one is due: ``run_after`` is past)."""
     waiting = sum(j.status in ("pending", "scheduled") for j in jobs)
     by_reason = {**dict.fromkeys(REASONS, 0), "no_worker_for_job_type": waiting}
-    return {"jobs": waiting, "reason": "no_worker_for_job_type" if waiting else None, "byReason": by_reason}
+    reason = "no_worker_for_job_type" if waiting else None
+    return {"jobs": waiting, "reason": reason, "byReason": by_reason, "unattributed": 0}
 
 
 async def test_job_summary_of_a_tenant_without_jobs_is_all_zero(client, factory):

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from app.domain.jobs import waiting
 from app.domain.workers import registry
 from app.storage.models import Worker
 from tests.actions.test_replay import assert_problem
@@ -236,6 +237,54 @@ async def test_a_quota_with_room_for_some_holds_the_later_ranks_in_dispatch_orde
     [typed] = [t for t in summary["byJobType"] if t["jobType"] == job_type]
     assert (typed["waiting"]["jobs"], typed["waiting"]["reason"], typed["waiting"]["byReason"]["quota_max_active"]) == (
         5, "quota_max_active", 3)
+
+
+async def test_past_the_head_of_a_queue_the_summaries_count_the_waiting_jobs_without_a_reason(
+    client, factory, runtime, monkeypatch
+):
+    """The summaries read why the first ``waiting.HEAD`` due waiting jobs of a type wait (here 3), in
+    dispatch order; the due jobs after them are counted in ``jobs`` and ``unattributed`` only."""
+    monkeypatch.setattr(waiting, "HEAD", 3)
+    tenant, rows = await tenant_rows(runtime, factory)
+    job_type = kind()
+    await add_worker(runtime, [job_type], tenants=(rows.tenant_id,), concurrency=50)
+    enabled, disabled = rows.source(), rows.source(enabled=False)
+    # dispatch order by priority: one starts (max_active 1), two wait on the quota — the head; then a
+    # job of a disabled source and three more the quota holds; one job is not due yet
+    due = [
+        rows.job(job_type=job_type, source_id=(disabled if p == 6 else enabled).source_id, priority=p,
+                 run_after=ago(minutes=1))
+        for p in range(9, 2, -1)
+    ]
+    later = rows.job(job_type=job_type, source_id=enabled.source_id, status="scheduled",
+                     run_after=datetime.now(UTC) + timedelta(hours=1))
+    await rows.add(enabled, disabled, *due, later, rows.quota(job_type, max_active=1))
+    # each job's own reason is read whole, whatever its place
+    listed = await job_views(client, factory, tenant)
+    assert [listed[j.job_id]["waitingReason"] for j in due] == [None] + ["quota_max_active"] * 2 + [
+        "source_disabled"] + ["quota_max_active"] * 3
+    summary = (await client.get("/jobengine/jobs/summary", headers=factory.headers(tenant))).json()
+    [typed] = summary["byJobType"]
+    expected = {"jobs": 8, "reason": "quota_max_active", "unattributed": 4}
+    assert {k: typed["waiting"][k] for k in expected} == expected
+    assert {r: n for r, n in typed["waiting"]["byReason"].items() if n} == {"quota_max_active": 2, "scheduled": 1}
+    quotas = (await client.get("/jobengine/quotas/summary", headers=factory.headers(tenant))).json()["items"]
+    [item] = [q for q in quotas if q["jobType"] == job_type]
+    assert item["waiting"] == typed["waiting"]
+    assert item["backpressure"] != "none"
+    # narrowed to the disabled source: its one job is past the head, so it is counted, not attributed
+    narrowed = (await client.get("/jobengine/jobs/summary", params={"sourceId": disabled.source_id},
+                                 headers=factory.headers(tenant))).json()
+    [typed] = narrowed["byJobType"]
+    assert (typed["waiting"]["jobs"], typed["waiting"]["reason"], typed["waiting"]["unattributed"]) == (1, None, 1)
+    assert sum(typed["waiting"]["byReason"].values()) == 0
+    # with the head long enough, the same summary attributes every job
+    monkeypatch.setattr(waiting, "HEAD", 500)
+    summary = (await client.get("/jobengine/jobs/summary", headers=factory.headers(tenant))).json()
+    [typed] = summary["byJobType"]
+    assert (typed["waiting"]["jobs"], typed["waiting"]["unattributed"]) == (8, 0)
+    assert {r: n for r, n in typed["waiting"]["byReason"].items() if n} == {
+        "quota_max_active": 5, "source_disabled": 1, "scheduled": 1}
 
 
 async def test_a_killed_worker_leaves_its_job_types_without_a_worker_after_its_heartbeat_window(

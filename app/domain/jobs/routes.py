@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
 from app.domain.jobs import batch as batches
-from app.domain.jobs import cancel, service
+from app.domain.jobs import cancel, service, waiting
 from app.domain.jobs import submission as submissions
 from app.domain.jobs.schemas import JobPage, JobStatus, JobSubmitted, JobSummary, JobView
 from app.http.mutation import Mutation
@@ -31,9 +31,12 @@ JobStatusFilter = enum_query(JobStatus, "JobStatus", description="Only jobs in t
     **protected("orch:read", problems=(304,)),
     summary="Job counts by status, and what the waiting jobs wait on",
     description="Counts by status overall and per job type (ordered by `jobType asc`). Per job type, "
-    "`waiting` counts the jobs not yet claimed (`pending` or `scheduled`) by `waitingReason` "
-    "(`byReason`) and names the reason most of them share (`reason`); waiting jobs held by nothing "
-    "start at the next claim and are counted in `jobs` only.",
+    "`waiting` counts the jobs not yet claimed (`pending` or `scheduled`, `jobs`) and, by "
+    "`waitingReason` (`byReason`), those not due yet and the due ones among the first "
+    f"{waiting.HEAD} of the tenant's type in dispatch order (the next to start); the due jobs past "
+    f"those {waiting.HEAD} are counted in `unattributed`, not in `byReason`. `reason` is the reason "
+    "most of the attributed jobs share; waiting jobs held by nothing start at the next claim and are "
+    "counted in `jobs` only.",
     tags=["jobs"],
 )
 async def job_summary(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from app.domain.jobs.waiting import WaitingReason
+from app.domain.jobs.waiting import HEAD, WaitingReason
 
 JobStatus = Literal[
     "pending", "scheduled", "leased", "running", "cancel_requested", "succeeded", "failed", "canceled", "timed_out"
@@ -70,6 +70,17 @@ class StatusCounts(msgspec.Struct, rename="camel"):
     total: int = 0
 
 
+BY_REASON = (
+    "The waiting jobs by what holds them: every job not due yet (`scheduled`) and, of the due ones, "
+    f"the first {HEAD} of the tenant's type in dispatch order (the next to start; for a view narrowed "
+    "to a project or a source, those of the view among them)."
+)
+UNATTRIBUTED = (
+    f"Due waiting jobs past the first {HEAD} of the type in dispatch order: counted in `jobs`, not "
+    f"attributed to a reason (0 while at most {HEAD} due jobs of the type wait)."
+)
+
+
 class WaitingReasons(msgspec.Struct):
     """Waiting jobs by reason; each key is the reason's own value (as in ``waitingReason``)."""
 
@@ -85,15 +96,19 @@ class WaitingReasons(msgspec.Struct):
 
 class Waiting(msgspec.Struct, rename="camel"):
     """The job type's waiting jobs (``pending`` or ``scheduled``): how many, what holds them
-    (``byReason``; the rest are held by nothing and start at the next claim), and the reason most
-    of them share (``reason``; null when none is held)."""
+    (``byReason``, over the jobs it attributes; ``jobs - unattributed - sum(byReason)`` are held by
+    nothing and start at the next claim), and the reason most of the attributed jobs share
+    (``reason``; null when none is held)."""
 
-    jobs: int
+    jobs: Annotated[int, msgspec.Meta(description="Every waiting job of the type (exact).")]
     reason: WaitingReason | None
-    by_reason: WaitingReasons
+    by_reason: Annotated[WaitingReasons, msgspec.Meta(description=BY_REASON)]
+    unattributed: Annotated[int, msgspec.Meta(ge=0, description=UNATTRIBUTED)]
 
 
-NOT_WAITING = Waiting(jobs=0, reason=None, by_reason=WaitingReasons(*(0 for _ in WaitingReasons.__struct_fields__)))
+NOT_WAITING = Waiting(
+    jobs=0, reason=None, by_reason=WaitingReasons(*(0 for _ in WaitingReasons.__struct_fields__)), unattributed=0
+)
 
 
 class JobTypeCounts(msgspec.Struct, rename="camel"):

@@ -126,6 +126,7 @@ def waiting_view(counts: waiting.WaitingCounts, kind: waiting.TypeFacts, now: da
         jobs=counts.waiting,
         reason=waiting.dominant(reasons),  # type: ignore[arg-type]
         by_reason=WaitingReasons(**{r: reasons.get(r, 0) for r in waiting.REASONS}),
+        unattributed=counts.unattributed,
     )
 
 
@@ -138,17 +139,18 @@ async def waiting_per_type(
     narrow_to_project: bool = True,
     now: datetime | None = None,
 ) -> dict[str, Waiting]:
-    """Per job type, the waiting jobs the caller sees (its project, the filters) by what holds them.
+    """Per job type, the waiting jobs the caller sees (its project, the filters) by what holds them,
+    the reasons read over the head of each type's queue (``why.waiting_by_type``).
 
     Kept apart from the status counts above so that how those are read may change on its own."""
     now = now or datetime.now(UTC)
-    where: list[Any] = []
-    if caller.project is not None and narrow_to_project:
-        where.append(Job.project_id == caller.project)
-    if source_id is not None:
-        where.append(Job.source_id == source_id)
     per_type = await why.waiting_by_type(
-        session, caller.tenant_id, where, now, job_types=None if job_type is None else [job_type]
+        session,
+        caller.tenant_id,
+        now,
+        project=caller.project if narrow_to_project else None,
+        source_id=source_id,
+        job_types=None if job_type is None else [job_type],
     )
     return {k: waiting_view(counts, kind, now) for k, (counts, kind) in per_type.items()}
 

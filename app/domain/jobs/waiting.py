@@ -17,7 +17,8 @@ None otherwise: nothing holds the job, a worker claims it at its next poll. A jo
 running, ``cancel_requested`` or terminal is not waiting (None).
 
 :func:`tally` counts the reasons of a job type's waiting jobs from a few counts, by asking the same
-function about one job of each kind.
+function about one job of each kind (the summaries read those counts over the scheduled jobs and
+the head of each type's queue: ``app/domain/jobs/why.py``, ``waiting_by_type``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ WaitingReason = Literal[
 REASONS: tuple[str, ...] = WaitingReason.__args__  # type: ignore[attr-defined]
 WAITING_STATUSES = ("pending", "scheduled")
 NO_RANK = 0
+HEAD = 500
+"""How many due waiting jobs of each type the summaries attribute a reason to: the tenant's first
+of the type in dispatch order (what holds the next jobs to start). The due jobs past them are
+counted (``WaitingCounts.unattributed``), not attributed (``app/domain/jobs/why.py``)."""
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,14 @@ class WaitingCounts:
     source_disabled: int = 0  # due jobs outside a pack run whose source is disabled
     claimable: int = 0  # due jobs the dispatcher may claim
     first: int = 0  # of the claimable, those among the first ``startable`` of the tenant's (rank below it)
+    unattributed: int = 0  # due, but past the head of the queue whose reasons were read: in none of the above
 
 
 def tally(counts: WaitingCounts, kind: TypeFacts, now: datetime) -> dict[str | None, int]:
-    """The waiting jobs of the type by reason (None: nothing holds them), each group's reason from
-    :func:`waiting_reason`. Every claimable job at or after rank ``startable`` has the reason of
-    that rank (``rules.quota_hold`` depends on the rank only through that bound)."""
+    """The waiting jobs of the type whose reason was read, by reason (None: nothing holds them),
+    each group's reason from :func:`waiting_reason`; the ``unattributed`` jobs are in no group.
+    Every claimable job at or after rank ``startable`` has the reason of that rank
+    (``rules.quota_hold`` depends on the rank only through that bound)."""
     due = now - timedelta(microseconds=1)
     later = now + timedelta(days=1)
     bound = startable(kind)
@@ -119,7 +126,7 @@ def tally(counts: WaitingCounts, kind: TypeFacts, now: datetime) -> dict[str | N
         if n > 0:
             reason = waiting_reason(facts, kind, now)
             reasons[reason] = reasons.get(reason, 0) + n
-    other = counts.waiting - sum(n for _, n in groups)
+    other = counts.waiting - counts.unattributed - sum(n for _, n in groups)
     if other > 0:  # cancel already requested: nothing holds them but they will not run either
         reasons[None] = reasons.get(None, 0) + other
     return reasons

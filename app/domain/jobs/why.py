@@ -10,13 +10,15 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Integer, String, and_, bindparam, case, column, func, literal, select, text, true
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.jobs import queue, waiting
 from app.domain.quotas import rules
 from app.domain.quotas.service import observed_by_job_type
 from app.domain.workers import registry
+from app.storage import job_counts
 from app.storage.models import DeadLetterEntry, Job, Quota, Source
 
 
@@ -26,9 +28,12 @@ async def type_facts(
     job_types: Iterable[str],
     now: datetime,
     workers: list[Any] | None = None,
+    *,
+    later: dict[str, int] | None = None,
 ) -> dict[str, waiting.TypeFacts]:
     """The facts of each job type the waiting rule reads: its quota, the quota's counts and the live
-    workers' capacity (``workers``: the live workers, when the caller has read them already)."""
+    workers' capacity (``workers``: the live workers, when the caller has read them already;
+    ``later``: the tenant's waiting jobs not due yet per type, when the caller has read them)."""
     types = sorted(set(job_types))
     if not types:
         return {}
@@ -40,7 +45,7 @@ async def type_facts(
             )
         )
     }
-    observed = await observed_by_job_type(session, tenant_id, sorted(quotas), now)
+    observed = await observed_by_job_type(session, tenant_id, sorted(quotas), now, later=later)
     if workers is None:
         workers = await registry.live(session, tenant_id, now)
     facts: dict[str, waiting.TypeFacts] = {}
@@ -159,52 +164,142 @@ async def dead_letter_entries(session: AsyncSession, tenant_id: int, jobs: list[
 
 
 async def waiting_by_type(
-    session: AsyncSession, tenant_id: int, where: list[Any], now: datetime, job_types: list[str] | None = None
+    session: AsyncSession,
+    tenant_id: int,
+    now: datetime,
+    *,
+    project: str | None = None,
+    source_id: str | None = None,
+    job_types: list[str] | None = None,
+    head: int | None = None,
 ) -> dict[str, tuple[waiting.WaitingCounts, waiting.TypeFacts]]:
-    """Per job type, the waiting jobs among those matching ``where`` (the caller's project and
-    filters) counted by what holds them, beside the type's facts."""
-    due = Job.run_after <= now
+    """Per job type, the waiting jobs of the tenant (narrowed to a project, a source) counted by what
+    holds them, beside the type's facts; the cost does not grow with the number of waiting jobs
+    beyond ``head`` per type (default ``waiting.HEAD``).
 
-    def count_if(condition: Any) -> Any:
-        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
-
-    stmt = (
-        select(
-            Job.job_type,
-            func.count(),
-            count_if(Job.run_after > now),
-            count_if(due & ~queue.previous_step_succeeded()),
-            count_if(due & queue.previous_step_succeeded() & queue.source_disabled()),
-            count_if(and_(*queue.claimable(now))),
-        )
-        .where(Job.tenant_id == tenant_id, Job.status.in_(queue.QUEUED), *where)
-        .group_by(Job.job_type)
+    - ``waiting``: the maintained counters (``app/storage/job_counts.py``), exact;
+    - ``scheduled`` (not due yet): a range of ``ix_jobs_tenant_queued``, exact;
+    - the due ones: the first ``head`` due waiting jobs of the tenant's type in dispatch order
+      (``ix_jobs_tenant_type_dispatch``), each with what the dispatcher checks (previous pack step,
+      source, cancel requested, its rank among the claimable ones); those of the narrowed view are
+      counted by what holds them, the view's other due jobs are ``unattributed``."""
+    head = waiting.HEAD if head is None else head
+    totals: dict[str, int] = {}
+    for job_type, _, count in await job_counts.by_type_and_status(
+        session, tenant_id, project=project, source_id=source_id, job_types=job_types, statuses=queue.QUEUED
+    ):
+        totals[job_type] = totals.get(job_type, 0) + count
+    if not totals:
+        return {}
+    later = await job_counts.not_due(
+        session, tenant_id, sorted(totals), queue.QUEUED, now, project=project, source_id=source_id
     )
-    if job_types is not None:
-        stmt = stmt.where(Job.job_type.in_(job_types))
-    counted = {row[0]: [int(v) for v in row[1:]] for row in await session.execute(stmt)}
-    kinds = await type_facts(session, tenant_id, counted, now)
+    tenant_wide = project is None and source_id is None
+    kinds = await type_facts(session, tenant_id, totals, now, later=later if tenant_wide else None)
+    due = sorted(t for t in totals if totals[t] > later.get(t, 0))
+    narrowed: list[Any] = []
+    if project is not None:
+        narrowed.append(Job.project_id == project)
+    if source_id is not None:
+        narrowed.append(Job.source_id == source_id)
+    bounds = {t: waiting.startable(kinds[t]) for t in due}
+    heads = await _heads(
+        session, tenant_id, now, head, narrowed, {t: head if b is None else b for t, b in bounds.items()}
+    )
     out: dict[str, tuple[waiting.WaitingCounts, waiting.TypeFacts]] = {}
-    for job_type, (total, scheduled, pack, disabled, claimable) in counted.items():
-        kind = kinds[job_type]
-        bound = waiting.startable(kind)
-        first = claimable
-        if bound is not None and claimable:
-            head = (
-                select(Job.job_id)
-                .where(Job.tenant_id == tenant_id, Job.job_type == job_type, *queue.claimable(now))
-                .order_by(*queue.ORDER)
-                .limit(bound)
-                .subquery()
-            )
-            first = int(
-                (
-                    await session.execute(
-                        select(func.count())
-                        .select_from(Job)
-                        .where(Job.tenant_id == tenant_id, Job.job_id.in_(select(head.c.job_id)), *where)
-                    )
-                ).scalar_one()
-            )
-        out[job_type] = (waiting.WaitingCounts(total, scheduled, pack, disabled, claimable, first), kind)
+    for job_type, total in totals.items():
+        scheduled = later.get(job_type, 0)
+        seen, pack, disabled, claimable, first = heads.get(job_type, (0, 0, 0, 0, 0))
+        unattributed = max(0, total - scheduled - seen)
+        counts = waiting.WaitingCounts(total, scheduled, pack, disabled, claimable, first, unattributed)
+        out[job_type] = (counts, kinds[job_type])
     return out
+
+
+async def _heads(
+    session: AsyncSession, tenant_id: int, now: datetime, head: int, narrowed: list[Any], bounds: dict[str, int]
+) -> dict[str, tuple[int, ...]]:
+    """:func:`_head` of each job type (by job type: ``bounds``' keys, each with its quota's bound).
+
+    PostgreSQL reads every type in one statement (a ``LATERAL`` head per type), with JIT off for
+    the transaction: the planner prices the heads above ``jit_above_cost``, and compiling them would
+    add about half their time to every request. SQLite reads them one statement per type, the same
+    statement each time."""
+    if not bounds:
+        return {}
+    if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+        types = (
+            func.unnest(
+                bindparam("job_types", sorted(bounds), type_=ARRAY(String)),
+                bindparam("bounds", [bounds[t] for t in sorted(bounds)], type_=ARRAY(Integer)),
+            )
+            .table_valued(column("job_type", String), column("bound", Integer))
+            .render_derived(name="heads")
+        )
+        counted = _head(tenant_id, now, head, narrowed, types.c.job_type, types.c.bound, types).lateral("counted")
+        statement = select(types.c.job_type, *counted.c).select_from(types.join(counted, true()))
+        await session.execute(text("SET LOCAL jit = off"))
+        return {row[0]: tuple(int(v or 0) for v in row[1:]) for row in await session.execute(statement)}
+    job_type, bound = bindparam("job_type", type_=String), bindparam("bound", type_=Integer)
+    statement = _head(tenant_id, now, head, narrowed, job_type, bound)
+    out: dict[str, tuple[int, ...]] = {}
+    for kind, at_most in bounds.items():
+        row = (await session.execute(statement, {"job_type": kind, "bound": at_most})).one()
+        out[kind] = tuple(int(v or 0) for v in row)
+    return out
+
+
+def _head(
+    tenant_id: int, now: datetime, head: int, narrowed: list[Any], job_type: Any, bound: Any, *outer: Any
+) -> Any:
+    """One row for ``job_type``: of the first ``head`` due waiting jobs of the tenant's type in
+    dispatch order, those in the narrowed view (``seen``), and among them the pack steps whose
+    previous step has not succeeded, the jobs of a disabled source, the claimable ones, and the
+    claimable ones ranked below ``bound`` among the tenant's claimable jobs of the type. The
+    statuses are written in the statement, so that a plan kept for it still proves the predicate of
+    the partial index ``ix_jobs_tenant_type_dispatch``."""
+
+    def flag(condition: Any) -> Any:
+        return case((condition, 1), else_=0)
+
+    queued = Job.status.in_(bindparam("queued", queue.QUEUED, expanding=True, literal_execute=True))
+    first = (
+        select(
+            Job.priority,
+            Job.run_after,
+            Job.job_id,
+            (flag(and_(*narrowed)) if narrowed else literal(1)).label("seen"),
+            flag(queue.previous_step_succeeded()).label("previous_ok"),
+            flag(queue.source_disabled()).label("disabled"),
+            flag(Job.cancel_requested.is_(False)).label("live"),
+        )
+        .where(Job.tenant_id == tenant_id, Job.job_type == job_type, queued, Job.run_after <= now)
+        .order_by(*queue.ORDER)
+        .limit(head)
+        .correlate(*outer)
+        .subquery()
+    )
+    claimable = first.c.previous_ok * (1 - first.c.disabled) * first.c.live
+    columns = [
+        first.c.seen,
+        (1 - first.c.previous_ok).label("pack"),
+        (first.c.previous_ok * first.c.disabled).label("disabled"),
+        claimable.label("claimable"),
+    ]
+    if narrowed:  # the view's claimable jobs ranked among all the head's
+        order = (first.c.priority.desc(), first.c.run_after, first.c.job_id)
+        columns.append((func.sum(claimable).over(order_by=order) - claimable).label("rank"))
+    ranked = select(*columns).subquery()
+    seen, claimed = ranked.c.seen, ranked.c.claimable
+    return select(
+        func.sum(seen).label("seen"),
+        func.sum(seen * ranked.c.pack).label("pack"),
+        func.sum(seen * ranked.c.disabled).label("disabled"),
+        func.sum(seen * claimed).label("claimable"),
+        # unnarrowed, the head's claimable jobs are the tenant's first: ranks 0, 1, 2, ... in order
+        (
+            func.sum(seen * claimed * flag(ranked.c.rank < bound))
+            if narrowed
+            else case((func.coalesce(func.sum(claimed), 0) < bound, func.sum(claimed)), else_=bound)
+        ).label("first"),
+    ).select_from(ranked)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
 from app.domain.jobs import service as jobs_service
+from app.domain.jobs import waiting as waiting_rules
 from app.domain.quotas import service
 from app.domain.quotas.schemas import QuotaCreate, QuotaPage, QuotaReplace, QuotaSummary, QuotaView
 from app.http.mutation import Mutation
@@ -58,7 +59,8 @@ async def list_quotas(
     "slot is taken or no waiting job can start; `elevated` at 80 % utilisation, when some waiting "
     "jobs are held back, or while any due job of the type waits; else `none` (never while due jobs "
     "of the type wait). `waiting` counts the tenant's jobs of the type not yet claimed by "
-    "`waitingReason`, with the reason most of them share, as in the job summary.",
+    "`waitingReason`, with the reason most of them share, as in the job summary (the due jobs "
+    f"past the first {waiting_rules.HEAD} in dispatch order in `unattributed`).",
     tags=["quotas"],
 )
 async def quota_summary(session: AsyncSession, caller: Caller) -> QuotaSummary:

@@ -74,9 +74,10 @@ async def load(session: AsyncSession, caller: Caller, quota_id: str, *, for_upda
 
 
 async def observed_by_job_type(
-    session: AsyncSession, tenant_id: int, job_types: list[str], now: datetime
+    session: AsyncSession, tenant_id: int, job_types: list[str], now: datetime, *, later: dict[str, int] | None = None
 ) -> dict[str, rules.Observed]:
-    """Active, queued and recently started jobs per job type, in one grouped query."""
+    """Active, queued and recently started jobs per job type, in one grouped query. ``later``: the
+    queued jobs not due yet per job type (every type with queued jobs), when the caller has them."""
     if not job_types:
         return {}
     hour_ago, minute_ago = now - timedelta(hours=1), now - timedelta(minutes=1)
@@ -87,7 +88,8 @@ async def observed_by_job_type(
         session, tenant_id, job_types=job_types, statuses=ACTIVE_JOB_STATUSES + QUEUED_JOB_STATUSES
     ):
         live.setdefault(job_type, {})[status] = count
-    later = await job_counts.not_due(session, tenant_id, list(live), QUEUED_JOB_STATUSES, now) if live else {}
+    if later is None:
+        later = await job_counts.not_due(session, tenant_id, list(live), QUEUED_JOB_STATUSES, now) if live else {}
     started = await job_counts.started_since(session, tenant_id, job_types, hour_ago, minute_ago)
     observed: dict[str, rules.Observed] = {}
     for job_type in sorted(live.keys() | started.keys()):
