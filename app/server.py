@@ -11,7 +11,9 @@ response is encoded in ``app/http/caching.py``. docs/design.md "The request path
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import signal
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -26,6 +28,7 @@ from litestar.openapi.spec import Components, SecurityScheme, Server
 
 from app.domain.audit import routes as audit
 from app.domain.deadletter import routes as deadletter
+from app.domain.events import routes as events
 from app.domain.health import routes as health
 from app.domain.jobs import routes as jobs
 from app.domain.operations import routes as operations
@@ -57,7 +60,7 @@ from app.storage.rates import RateShares
 from app.telemetry import Tracing, configure_tracing
 
 VERSION = "0.1.0"
-PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES, *operations.ROUTES]
+PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES, *operations.ROUTES, *events.ROUTES]
 PUBLIC_ROUTES = [*health.ROUTES]
 
 OPENAPI_PATH = "/schema"
@@ -192,7 +195,16 @@ def create_served_app() -> Litestar:
     application built and dropped again (the tests) leaves its cycles to the collector."""
     app = create_app()
     app.on_startup.append(freeze_long_lived)
+    app.on_startup.append(end_streams_on_drain)
     return app
+
+
+def end_streams_on_drain(app: Litestar) -> None:
+    """SIGUSR1 (sent by ``jobgate serve`` when it is asked to stop, ``app/cli.py``) ends every event
+    stream of this process with a ``retry:`` hint, so that the server's drain is not held by them."""
+    feed = app.state.runtime.feed
+    if feed is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, feed.end_streams)
 
 
 def freeze_long_lived() -> None:

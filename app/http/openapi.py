@@ -82,6 +82,7 @@ TAGS = (
     Tag(name="pack-runs", description="Ordered runs of job steps: submission, cancel and retry."),
     Tag(name="audit", description="The tenant's audit log of every mutating request, allowed or refused."),
     Tag(name="operations", description="Operation-run lifecycles: lists, details and the console surfaces."),
+    Tag(name="events", description="The change feed: the tenant's changes as server-sent events (text/event-stream)."),
     Tag(name="health", description="Liveness, readiness and metrics; no credentials."),
 )
 
