@@ -37,7 +37,7 @@ from app.domain.quotas import routes as quotas
 from app.domain.sources import routes as sources
 from app import metrics
 from app.engine import embedded
-from app.http.caching import GatewayResponse, keep_vary
+from app.http.caching import GatewayResponse, Revalidation, keep_vary
 from app.http.idempotency import IdempotencyClaim, IdempotencySettle, IdempotencyStore
 from app.http.links import add_links
 from app.http.mutation import provide_caller, provide_mutation, provide_submission
@@ -107,6 +107,7 @@ def create_app(
                 tracing.shutdown()
 
     idempotency = IdempotencyStore(runtime.sessions)
+    revalidation = Revalidation(runtime)
     app = Litestar(
         route_handlers=[*PUBLIC_ROUTES, *PROTECTED_ROUTES],
         # The envelope, in the order a request meets it (middleware first, then the guards, then
@@ -120,7 +121,7 @@ def create_app(
                 query_rules,
             )
         ],
-        before_request=IdempotencyClaim(idempotency),
+        before_request=BeforeHandler(IdempotencyClaim(idempotency), revalidation),
         request_class=GatewayRequest,
         dependencies={
             "session": Provide(provide_session),
@@ -132,7 +133,7 @@ def create_app(
         response_class=GatewayResponse,
         before_send=[keep_vary],
         lifespan=[lifespan],
-        state=State({"runtime": runtime}),
+        state=State({"runtime": runtime, "revalidation": revalidation}),
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),
             allow_headers=CORS_ALLOW_HEADERS,
@@ -173,6 +174,20 @@ def create_app(
     return app
 
 
+class BeforeHandler:
+    """The app's ``before_request``: a mutation's Idempotency-Key claim, a GET's revalidation
+    without the database (each answers in the handler's place, or lets it run)."""
+
+    def __init__(self, claim: IdempotencyClaim, revalidation: Revalidation) -> None:
+        self.claim = claim
+        self.revalidation = revalidation
+
+    async def __call__(self, request: Any) -> Any:
+        if request.method == "GET":
+            return await self.revalidation(request)
+        return await self.claim(request)
+
+
 def envelope_middleware(runtime: Runtime, openapi_path: str, idempotency: IdempotencyStore) -> list[Any]:
     """Host, then authentication (a request refused there has no tenant to audit), then the audit
     of refused mutations around the Idempotency-Key's settling, around the guards and handler."""
@@ -181,7 +196,7 @@ def envelope_middleware(runtime: Runtime, openapi_path: str, idempotency: Idempo
         AutomaticOptions,
         *([DefineMiddleware(HostCheck, config=allowed_hosts_config(hosts))] if hosts else []),
         DefineMiddleware(CallerAuthentication, runtime=runtime, openapi_path=openapi_path),
-        DefineMiddleware(MutationAudit, sessions=runtime.sessions),
+        DefineMiddleware(MutationAudit, sessions=runtime.sessions, store=runtime.store),
         DefineMiddleware(IdempotencySettle, store=idempotency),
     ]
 

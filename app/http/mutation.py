@@ -18,6 +18,7 @@ from app.core.problems import Problem
 from app.http.caching import encode, etag_of_body
 from app.security.audit import AUDITED_KEY
 from app.storage.audit import record
+from app.storage.feed import announce
 from app.storage.idempotency import complete_in
 
 log = logging.getLogger("jobgate.mutation")
@@ -71,6 +72,8 @@ class Mutation:
                 headers={"Retry-After": "2"},
             ) from None
         scope["state"][AUDITED_KEY] = True
+        # before answering: a revalidation on any process that begins after this answer sees it
+        await announce(self._request.app.state.runtime.store, self.caller.tenant_id)
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
 
 

@@ -331,6 +331,22 @@ def _one_enum_or_null(schemas: dict[str, Any]) -> None:
                 )
 
 
+def _stream_form(handler: Any, operation: Operation) -> None:
+    """A route that also answers ``Accept: text/event-stream`` (``opt["vary"]`` names Accept) says
+    so beside its JSON answer."""
+    if "Accept" not in handler.opt.get("vary", ()) or handler.opt.get("stream"):
+        return
+    success = (operation.responses or {}).get("200")
+    if isinstance(success, OpenAPIResponse) and success.content is not None:
+        success.content["text/event-stream"] = OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.STRING,
+                description="With Accept: text/event-stream: `event: snapshot` (data: the JSON answer), then "
+                "`event: changed` (data: the new JSON answer) on every change; comment heartbeats every 15 s.",
+            )
+        )
+
+
 def finish_contract(app: Litestar) -> None:
     document = app.openapi_schema
     components = document.components
@@ -343,6 +359,7 @@ def finish_contract(app: Litestar) -> None:
         _envelope_headers(handler, operation)
         _document_headers(handler, operation)
         _shape_query(operation, enums)
+        _stream_form(handler, operation)
     schemas = components.schemas or {}
     for name, schema in enums.items():
         if name in schemas:

@@ -6,7 +6,8 @@ resumption and the feed's catch-up), the oldest retained one, and the purge of t
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import logging
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -38,6 +39,7 @@ _CHANGE_COLUMNS = (
 )
 
 Executor = AsyncSession | AsyncConnection
+log = logging.getLogger("jobgate.feed")
 
 
 async def versions_of(db: Executor, tenant_id: int) -> dict[str, int]:
@@ -73,3 +75,18 @@ async def oldest_retained(db: Executor, tenant_id: int) -> int | None:
 async def purge(db: Executor, before_ms: int) -> int:
     result = await db.execute(delete(FeedEvent).where(FeedEvent.at < before_ms))
     return int(result.rowcount or 0)
+
+
+def epoch_key(tenant_id: int) -> str:
+    """The tenant's write epoch in the shared store: advanced by a gateway after each committed
+    write, before it answers, so that every process sees the write at once (read-your-writes)."""
+    return f"feed:epoch:{tenant_id}"
+
+
+async def announce(store: Any, tenant_id: int) -> None:
+    """Advance the tenant's write epoch; a shared store that cannot be reached is logged (the feed
+    still carries the change, within its delivery time)."""
+    try:
+        await store.bump(epoch_key(tenant_id))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not advance the write epoch (%s)", type(exc).__name__)

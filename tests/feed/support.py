@@ -87,5 +87,5 @@ async def stream(url: str, headers: dict[str, str], **params: str) -> AsyncItera
     async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=60)) as client:
         async with client.stream("GET", url, headers=headers, params=params or None) as response:
             assert response.status_code == 200, (await response.aread()).decode()
-            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["content-type"].startswith("text/event-stream"), response.headers
             yield EventReader(response)

@@ -220,3 +220,44 @@ async def test_the_embedded_default_streams_its_changes(backend, factory, gatewa
                 seen.add((await events.next_event()).json()["kind"])
     finally:
         gateway.stop()
+
+
+async def test_the_progress_overlay_streams_a_snapshot_then_each_change(backend, factory, runtime, two_gateways):
+    from tests.operations.support import add_run
+
+    first, _ = two_gateways
+    tenant = await factory.tenant()
+    info = await runtime.tenants.get(tenant)
+    path = f"/admin/t/{info.id}/operations/progress"
+    async with httpx.AsyncClient() as client:
+        polled = (await client.get(first.url + path, headers=headers(factory, tenant))).json()
+    streaming = {**headers(factory, tenant), "Accept": "text/event-stream"}
+    async with stream(first.url + path, streaming) as events:
+        snapshot = await events.next_event()
+        assert snapshot.event == "snapshot" and snapshot.json() == polled
+        run_id = await add_run(runtime, info, status="running", age=5, heartbeat_age=1)
+        changed = await events.next_event()
+    assert changed.event == "changed"
+    assert [item["run_id"] for item in changed.json()["items"]] == [run_id]
+    assert changed.json()["has_visible_active_runs"] is True
+
+
+async def test_the_canonical_operations_list_streams_too_and_still_answers_json(
+    backend, factory, runtime, two_gateways
+):
+    from tests.operations.support import add_run
+
+    first, second = two_gateways
+    tenant = await factory.tenant()
+    info = await runtime.tenants.get(tenant)
+    streaming = {**headers(factory, tenant), "Accept": "text/event-stream"}
+    async with stream(first.url + "/admin/operations", streaming, activeTab="active") as events:
+        assert (await events.next_event()).event == "snapshot"
+        run_id = await add_run(runtime, info, status="queued", age=1)
+        changed = await events.next_event()
+    assert run_id in [item["run_id"] for item in changed.json()["items"]]
+    async with httpx.AsyncClient() as client:
+        plain = await client.get(second.url + "/admin/operations", params={"activeTab": "active"},
+                                 headers=headers(factory, tenant))
+    assert plain.status_code == 200 and plain.headers["content-type"].startswith("application/json")
+    assert "Accept" in plain.headers["vary"]

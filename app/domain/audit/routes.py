@@ -21,7 +21,7 @@ OccurredTo = instant_query("occurredTo", "Only rows that occurred before this in
 
 @get(
     "/jobengine/audit",
-    **protected("orch:operate", problems=(304,)),
+    **protected("orch:operate", problems=(304,), depends=("audit",)),
     summary="The tenant's audit log",
     description="Every mutating request, allowed or refused. Ordered by `occurredAt desc, auditId desc`. "
     "`occurredFrom` is inclusive, `occurredTo` exclusive.",

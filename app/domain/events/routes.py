@@ -64,6 +64,15 @@ EVENT_STREAM = ResponseSpec(
 )
 
 
+class EventStream(ServerSentEvent):
+    """A server-sent event stream whatever media type its route declares: the lifecycle routes
+    answer JSON, or this when asked for ``text/event-stream`` (the route's type would win otherwise)."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["media_type"] = "text/event-stream"
+        return super().to_asgi_response(*args, **kwargs)
+
+
 def to_message(outgoing: stream.Outgoing) -> ServerSentEventMessage:
     return ServerSentEventMessage(
         data=outgoing.data, event=outgoing.event, id=outgoing.id, retry=outgoing.retry, comment=outgoing.comment
@@ -113,7 +122,7 @@ async def open_stream(
         finally:
             await budget.give_back(tenant_id, stream_id)
 
-    return ServerSentEvent(body(), headers=SSE_HEADERS)
+    return EventStream(body(), headers=SSE_HEADERS)
 
 
 @get(

@@ -224,13 +224,15 @@ async def snapshots(
     read: Callable[[], Awaitable[bytes]],
     deadline: float,
     *,
+    keep: Callable[[], Awaitable[bool]] | None = None,
     kinds: frozenset[str] = frozenset({"operation", "packrun"}),
     heartbeat: float = HEARTBEAT_SECONDS,
     window: float = COALESCE_SECONDS,
 ) -> AsyncIterator[Outgoing]:
     """A lifecycle route as a stream: ``snapshot`` (what the JSON route answers) first, then
     ``changed`` with the new answer whenever a change of ``kinds`` of ``tenant_ids`` committed and
-    the answer differs."""
+    the answer differs. The answers depend on the clock (freshness): each heartbeat reads it again
+    too, and sends ``changed`` when it moved."""
     subscription = hub.subscribe(tenant_ids, lambda change: change.kind in kinds, CAPACITY)
     try:
         body = await read()
@@ -243,7 +245,15 @@ async def snapshots(
                 yield Outgoing(retry=RETRY_MS if state == "closed" else 100, comment=state)
                 return
             if state == "heartbeat":
-                yield Outgoing(comment="keepalive")
+                if keep is not None and not await keep():
+                    yield Outgoing(retry=RETRY_MS, comment="over budget")
+                    return
+                fresh = await read()
+                if fresh != body:
+                    body = fresh
+                    yield Outgoing(event="changed", data=body.decode())
+                else:
+                    yield Outgoing(comment="keepalive")
                 continue
             subscription.take()
             fresh = await read()

@@ -21,11 +21,14 @@ JobId = Annotated[str, Parameter(max_length=64, description="The job's id")]
 JobTypeFilter = Annotated[str | None, Parameter(query="jobType", max_length=128)]
 SourceFilter = Annotated[str | None, Parameter(query="sourceId", max_length=64)]
 JobStatusFilter = enum_query(JobStatus, "JobStatus", description="Only jobs in this status")
+# What a job's view shows beyond its row: nothing yet; the quotas, sources and workers are named so
+# that a view which derives a job's waiting reason from them stays correct (docs/design.md).
+JOB_VIEW = ("job", "quota", "source", "worker")
 
 
 @get(
     "/jobengine/jobs/summary",
-    **protected("orch:read", problems=(304,)),
+    **protected("orch:read", problems=(304,), depends=("job",)),
     summary="Job counts by status",
     description="Counts by status overall and per job type (ordered by `jobType asc`).",
     tags=["jobs"],
@@ -38,7 +41,7 @@ async def job_summary(
 
 @get(
     "/jobengine/jobs",
-    **protected("orch:read", problems=(304,)),
+    **protected("orch:read", problems=(304,), depends=JOB_VIEW),
     summary="List jobs",
     description="Ordered by `createdAt desc, jobId desc`.",
     tags=["jobs"],
@@ -66,7 +69,7 @@ async def list_jobs(
 
 @get(
     "/jobengine/jobs/{jobId:str}",
-    **protected("orch:read", problems=(304, 404)),
+    **protected("orch:read", problems=(304, 404), depends=JOB_VIEW),
     summary="One job",
     description="A job of the tenant (and project) with its attempts and status; another tenant's or "
     "project's job is 404. Revalidate with `If-None-Match`.",

@@ -23,7 +23,7 @@ PackRunStatusFilter = enum_query(PackRunStatus, "PackRunStatus", description="On
 
 @get(
     "/jobengine/pack-runs",
-    **protected("orch:read", problems=(304,)),
+    **protected("orch:read", problems=(304,), depends=("packrun", "job")),
     summary="List pack runs",
     description="Ordered by `createdAt desc, packRunId desc`.",
     tags=["pack-runs"],
@@ -50,7 +50,7 @@ async def list_pack_runs(
 
 @get(
     "/jobengine/pack-runs/{packRunId:str}",
-    **protected("orch:read", problems=(304, 404)),
+    **protected("orch:read", problems=(304, 404), depends=("packrun", "job")),
     summary="One pack run",
     description="A pack run of the tenant (and project) with its step counts; another tenant's or "
     "project's run is 404. Revalidate with `If-None-Match`.",
