@@ -46,9 +46,9 @@ _EVENTS_AFTER = (
 
 
 class Subscription:
-    """A bounded queue of one stream's changes. A consumer that falls ``capacity`` changes behind
-    is dropped (:attr:`dropped`): the stream ends and the client resumes with ``Last-Event-ID``,
-    so a slow reader never makes the process hold more than ``capacity`` changes for it."""
+    """A bounded queue of one stream's changes. Beyond ``capacity`` changes the queue is emptied and
+    marked :attr:`dropped`: the stream reads what it missed from the database (or ends), so a burst
+    or a slow reader never makes the process hold more than ``capacity`` changes for it."""
 
     __slots__ = ("tenant_ids", "accept", "capacity", "queue", "wake", "dropped", "closed")
 
@@ -74,6 +74,11 @@ class Subscription:
     def close(self) -> None:
         self.closed = True
         self.wake.set()
+
+    def resume(self) -> None:
+        """Take changes again after a drop (the stream read what it missed from the database)."""
+        self.dropped = False
+        self.queue.clear()
 
     async def wait(self, timeout: float) -> bool:
         """Wait until a change, a drop or a close (True) or ``timeout`` seconds (False)."""

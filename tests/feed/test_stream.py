@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+import msgspec
 from sqlalchemy import update
 
 from app.domain.events import stream
@@ -126,15 +127,33 @@ def test_coalescing_keeps_each_objects_latest_change_in_sequence_order():
     assert [c.seq for c in stream.coalesced(changes)] == [2, 3, 4]
 
 
-async def test_a_dropped_stream_ends_with_a_short_retry_hint(client, factory, runtime, monkeypatch):
+async def test_a_stream_behind_its_capacity_reads_what_it_missed_from_the_database(
+    client, factory, runtime, monkeypatch
+):
     monkeypatch.setattr(stream, "CAPACITY", 2)
+    tenant = await factory.tenant()
+    rows = await Rows.of(runtime, tenant)
+    messages = stream.change_events(runtime.feed, runtime.sessions, await caller_of(runtime, tenant), ALL, None,
+                                    time.monotonic() + 30, heartbeat=5)
+    first = asyncio.ensure_future(take(messages, 5))
+    await asyncio.sleep(0.05)
+    # five changes arrive before the reader takes any: more than the capacity of 2
+    sources = await rows.add(*[rows.source() for _ in range(5)])
+    got = await first
+    await messages.aclose()
+    assert [o.event for o in got] == ["source.changed"] * 5
+    assert sorted(s.source_id for s in sources) == sorted(msgspec.json.decode(o.data or "")["id"] for o in got)
+
+
+async def test_a_stream_that_stays_behind_is_dropped_with_a_short_retry_hint(client, factory, runtime, monkeypatch):
+    monkeypatch.setattr(stream, "CAPACITY", 2)
+    monkeypatch.setattr(stream, "CATCH_UPS", 0)
     tenant = await factory.tenant()
     rows = await Rows.of(runtime, tenant)
     messages = stream.change_events(runtime.feed, runtime.sessions, await caller_of(runtime, tenant), ALL, None,
                                     time.monotonic() + 30, heartbeat=5)
     first = asyncio.ensure_future(messages.__anext__())
     await asyncio.sleep(0.05)
-    # five changes arrive before the reader takes any: more than the capacity of 2
     await rows.add(*[rows.source() for _ in range(5)])
     outgoing = await asyncio.wait_for(first, 10)
     rest = [o async for o in messages]

@@ -29,8 +29,10 @@ EVENTS_DESCRIPTION = (
     "that event with every change since, within the retention window (JOBGATE_FEED_RETENTION_SECONDS, at "
     "least 10 minutes); an id older than that (or unknown) gets one `event: reset` (its id is the current "
     "sequence: re-read what you show). A comment line every 15 s keeps the connection alive. The stream ends "
-    "at the token's `exp`, at shutdown (with a `retry:` hint), or when the reader falls more than "
-    f"{stream.CAPACITY} changes behind (`retry: 100`; resume with `Last-Event-ID`). Open streams are "
+    "at the token's `exp`, at shutdown (with a `retry:` hint), or when the reader stays behind: more than "
+    f"{stream.CAPACITY} changes waiting are read back from the database instead, coalesced, and a reader "
+    f"still behind after {stream.CATCH_UPS} such read-backs in a row is dropped (`retry: 100`; resume with "
+    "`Last-Event-ID`). Open streams are "
     "limited per tenant (JOBGATE_STREAMS_PER_TENANT) and per process (JOBGATE_STREAMS_PER_PROCESS): 429 "
     "`too_many_streams` with Retry-After. A DPoP-bound token needs its proof at connect time only."
 )

@@ -26,7 +26,8 @@ from app.storage.hub import FeedHub, Subscription
 HEARTBEAT_SECONDS = 15.0
 COALESCE_SECONDS = 0.1  # changes of one object within this window are sent once, as its latest
 RETRY_MS = 2000  # the reconnection delay a stream ends with
-CAPACITY = 1000  # changes a stream may fall behind before it is dropped
+CAPACITY = 1000  # changes a stream holds in memory; beyond, it reads them from the database instead
+CATCH_UPS = 3  # times in a row a stream may fall behind its capacity before it is dropped
 LEASE_SECONDS = 45  # a stream's hold on its tenant's budget; renewed at every heartbeat
 
 # The scope a kind of change needs (the stream itself needs orch:read).
@@ -184,38 +185,71 @@ async def change_events(
             async with sessions() as session:
                 current = (await feed.versions_of(session, tenant_id)).get(SEQUENCE, 0)
                 oldest = await feed.oldest_retained(session, tenant_id)
-                if after > current or (after < current and (oldest is None or oldest > after + 1)):
-                    yield Outgoing(event="reset", id=str(current), data="{}")
-                    last = current
-                else:
-                    last = after
-                    while True:
-                        page = await feed.changes_after(session, tenant_id, last, 1000)
-                        for change in page:
-                            if accept(change):
-                                yield message(change)
-                            last = change.seq
-                        if len(page) < 1000:
-                            break
+            if after > current or (after < current and (oldest is None or oldest > after + 1)):
+                yield Outgoing(event="reset", id=str(current), data="{}")
+                last = current
+            else:
+                last = after
+                async for outgoing in _read_back(sessions, tenant_id, accept, after):
+                    yield outgoing
+                    last = int(outgoing.id or last)
+        behind = 0
         while True:
             state = await _wait(subscription, deadline, heartbeat)
             if state == "expired":
                 return
-            if state in ("closed", "dropped"):
-                yield Outgoing(retry=RETRY_MS if state == "closed" else 100, comment=state)
+            if state == "closed":
+                yield Outgoing(retry=RETRY_MS, comment="closed")
                 return
+            if state == "dropped":
+                # More changes than the stream holds (a burst, or a reader that does not keep up): read
+                # them from the database instead, coalesced; a reader that stays behind is dropped.
+                behind += 1
+                if behind > CATCH_UPS:
+                    yield Outgoing(retry=100, comment="dropped")
+                    return
+                subscription.resume()
+                async for outgoing in _read_back(sessions, tenant_id, accept, last, coalesce=True):
+                    yield outgoing
+                    last = int(outgoing.id or last)
+                continue
             if state == "heartbeat":
                 if keep is not None and not await keep():
                     yield Outgoing(retry=RETRY_MS, comment="over budget")
                     return
                 yield Outgoing(comment="keepalive")
                 continue
+            behind = 0
             for change in coalesced(c for c in subscription.take() if c.seq > last):
                 yield message(change)
                 last = change.seq
             await asyncio.sleep(window)
     finally:
         hub.unsubscribe(subscription)
+
+
+async def _read_back(
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: int,
+    accept: Callable[[Change], bool],
+    after: int,
+    *,
+    coalesce: bool = False,
+) -> AsyncIterator[Outgoing]:
+    """The retained changes after ``after``, page by page (each page coalesced when asked); the
+    last message of a page carries the page's last sequence, so resumption skips what was read."""
+    last = after
+    while True:
+        async with sessions() as session:
+            page = await feed.changes_after(session, tenant_id, last, 1000)
+        if not page:
+            return
+        wanted = [change for change in page if accept(change)]
+        for change in coalesced(wanted) if coalesce else wanted:
+            yield message(change)
+        last = page[-1].seq
+        if len(page) < 1000:
+            return
 
 
 async def snapshots(
@@ -241,9 +275,11 @@ async def snapshots(
             state = await _wait(subscription, deadline, heartbeat)
             if state == "expired":
                 return
-            if state in ("closed", "dropped"):
-                yield Outgoing(retry=RETRY_MS if state == "closed" else 100, comment=state)
+            if state == "closed":
+                yield Outgoing(retry=RETRY_MS, comment=state)
                 return
+            if state == "dropped":  # more changes than it holds: one re-read says them all
+                subscription.resume()
             if state == "heartbeat":
                 if keep is not None and not await keep():
                     yield Outgoing(retry=RETRY_MS, comment="over budget")
