@@ -333,3 +333,26 @@ async def test_rows_written_outside_the_gateway_advance_the_versions_too(factory
         await session.execute(text("UPDATE sources SET enabled = false WHERE tenant_id = :t"), {"t": rows.tenant_id})
         await session.execute(text("DELETE FROM quotas WHERE tenant_id = :t"), {"t": rows.tenant_id})
     assert advanced(before, await versions(runtime, tenant)) == {"", "source", "quota"}
+
+
+async def test_the_reconciler_announces_a_run_that_became_stale_without_any_write(factory, runtime):
+    from datetime import UTC, datetime
+
+    from app.thresholds import DEFAULTS
+
+    tenant = await factory.tenant()
+    info = await runtime.tenants.get(tenant)
+    heartbeat = DEFAULTS["pack_run.execute"].heartbeat_seconds
+    now = datetime.now(UTC)
+    just_stale = await add_run(runtime, info, status="running", age=heartbeat + 20, heartbeat_age=heartbeat + 10,
+                               now=now)
+    long_stale = await add_run(runtime, info, status="running", age=heartbeat + 900, heartbeat_age=heartbeat + 600,
+                               now=now)
+    fresh = await add_run(runtime, info, status="running", age=5, heartbeat_age=1, now=now)
+    before = await versions(runtime, tenant)
+    await reconcile_once(runtime, now, workspace_ids=[info.workspace_id])
+    async with runtime.sessions() as session:
+        changes = await changes_after(session, info.id, before[""])
+    announced = {c.object_id for c in changes if c.kind == "operation"}
+    assert str(just_stale) in announced
+    assert str(long_stale) not in announced and str(fresh) not in announced
