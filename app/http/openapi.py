@@ -9,6 +9,7 @@ import msgspec
 from litestar import Litestar
 from litestar.enums import ParamType
 from litestar.openapi.spec import (
+    OpenAPIFormat,
     OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
@@ -22,6 +23,7 @@ from litestar.openapi.spec import (
 )
 
 from app.http.routes import DPOP as DPOP_SCHEME_NAME
+from app.storage.feed import KINDS
 from app.security import header_rules
 
 
@@ -331,6 +333,23 @@ def _one_enum_or_null(schemas: dict[str, Any]) -> None:
                 )
 
 
+CHANGE_EVENT = Schema(
+    type=OpenAPIType.OBJECT,
+    title="ChangeEventData",
+    description="The `data:` of each `<kind>.changed` event of GET /jobengine/events (JSON on one line). The "
+    "`id:` line of the event is the tenant's sequence, equal to `version`; an `event: reset` carries `{}`.",
+    required=["kind", "id", "version", "at"],
+    properties={
+        "kind": Schema(type=OpenAPIType.STRING, enum=list(KINDS), description="What changed"),
+        "id": Schema(type=OpenAPIType.STRING, description="The changed object's id (sourceId, jobId, entryId, …)"),
+        "version": Schema(type=OpenAPIType.INTEGER, minimum=1, description="The tenant's sequence at this change"),
+        "at": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME, description="When it was written"),
+        "projectId": Schema(type=OpenAPIType.STRING, description="The object's project, when it has one"),
+    },
+    additional_properties=False,
+)
+
+
 def _stream_form(handler: Any, operation: Operation) -> None:
     """A route that also answers ``Accept: text/event-stream`` (``opt["vary"]`` names Accept) says
     so beside its JSON answer."""
@@ -366,4 +385,5 @@ def finish_contract(app: Litestar) -> None:
             raise ValueError(f"OpenAPI: the enum {name!r} collides with a payload schema")
         schemas[name] = schema
     _one_enum_or_null(schemas)
+    schemas["ChangeEventData"] = CHANGE_EVENT
     components.schemas = schemas

@@ -10,15 +10,17 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from sqlalchemy import delete
 
 from app.storage.models import FeedEvent
-from tests.conftest import GatewayProcess, free_port
+from tests.conftest import ROOT, GatewayProcess, free_port
 from tests.feed.support import stream
 
 pytestmark = pytest.mark.backends("postgresql")  # gateway processes on the run's PostgreSQL and Redis
 
 EVENTS = "/jobengine/events"
+CONTRACT = yaml.safe_load((ROOT / "contracts" / "jobengine-gateway.openapi.yaml").read_text())
 
 
 def headers(factory: Any, tenant: str, **kwargs: Any) -> dict[str, str]:
@@ -47,6 +49,10 @@ async def test_a_change_committed_through_one_process_reaches_a_stream_on_anothe
     assert (data["kind"], data["id"], data["projectId"]) == ("source", source["sourceId"], "billing")
     assert event.id == str(data["version"])
     assert data["at"].endswith("Z")
+    # the event's data is what the contract's ChangeEventData says
+    schema = CONTRACT["components"]["schemas"]["ChangeEventData"]
+    assert set(schema["required"]) <= set(data) <= set(schema["properties"])
+    assert data["kind"] in schema["properties"]["kind"]["enum"]
 
 
 async def test_kinds_are_narrowed_to_what_the_scopes_may_read_and_to_the_kinds_asked(

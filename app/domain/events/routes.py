@@ -22,7 +22,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 EVENTS_DESCRIPTION = (
     "Server-sent events of the caller's tenant (and project under `X-Stella-Project`): each change of an "
     "object the caller may read, as it commits. `event: <kind>.changed`, `id: <tenant sequence>` (monotonic "
-    "per tenant), `data: {\"kind\", \"id\", \"version\", \"at\", \"projectId\"?}` — never the object itself; "
+    "per tenant), `data: {\"kind\", \"id\", \"version\", \"at\", \"projectId\"?}` (the ChangeEventData schema) — "
+    "never the object itself; "
     "read it with the object's route. Kinds need the scope that reads them: `quota` orch:quota; `deadletter`, "
     "`audit` and `worker` orch:operate; the rest orch:read. Changes of one object within "
     f"{int(stream.COALESCE_SECONDS * 1000)} ms are sent once, as the latest. `Last-Event-ID` resumes after "
