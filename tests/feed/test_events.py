@@ -42,7 +42,9 @@ async def test_a_change_committed_through_one_process_reaches_a_stream_on_anothe
     tenant = await factory.tenant()
     async with stream(first.url + EVENTS, headers(factory, tenant)) as events:
         source = await create_source(second.url, factory, tenant, projectId="billing")
-        event = await events.next_event()
+        # one transaction: the source and its audit row, numbered in (kind, id) order
+        audit, event = await events.next_event(), await events.next_event()
+    assert audit.event == "audit.changed" and int(audit.id or 0) + 1 == int(event.id or 0)
     assert event.event == "source.changed"
     data = event.json()
     assert set(data) == {"kind", "id", "version", "at", "projectId"}

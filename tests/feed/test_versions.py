@@ -24,7 +24,7 @@ from tests.operations.support import add_run
 
 # Tables a tenant's views do not show (bookkeeping of the gateway itself), or kept by triggers from
 # a watched table (the dead-letter aggregates follow dead_letter_entries).
-NOT_COLLECTIONS = {"tenants", "idempotency_records", "feed_versions", "feed_events", "dead_letter_counts",
+NOT_COLLECTIONS = {"tenants", "idempotency_records", "feed_versions", "feed_events", "feed_pending", "dead_letter_counts",
                    "dead_letter_clusters", "workspaces", "alembic_version"}
 
 

@@ -5,7 +5,7 @@
   a kind (``source``, ``quota``, ``job``, ``deadletter``, ``packrun``, ``operation``, ``audit``)
   holds the sequence of that kind's latest change, its **version**.
 - ``feed_events`` (tenant_id, seq) -> kind, object id, project id, instant (epoch milliseconds):
-  one row per changed object and statement, what ``GET /jobengine/events`` sends and what
+  one row per changed object and transaction (per statement on SQLite), what ``GET /jobengine/events`` sends and what
   ``Last-Event-ID`` resumes from. Rows older than the retention window are deleted by the feed.
 
 Triggers on the collection tables (sources, quotas, jobs, dead_letter_entries, pack_runs,
@@ -16,13 +16,17 @@ tenant (a workspace-scoped run) is a change for every tenant of its workspace, w
 Workers (``workers``) are to be wired when that table exists.
 
 PostgreSQL: one trigger per statement with transition tables (a statement of 5,000 rows is one
-call, not 5,000), which calls ``feed_record(kind, tenants[], ids[], projects[])``. Per tenant
-touched, it advances the sequence by the number of distinct objects (an upsert of the sequence
-row, which holds that row's lock until commit: a tenant's changes commit in sequence order, so a
-reader that has seen sequence N never later finds a change below N), inserts the events, sets the
-kind's version and notifies channel ``jobgate_feed`` with ``<tenant>:<sequence>`` (delivered at
-commit, never for a rolled-back change). SQLite, the embedded default (one writer at a time):
-row triggers doing the same, no notification (the in-process feed reads new rows by rowid).
+call, not 5,000) stages the statement's changed objects per tenant in ``feed_pending`` (unlogged: it
+only holds the changes of transactions in flight and rolls back with them). At commit a deferred
+constraint trigger numbers the transaction's changed objects (each once) in each tenant's sequence
+(an upsert of the tenant's sequence row, tenants in id order), inserts the events, sets the kinds'
+versions and notifies channel ``jobgate_feed`` with ``<tenant>:<sequence>`` (delivered at commit,
+never for a rolled-back change). The sequence row is taken only at commit and held until the commit
+ends, so a tenant's changes commit in sequence order (a reader that has seen sequence N never later
+finds a change below N) while its writers do not wait for each other during their transactions, and
+no lock taken by the feed can close a cycle with the writers' own row locks. SQLite, the embedded
+default (one writer at a time): row triggers numbering each change at once, no notification (the
+in-process feed reads new events by rowid).
 
 Revision ID: 0006
 Revises: 0004
@@ -50,34 +54,67 @@ WATCHED = {
     "audit_log": ("audit", "CAST(id AS TEXT)", "project_id", ("insert",)),
 }
 
+# Each watched statement stages its changed objects (one row per tenant, in an unlogged table: it
+# only ever holds the changes of transactions in flight, and rolls back with them).
 _PG_RECORD = """
 CREATE FUNCTION feed_record(p_kind text, p_tenants bigint[], p_ids text[], p_projects text[])
 RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO feed_pending (txid, tenant_id, kind, ids, projects)
+    SELECT txid_current(), u.t, p_kind, array_agg(u.i), array_agg(u.p)
+      FROM unnest(p_tenants, p_ids, p_projects) AS u(t, i, p)
+     WHERE u.t IS NOT NULL
+     GROUP BY u.t;
+END
+$$
+"""
+
+# At commit (a deferred constraint trigger on the staged rows; the first firing of a transaction
+# takes all of its rows, the others find none): number the transaction's changed objects in each
+# tenant's sequence, record them, set the kinds' versions and notify.
+_PG_COMMIT = """
+CREATE FUNCTION feed_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    r record;
+    v_tenants bigint[];
+    v_kinds text[];
+    v_ids text[];
+    v_projects text[];
+    t bigint;
+    n bigint;
     last_seq bigint;
     at_ms bigint := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
 BEGIN
-    FOR r IN
-        SELECT c.tenant_id, count(*) AS n,
-               array_agg(c.object_id ORDER BY c.object_id) AS ids,
-               array_agg(c.project_id ORDER BY c.object_id) AS projects
-          FROM (SELECT DISTINCT ON (t, i) t AS tenant_id, i AS object_id, p AS project_id
-                  FROM unnest(p_tenants, p_ids, p_projects) AS u(t, i, p)
-                 WHERE t IS NOT NULL) c
-         GROUP BY c.tenant_id
-         ORDER BY c.tenant_id
-    LOOP
-        INSERT INTO feed_versions AS v (tenant_id, kind, version) VALUES (r.tenant_id, '', r.n)
+    WITH staged AS (
+        DELETE FROM feed_pending WHERE txid = txid_current() RETURNING tenant_id, kind, ids, projects
+    ), changed AS (
+        SELECT DISTINCT ON (s.tenant_id, s.kind, u.i) s.tenant_id, s.kind, u.i AS object_id, u.p AS project_id
+          FROM staged s, unnest(s.ids, s.projects) AS u(i, p)
+    )
+    SELECT array_agg(tenant_id ORDER BY tenant_id, kind, object_id),
+           array_agg(kind ORDER BY tenant_id, kind, object_id),
+           array_agg(object_id ORDER BY tenant_id, kind, object_id),
+           array_agg(project_id ORDER BY tenant_id, kind, object_id)
+      INTO v_tenants, v_kinds, v_ids, v_projects
+      FROM changed;
+    IF v_tenants IS NULL THEN
+        RETURN NULL;
+    END IF;
+    FOR t, n IN SELECT u.t, count(*) FROM unnest(v_tenants) AS u(t) GROUP BY u.t ORDER BY u.t LOOP
+        INSERT INTO feed_versions AS v (tenant_id, kind, version) VALUES (t, '', n)
         ON CONFLICT (tenant_id, kind) DO UPDATE SET version = v.version + excluded.version
         RETURNING version INTO last_seq;
         INSERT INTO feed_events (tenant_id, seq, kind, object_id, project_id, at)
-        SELECT r.tenant_id, last_seq - r.n + u.o, p_kind, u.i, u.p, at_ms
-          FROM unnest(r.ids, r.projects) WITH ORDINALITY AS u(i, p, o);
-        INSERT INTO feed_versions AS v (tenant_id, kind, version) VALUES (r.tenant_id, p_kind, last_seq)
+        SELECT t, last_seq - n + row_number() OVER (ORDER BY u.o), u.k, u.i, u.p, at_ms
+          FROM unnest(v_tenants, v_kinds, v_ids, v_projects) WITH ORDINALITY AS u(tt, k, i, p, o)
+         WHERE u.tt = t;
+        INSERT INTO feed_versions AS v (tenant_id, kind, version)
+        SELECT t, e.kind, max(e.seq) FROM feed_events e
+         WHERE e.tenant_id = t AND e.seq > last_seq - n
+         GROUP BY e.kind
         ON CONFLICT (tenant_id, kind) DO UPDATE SET version = excluded.version;
-        PERFORM pg_notify('{channel}', r.tenant_id || ':' || last_seq);
+        PERFORM pg_notify('{channel}', t || ':' || last_seq);
     END LOOP;
+    RETURN NULL;
 END
 $$
 """
@@ -155,7 +192,17 @@ def upgrade() -> None:
     )
     op.create_index("ix_feed_events_at", "feed_events", ["at"])
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(_PG_RECORD.replace("{channel}", CHANNEL))
+        op.execute(
+            "CREATE UNLOGGED TABLE feed_pending (txid bigint NOT NULL, tenant_id bigint NOT NULL, "
+            "kind varchar(16) NOT NULL, ids text[] NOT NULL, projects text[] NOT NULL)"
+        )
+        op.execute("CREATE INDEX ix_feed_pending_txid ON feed_pending (txid)")
+        op.execute(_PG_RECORD)
+        op.execute(_PG_COMMIT.replace("{channel}", CHANNEL))
+        op.execute(
+            "CREATE CONSTRAINT TRIGGER feed_commit AFTER INSERT ON feed_pending DEFERRABLE INITIALLY DEFERRED "
+            "FOR EACH ROW EXECUTE FUNCTION feed_commit()"
+        )
         for table, (kind, object_id, project, events) in WATCHED.items():
             for event in events:
                 rows = "new_rows" if event != "delete" else "old_rows"
@@ -195,6 +242,8 @@ def downgrade() -> None:
                 op.execute(f"DROP FUNCTION IF EXISTS feed_{table}_{event}()")
     if postgresql:
         op.execute("DROP FUNCTION IF EXISTS feed_record(text, bigint[], text[], text[])")
+        op.execute("DROP TABLE IF EXISTS feed_pending")
+        op.execute("DROP FUNCTION IF EXISTS feed_commit()")
     op.drop_index("ix_feed_events_at", "feed_events")
     op.drop_table("feed_events")
     op.drop_table("feed_versions")
