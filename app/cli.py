@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
@@ -141,7 +142,7 @@ def serve(host: str, port: int, workers: int, demo: bool) -> None:
     with metrics_directory(workers):
         # SIGTERM: granian closes the listening socket, then each worker finishes its in-flight
         # requests; a worker still busy after the grace is killed.
-        Granian(
+        server = Granian(
             "app.server:create_served_app",
             address=host,
             port=port,
@@ -151,7 +152,31 @@ def serve(host: str, port: int, workers: int, demo: bool) -> None:
             log_access=False,  # the gateway writes its own access log (app/http/observability.py)
             log_dictconfig=granian_log_config(settings.log_format),
             workers_kill_timeout=max(1, math.ceil(settings.shutdown_grace_seconds)),
-        ).serve()
+        )
+        server.on_startup(announce_drain_to_workers)
+        server.serve()
+
+
+def announce_drain_to_workers() -> None:
+    """On SIGTERM or SIGINT, tell every server process to end its event streams (SIGUSR1, see
+    ``app.server.create_served_app``) before the server drains them: a stream never finishes by
+    itself, so without it each would hold the drain until the kill timeout and end without the
+    final ``retry:`` hint. Runs once the server has installed its own handlers, which it then calls."""
+    import multiprocessing
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def forward(number: int, frame: Any, previous: Any = previous) -> None:
+            for child in multiprocessing.active_children():
+                if child.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, signal.SIGUSR1)
+            if callable(previous):
+                previous(number, frame)
+
+        signal.signal(signum, forward)
 
 
 @contextmanager

@@ -68,6 +68,9 @@ JWKS_FRESH = Gauge(
     multiprocess_mode="livemin",
 )
 AUDIT_FAILURES = Counter("jobgate_audit_failures_total", "Refusal audit rows that could not be written")
+REVALIDATED_IN_MEMORY = Counter(
+    "jobgate_revalidations_in_memory_total", "Revalidations answered 304 from the change feed's versions, no database"
+)
 
 DEAD_LETTERED = Counter(
     "jobgate_deadletter_entries_total",

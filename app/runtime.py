@@ -14,6 +14,7 @@ from app.security.tokens import TokenVerifier
 from app.settings import Settings
 from app.storage import migrate
 from app.storage.db import create_engine, read_pool_size, session_factory, session_pool_size
+from app.storage.hub import FeedHub
 from app.storage.reads import SESSION_INFO_KEY, ListReads, open_list_reads
 from app.storage.shared import SharedStore, create_store
 from app.storage.tenants import TenantRegistry
@@ -34,11 +35,13 @@ class Runtime:
     cursors: CursorCodec
     tenants: TenantRegistry
     list_reads: ListReads | None  # PostgreSQL only (app/storage/reads.py)
+    feed: FeedHub | None = None  # gateway processes only (app/storage/hub.py)
 
     @classmethod
     def create(cls, settings: Settings, *, list_reads: bool = True) -> Runtime:
         """The runtime of a gateway process; ``list_reads=False`` for a process that serves no
         lists (a worker, a command): its sessions then have the whole connection budget."""
+        gateway = list_reads
         reads = list_reads and not settings.is_sqlite
         engine = create_engine(settings, pool_size=session_pool_size(settings) if reads else None)
         sessions = session_factory(engine)
@@ -68,6 +71,14 @@ class Runtime:
             cursors=CursorCodec(settings.cursor_secrets),
             tenants=TenantRegistry(sessions),
             list_reads=list_reads,
+            feed=FeedHub(
+                engine,
+                settings.database_url,
+                retention_seconds=settings.feed_retention_seconds,
+                sqlite=settings.is_sqlite,
+            )
+            if gateway
+            else None,
         )
 
     async def start(self) -> None:
@@ -76,8 +87,12 @@ class Runtime:
         if self.list_reads is not None:
             await self.list_reads.open()
         await self.keys.start()  # an unreachable key provider leaves the process unready, not stopped
+        if self.feed is not None:
+            await self.feed.start()
 
     async def stop(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()
         await self.keys.stop()
         await self.store.close()
         if self.list_reads is not None:

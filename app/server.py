@@ -11,7 +11,9 @@ response is encoded in ``app/http/caching.py``. docs/design.md "The request path
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import signal
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -26,6 +28,7 @@ from litestar.openapi.spec import Components, SecurityScheme, Server
 
 from app.domain.audit import routes as audit
 from app.domain.deadletter import routes as deadletter
+from app.domain.events import routes as events
 from app.domain.health import routes as health
 from app.domain.jobs import routes as jobs
 from app.domain.operations import routes as operations
@@ -35,7 +38,7 @@ from app.domain.sources import routes as sources
 from app.domain.workers import routes as workers
 from app import metrics
 from app.engine import embedded
-from app.http.caching import GatewayResponse, keep_vary
+from app.http.caching import GatewayResponse, Revalidation, keep_vary
 from app.http.idempotency import IdempotencyClaim, IdempotencySettle, IdempotencyStore
 from app.http.links import add_links
 from app.http.mutation import provide_caller, provide_mutation, provide_submission
@@ -58,7 +61,7 @@ from app.storage.rates import RateShares
 from app.telemetry import Tracing, configure_tracing
 
 VERSION = "0.1.0"
-PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES, *operations.ROUTES, *workers.ROUTES]
+PROTECTED_ROUTES = [*sources.ROUTES, *quotas.ROUTES, *jobs.ROUTES, *deadletter.ROUTES, *packruns.ROUTES, *audit.ROUTES, *operations.ROUTES, *workers.ROUTES, *events.ROUTES]
 PUBLIC_ROUTES = [*health.ROUTES]
 
 OPENAPI_PATH = "/schema"
@@ -105,6 +108,7 @@ def create_app(
                 tracing.shutdown()
 
     idempotency = IdempotencyStore(runtime.sessions)
+    revalidation = Revalidation(runtime)
     app = Litestar(
         route_handlers=[*PUBLIC_ROUTES, *PROTECTED_ROUTES],
         # The envelope, in the order a request meets it (middleware first, then the guards, then
@@ -118,7 +122,7 @@ def create_app(
                 query_rules,
             )
         ],
-        before_request=IdempotencyClaim(idempotency),
+        before_request=BeforeHandler(IdempotencyClaim(idempotency), revalidation),
         request_class=GatewayRequest,
         dependencies={
             "session": Provide(provide_session),
@@ -130,7 +134,7 @@ def create_app(
         response_class=GatewayResponse,
         before_send=[keep_vary],
         lifespan=[lifespan],
-        state=State({"runtime": runtime}),
+        state=State({"runtime": runtime, "revalidation": revalidation}),
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),
             allow_headers=CORS_ALLOW_HEADERS,
@@ -171,6 +175,20 @@ def create_app(
     return app
 
 
+class BeforeHandler:
+    """The app's ``before_request``: a mutation's Idempotency-Key claim, a GET's revalidation
+    without the database (each answers in the handler's place, or lets it run)."""
+
+    def __init__(self, claim: IdempotencyClaim, revalidation: Revalidation) -> None:
+        self.claim = claim
+        self.revalidation = revalidation
+
+    async def __call__(self, request: Any) -> Any:
+        if request.method == "GET":
+            return await self.revalidation(request)
+        return await self.claim(request)
+
+
 def envelope_middleware(runtime: Runtime, openapi_path: str, idempotency: IdempotencyStore) -> list[Any]:
     """Host, then authentication (a request refused there has no tenant to audit), then the audit
     of refused mutations around the Idempotency-Key's settling, around the guards and handler."""
@@ -179,7 +197,7 @@ def envelope_middleware(runtime: Runtime, openapi_path: str, idempotency: Idempo
         AutomaticOptions,
         *([DefineMiddleware(HostCheck, config=allowed_hosts_config(hosts))] if hosts else []),
         DefineMiddleware(CallerAuthentication, runtime=runtime, openapi_path=openapi_path),
-        DefineMiddleware(MutationAudit, sessions=runtime.sessions),
+        DefineMiddleware(MutationAudit, sessions=runtime.sessions, store=runtime.store),
         DefineMiddleware(IdempotencySettle, store=idempotency),
     ]
 
@@ -193,7 +211,16 @@ def create_served_app() -> Litestar:
     application built and dropped again (the tests) leaves its cycles to the collector."""
     app = create_app()
     app.on_startup.append(freeze_long_lived)
+    app.on_startup.append(end_streams_on_drain)
     return app
+
+
+def end_streams_on_drain(app: Litestar) -> None:
+    """SIGUSR1 (sent by ``jobgate serve`` when it is asked to stop, ``app/cli.py``) ends every event
+    stream of this process with a ``retry:`` hint, so that the server's drain is not held by them."""
+    feed = app.state.runtime.feed
+    if feed is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, feed.end_streams)
 
 
 def freeze_long_lived() -> None:

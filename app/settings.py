@@ -66,6 +66,9 @@ class Settings:
     log_level: str = "INFO"
     shutdown_grace_seconds: float = 30.0
     lifecycle_thresholds: Thresholds = DEFAULT_THRESHOLDS
+    streams_per_tenant: int = 100
+    streams_per_process: int = 2000
+    feed_retention_seconds: int = 900
     uses_dev_keys: bool = False
     uses_dev_cursor_secret: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -273,6 +276,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     # Jobs the in-process worker runs at once: above the demo's quota-bound sleeps (3 per tenant).
     embedded_worker_concurrency = _bounded_int(get, "EMBEDDED_WORKER_CONCURRENCY", 16, 1, 64)
 
+    # Event streams (GET /jobengine/events and the lifecycle streams) and the change feed's window
+    streams_per_tenant = _bounded_int(get, "STREAMS_PER_TENANT", 100, 1, 100_000)
+    streams_per_process = _bounded_int(get, "STREAMS_PER_PROCESS", 2000, 1, 100_000)
+    feed_retention = _bounded_int(get, "FEED_RETENTION_SECONDS", 900, 600, 7 * 86400)
+
     prefix = get("REDIS_PREFIX", "jobgate:")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
         raise SettingsError("JOBGATE_REDIS_PREFIX must be 1-64 characters of [A-Za-z0-9_.:-]")
@@ -304,6 +312,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         shutdown_grace_seconds=shutdown_grace,
         lifecycle_thresholds=thresholds,
+        streams_per_tenant=streams_per_tenant,
+        streams_per_process=streams_per_process,
+        feed_retention_seconds=feed_retention,
         uses_dev_keys=uses_dev_keys,
         uses_dev_cursor_secret=cursor_raw is None,
     )

@@ -98,6 +98,7 @@ async def reconcile_once(
             summary[key] += value
     summary["canceled_jobs"] += await force_overdue_job_cancels(context, now, cancel_grace_seconds, workspace_ids)
     metrics.count_reconciled(summary)
+    await _announce_newly_stale(context, now, thresholds, workspace_ids)
     return summary
 
 
@@ -140,6 +141,40 @@ async def force_overdue_job_cancels(
             await session.commit()
             forced += 1
     return forced
+
+
+# Twice the pass interval of the workers' reconcile step (app/engine/steps.py): a run that crossed
+# its threshold between two passes is announced by one of them (at worst by two).
+NEWLY_STALE_SECONDS = 60
+
+
+async def _announce_newly_stale(
+    context: EngineContext, now: datetime, thresholds: Thresholds, workspace_ids: list[int] | None
+) -> None:
+    """Runs that became ``likely_stale`` since the last pass changed without any write: they are
+    touched (an update that changes no value), so the change feed's triggers announce them to every
+    stream and revalidation as an operation change, like any write would."""
+    since = now - timedelta(seconds=NEWLY_STALE_SECONDS)
+    stmt = (
+        update(OperationRun)
+        .where(
+            OperationRun.status.in_(("queued", "running")),
+            queries.stale(now, thresholds),
+            ~queries.stale(since, thresholds),
+        )
+        .values(updated_at=OperationRun.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    if workspace_ids is not None:
+        stmt = stmt.where(OperationRun.workspace_id.in_(workspace_ids))
+    try:
+        async with context.sessions.begin() as session:
+            touched = (await session.execute(stmt)).rowcount
+    except Exception as exc:  # noqa: BLE001 - the next pass tries again; streams re-read at heartbeats
+        log.warning("could not announce newly stale runs (%s)", type(exc).__name__)
+        return
+    if touched:
+        log.info("announced %d newly stale operation run(s)", touched)
 
 
 async def reconcile_step(context: EngineContext) -> None:

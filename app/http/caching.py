@@ -13,12 +13,18 @@ origin's request from another's cached response, and a middleware that sets its 
 from __future__ import annotations
 
 import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.response.base import ASGIResponse
 from litestar.types import Message, Scope
+
+from app import metrics
+from app.storage.feed import epoch_key
 
 CACHE_POLICIES = {
     "console": "private, max-age=60, stale-if-error=300",
@@ -97,6 +103,92 @@ async def keep_vary(message: Message, scope: Scope) -> None:
     message["headers"] = headers
 
 
+# -- revalidation without the database ---------------------------------------------------------
+
+_CAPTURED = "jobgate.revalidation"
+
+
+@dataclass
+class _Issued:
+    state: tuple[Any, ...]  # the tenant's versions of the route's kinds, and its write epoch
+    issued_at: float
+    etags: list[str] = field(default_factory=list)
+
+
+class Revalidation:
+    """304 without a database round trip, for the GET routes that declare ``opt["depends"]``.
+
+    For a request with ``If-None-Match`` it reads, before the handler reads the database, the
+    tenant's versions of those kinds as this process's change feed knows them and the tenant's write
+    epoch in the shared store. An answer computed after that is remembered with that state, keyed by
+    tenant, project, path and query; a later revalidation finding the same state and a remembered
+    ETag is answered 304 at once. Any change since advances a version (the feed, within its delivery
+    time) or the epoch (every gateway write, before it answers), so the state differs and the request
+    reads the database. No state (feed disconnected or behind, shared store unreachable): the database.
+    Remembered answers are dropped after ``max_age`` seconds (their continuation tokens stay well
+    inside their validity) and beyond ``capacity`` keys, least recently used first."""
+
+    def __init__(self, runtime: Any, *, capacity: int = 10_000, max_age: float = 3600.0, tags: int = 4) -> None:
+        self.runtime = runtime
+        self.capacity = capacity
+        self.max_age = max_age
+        self.tags = tags
+        self._issued: OrderedDict[tuple[Any, ...], _Issued] = OrderedDict()
+
+    async def state(self, tenant_id: int, kinds: tuple[str, ...]) -> tuple[Any, ...] | None:
+        feed = self.runtime.feed
+        versions = feed.versions(tenant_id, kinds) if feed is not None else None
+        if versions is None:
+            return None
+        try:
+            epoch = await self.runtime.store.read(epoch_key(tenant_id))
+        except Exception:  # noqa: BLE001 - the database answers instead
+            return None
+        return (versions, epoch)
+
+    async def __call__(self, request: Request[Any, Any, Any]) -> Response[Any] | None:
+        """``before_request`` for GETs: a 304 when the remembered answer is current."""
+        kinds = request.route_handler.opt.get("depends")
+        if_none_match = request.headers.get("if-none-match")
+        caller = request.scope.get("user")
+        if not kinds or not if_none_match or caller is None:
+            return None
+        state = await self.state(caller.tenant_id, kinds)
+        if state is None:
+            return None
+        scope = request.scope
+        key = (caller.tenant_id, caller.project, scope["path"], scope["query_string"])
+        scope["state"][_CAPTURED] = (key, state)
+        issued = self._issued.get(key)
+        if issued is None or issued.state != state or time.monotonic() - issued.issued_at > self.max_age:
+            return None
+        for etag in issued.etags:
+            if matches(if_none_match, etag):
+                metrics.REVALIDATED_IN_MEMORY.inc()
+                policy = request.route_handler.opt.get("cache", "console")
+                return Response(
+                    content=b"",
+                    status_code=304,
+                    headers={"ETag": etag, "Cache-Control": CACHE_POLICIES[policy], "Vary": VARY},
+                )
+        return None
+
+    def remember(self, scope: Scope, etag: str) -> None:
+        """The ETag of an answer read after the state captured for its request."""
+        captured = scope["state"].get(_CAPTURED)
+        if captured is None:
+            return
+        key, state = captured
+        issued = self._issued.get(key)
+        if issued is None or issued.state != state:
+            issued = self._issued[key] = _Issued(state, time.monotonic())
+        if etag not in issued.etags:
+            issued.etags = [*issued.etags[-(self.tags - 1):], etag]
+        self._issued.move_to_end(key)
+        while len(self._issued) > self.capacity:
+            self._issued.popitem(last=False)
+
+
 class GatewayResponse(Response[Any]):
     """The response class of the whole app: canonical JSON, ETag, 304 and cache headers."""
 
@@ -113,6 +205,9 @@ class GatewayResponse(Response[Any]):
         policy = request.route_handler.opt.get("cache", "console")
         body, headers = conditional(content, policy, request.headers.get("if-none-match"))
         self.headers.update(headers)
+        revalidation = request.app.state.get("revalidation")
+        if revalidation is not None:
+            revalidation.remember(request.scope, headers["ETag"])
         if body is None:
             return ASGIResponse(status_code=304, headers=self.headers, body=b"")
         self.content = body

@@ -22,6 +22,7 @@ from app.http.caching import encode, etag_of_body
 from app.security.audit import AUDITED_KEY, DRY_RUN_KEY
 from app.storage.audit import audit_values, record
 from app.storage.db import run_last_steps
+from app.storage.feed import announce
 from app.storage.idempotency import complete_in
 
 log = logging.getLogger("jobgate.mutation")
@@ -82,6 +83,8 @@ class Mutation:
                 headers={"Retry-After": "2"},
             ) from None
         scope["state"][AUDITED_KEY] = True
+        # before answering: a revalidation on any process that begins after this answer sees it
+        await announce(self._request.app.state.runtime.store, self.caller.tenant_id)
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
 
     # -- a change written with its audit row in one statement ----------------------------------
@@ -107,12 +110,14 @@ class Mutation:
             dry_run=self.dry_run,
         )
 
-    def answered(
+    async def answered(
         self, *, status: int, content: Any, headers: dict[str, str] | None = None
     ) -> Response[bytes]:
-        """The answer of a change already written with its audit row (see :attr:`at_once`)."""
+        """The answer of a change already written with its audit row (see :attr:`at_once`); like
+        :meth:`commit`, it advances the tenant's write epoch before answering."""
         body, response_headers = _encoded(content, headers)
         self._request.scope["state"][AUDITED_KEY] = True
+        await announce(self._request.app.state.runtime.store, self.caller.tenant_id)
         return Response(content=body, status_code=status, headers=response_headers, media_type="application/json")
 
 

@@ -9,6 +9,7 @@ import msgspec
 from litestar import Litestar
 from litestar.enums import ParamType
 from litestar.openapi.spec import (
+    OpenAPIFormat,
     OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
@@ -22,6 +23,7 @@ from litestar.openapi.spec import (
 )
 
 from app.http.routes import DPOP as DPOP_SCHEME_NAME
+from app.storage.feed import KINDS
 from app.security import header_rules
 
 
@@ -83,6 +85,7 @@ TAGS = (
     Tag(name="workers", description="The live worker processes that may run the tenant's jobs."),
     Tag(name="audit", description="The tenant's audit log of every mutating request, allowed or refused."),
     Tag(name="operations", description="Operation-run lifecycles: lists, details and the console surfaces."),
+    Tag(name="events", description="The change feed: the tenant's changes as server-sent events (text/event-stream)."),
     Tag(name="health", description="Liveness, readiness and metrics; no credentials."),
 )
 
@@ -331,6 +334,39 @@ def _one_enum_or_null(schemas: dict[str, Any]) -> None:
                 )
 
 
+CHANGE_EVENT = Schema(
+    type=OpenAPIType.OBJECT,
+    title="ChangeEventData",
+    description="The `data:` of each `<kind>.changed` event of GET /jobengine/events (JSON on one line). The "
+    "`id:` line of the event is the tenant's sequence, equal to `version`; an `event: reset` carries `{}`.",
+    required=["kind", "id", "version", "at"],
+    properties={
+        "kind": Schema(type=OpenAPIType.STRING, enum=list(KINDS), description="What changed"),
+        "id": Schema(type=OpenAPIType.STRING, description="The changed object's id (sourceId, jobId, entryId, …)"),
+        "version": Schema(type=OpenAPIType.INTEGER, minimum=1, description="The tenant's sequence at this change"),
+        "at": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME, description="When it was written"),
+        "projectId": Schema(type=OpenAPIType.STRING, description="The object's project, when it has one"),
+    },
+    additional_properties=False,
+)
+
+
+def _stream_form(handler: Any, operation: Operation) -> None:
+    """A route that also answers ``Accept: text/event-stream`` (``opt["vary"]`` names Accept) says
+    so beside its JSON answer."""
+    if "Accept" not in handler.opt.get("vary", ()) or handler.opt.get("stream"):
+        return
+    success = (operation.responses or {}).get("200")
+    if isinstance(success, OpenAPIResponse) and success.content is not None:
+        success.content["text/event-stream"] = OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.STRING,
+                description="With Accept: text/event-stream: `event: snapshot` (data: the JSON answer), then "
+                "`event: changed` (data: the new JSON answer) on every change; comment heartbeats every 15 s.",
+            )
+        )
+
+
 def finish_contract(app: Litestar) -> None:
     document = app.openapi_schema
     components = document.components
@@ -343,10 +379,12 @@ def finish_contract(app: Litestar) -> None:
         _envelope_headers(handler, operation)
         _document_headers(handler, operation)
         _shape_query(operation, enums)
+        _stream_form(handler, operation)
     schemas = components.schemas or {}
     for name, schema in enums.items():
         if name in schemas:
             raise ValueError(f"OpenAPI: the enum {name!r} collides with a payload schema")
         schemas[name] = schema
     _one_enum_or_null(schemas)
+    schemas["ChangeEventData"] = CHANGE_EVENT
     components.schemas = schemas

@@ -53,6 +53,7 @@ def protected(
     submission: bool = False,
     problems: tuple[int, ...] = (),
     location: tuple[int, ...] = (),
+    depends: tuple[str, ...] = (),
     **described: str,
 ) -> dict[str, Any]:
     """Keyword arguments for a route decorator behind the envelope.
@@ -60,7 +61,9 @@ def protected(
     ``scope`` is enforced by the envelope and stated in the contract: a bearer or a DPoP-bound token
     granting it (two alternative security requirements). A mutation names its audit ``action``
     (and ``target``, the path parameter that identifies its object); a route without ``action`` is
-    a read. ``location`` lists the success statuses whose answer carries ``Location`` (documented
+    a read. ``depends`` names the kinds of change (``app/storage/feed.py``) a read's answer depends on,
+    when it depends on nothing else (not on the clock): its unchanged revalidations are answered 304
+    without the database (``app/http/caching.py``). ``location`` lists the success statuses whose answer carries ``Location`` (documented
     by ``app/http/openapi.py``). Every protected route's query string passes
     :func:`app.http.params.query_rules` (the app's guards, ``app/security/guards.py``).
     """
@@ -71,6 +74,8 @@ def protected(
         described.setdefault("s409", "Conflict with the current state, or the Idempotency-Key is in flight")
         described.setdefault("s422", "Idempotency-Key reused with a different request")
     opt: dict[str, Any] = {"scope": scope, "cache": cache if not mutating else "none", "location": location}
+    if depends:
+        opt["depends"] = depends
     if mutating:
         opt.update(action=action, target=target, submission=submission)
     return {

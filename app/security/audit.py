@@ -24,6 +24,7 @@ from app.http.problems import PROBLEM_CODE_KEY
 from app.http.tracing import header_values
 from app.security import header_rules as rules
 from app.security.guards import MUTATING
+from app.storage.feed import announce
 from app.storage.audit import audit_row
 
 log = logging.getLogger("jobgate.envelope")
@@ -63,9 +64,10 @@ def _target(scope: Scope, param: str | None) -> str | None:
 
 
 class MutationAudit:
-    def __init__(self, app: ASGIApp, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, app: ASGIApp, sessions: async_sessionmaker[AsyncSession], store: Any = None) -> None:
         self.app = app
         self.sessions = sessions
+        self.store = store
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in MUTATING or scope.get("user") is None:
@@ -102,3 +104,6 @@ class MutationAudit:
         except Exception as exc:  # noqa: BLE001 - the refusal stands; the failure is logged and counted
             metrics.AUDIT_FAILURES.inc()
             log.error("could not write the audit row of a refused request (%s)", type(exc).__name__)
+            return
+        if self.store is not None:  # the audit list changed: revalidations see it at once
+            await announce(self.store, row.tenant_id)

@@ -32,6 +32,7 @@ class Claims:
     tenants: tuple[str, ...]
     scopes: frozenset[str]
     jkt: str | None  # cnf.jkt: the token is bound to this DPoP key
+    expires: float | None = None  # exp: an event stream ends there
 
 
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:
@@ -152,5 +153,6 @@ class TokenVerifier:
             tenants=_tenants(claims),
             scopes=_scopes(claims),
             jkt=jkt,
+            expires=float(claims["exp"]),
         )
         return verified, float(claims["exp"]), kid

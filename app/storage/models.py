@@ -447,3 +447,29 @@ class Worker(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class FeedVersion(Base):
+    """A tenant's sequence (kind ``''``) and the version of each kind of its collections: the
+    sequence of the kind's latest change. Written only by the triggers of migration 0011."""
+
+    __tablename__ = "feed_versions"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+class FeedEvent(Base):
+    """One changed object of one statement, numbered by the tenant's sequence (migration 0011);
+    ``at`` is epoch milliseconds. Kept for the feed's retention window."""
+
+    __tablename__ = "feed_events"
+    __table_args__ = (Index("ix_feed_events_at", "at"),)
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    object_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[int] = mapped_column(BigInteger)

@@ -1,4 +1,4 @@
-"""State shared by every gateway process: rate-limit buckets and single-use markers.
+"""State shared by every gateway process: rate-limit buckets, single-use markers, counters and leases.
 
 Redis in production (atomic Lua, shared across processes and machines); an in-process store
 for the embedded single-process default. Both implement the same two operations.
@@ -33,6 +33,20 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now) + 1)
 return {1, 0}
 """
 
+# A bounded set of leases: drop the expired, then add ``member`` (or renew it) unless ``limit``
+# others hold one. Returns 1 when held. Scores are expiry instants in Redis' own milliseconds.
+_LEASE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -50,6 +64,18 @@ class SharedStore(Protocol):
 
     async def add_once(self, key: str, ttl_seconds: int) -> bool:
         """Mark ``key`` as used; False if it already was (within its TTL)."""
+
+    async def bump(self, key: str) -> int:
+        """Advance the counter ``key`` by one; its new value."""
+
+    async def read(self, key: str) -> int:
+        """The counter ``key`` (0 when never bumped)."""
+
+    async def lease(self, key: str, member: str, limit: int, ttl_seconds: int) -> bool:
+        """Hold (or renew) ``member``'s lease in the set ``key`` for ``ttl_seconds``, unless
+        ``limit`` other unexpired leases are held; False then."""
+
+    async def release(self, key: str, member: str) -> None: ...
 
     async def ping(self) -> None: ...
 
@@ -90,6 +116,7 @@ class RedisStore:
             health_check_interval=30,
         )
         self._gcra = self.redis.register_script(_GCRA)
+        self._lease = self.redis.register_script(_LEASE)
 
     async def _call(self, awaitable: Any) -> Any:
         if self._clock() < self._open_until:
@@ -111,6 +138,18 @@ class RedisStore:
     async def add_once(self, key: str, ttl_seconds: int) -> bool:
         return bool(await self._call(self.redis.set(self.prefix + key, b"1", nx=True, ex=ttl_seconds)))
 
+    async def bump(self, key: str) -> int:
+        return int(await self._call(self.redis.incr(self.prefix + key)))
+
+    async def read(self, key: str) -> int:
+        return int(await self._call(self.redis.get(self.prefix + key)) or 0)
+
+    async def lease(self, key: str, member: str, limit: int, ttl_seconds: int) -> bool:
+        return bool(await self._call(self._lease(keys=[self.prefix + key], args=[member, limit, ttl_seconds * 1000])))
+
+    async def release(self, key: str, member: str) -> None:
+        await self._call(self.redis.zrem(self.prefix + key, member))
+
     async def ping(self) -> None:
         # Readiness always asks Redis itself, so it notices recovery at once.
         await self.redis.ping()
@@ -126,6 +165,8 @@ class MemoryStore:
         self._clock = clock
         self._tat: dict[str, float] = {}
         self._used: dict[str, float] = {}
+        self._counters: dict[str, int] = {}
+        self._leases: dict[str, dict[str, float]] = {}
 
     async def take(self, key: str, limit: int, period_seconds: int, count: int = 1) -> Verdict:
         now = self._clock() * 1000
@@ -146,6 +187,26 @@ class MemoryStore:
             return False
         self._used[key] = now + ttl_seconds
         return True
+
+    async def bump(self, key: str) -> int:
+        self._counters[key] = self._counters.get(key, 0) + 1
+        return self._counters[key]
+
+    async def read(self, key: str) -> int:
+        return self._counters.get(key, 0)
+
+    async def lease(self, key: str, member: str, limit: int, ttl_seconds: int) -> bool:
+        now = self._clock()
+        held = {m: until for m, until in self._leases.get(key, {}).items() if until > now}
+        if member not in held and len(held) >= limit:
+            self._leases[key] = held
+            return False
+        held[member] = now + ttl_seconds
+        self._leases[key] = held
+        return True
+
+    async def release(self, key: str, member: str) -> None:
+        self._leases.get(key, {}).pop(member, None)
 
     async def ping(self) -> None:
         return None

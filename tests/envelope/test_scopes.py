@@ -5,6 +5,7 @@ The route walks read ``app.routes``, so a route added later is covered without t
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,12 @@ def endpoints(app: Litestar) -> list[Endpoint]:
     return found
 
 
+def short_lived(endpoint: Endpoint) -> dict[str, Any]:
+    """An event stream ends at its token's expiry: a token of one second lets the in-process client
+    (which reads a whole body) have its answer."""
+    return {"exp": int(time.time()) + 1} if endpoint.opt.get("stream") else {}
+
+
 def protected_endpoints(app: Litestar) -> list[Endpoint]:
     return [e for e in endpoints(app) if not e.opt.get("public")]
 
@@ -90,7 +97,7 @@ async def test_each_route_refuses_a_token_without_its_scope(client, factory, app
     for endpoint in protected_endpoints(app):
         required = endpoint.opt["scope"]
         others = " ".join(s for s in SCOPES if s != required)
-        headers = factory.headers(tenant, scope=others)
+        headers = factory.headers(tenant, scope=others, **short_lived(endpoint))
         body = {} if endpoint.method in {"POST", "PUT", "PATCH"} else None
         response = await client.request(endpoint.method, endpoint.path, json=body, headers=headers)
         challenge = response.headers.get("www-authenticate", "")
@@ -111,7 +118,7 @@ async def test_each_route_accepts_a_token_with_only_its_scope(client, factory, a
     tenant = await factory.tenant()
     refused = []
     for endpoint in protected_endpoints(app):
-        headers = factory.headers(tenant, scope=endpoint.opt["scope"])
+        headers = factory.headers(tenant, scope=endpoint.opt["scope"], **short_lived(endpoint))
         body = {} if endpoint.method in {"POST", "PUT", "PATCH"} else None
         response = await client.request(endpoint.method, endpoint.path, json=body, headers=headers)
         if response.status_code in (401, 403):

@@ -97,3 +97,12 @@ async def test_jobs_why_says_so_when_the_gateway_does_not_report_why(operator: O
         f"job {job.job_id} is pending. This gateway does not report why a job waits: its job payload has no "
         "waitingReason" in " ".join(result.out.split())
     )
+
+
+async def test_watch_follows_the_gateways_change_feed(operator: Operator, runtime):
+    await dead_letters(runtime, operator.tenant, 12, error_code="E_EVENTS")
+    run_id = start_replay(operator, "E_EVENTS", 2)  # 5 s at least: still running when the watch starts
+    result = operator("runs", "watch", str(run_id), "-v")
+    assert result.code == 0, result.both
+    assert "<- 200 change feed connected" in result.err and "polling" not in result.err
+    assert re.search(r"100%\s+12 done, 0 failed, 0 remaining", result.err), result.err

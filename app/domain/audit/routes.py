@@ -44,7 +44,7 @@ Target = Annotated[
 
 @get(
     "/jobengine/audit",
-    **protected("orch:operate", problems=(304,)),
+    **protected("orch:operate", problems=(304,), depends=("audit",)),
     summary="The tenant's audit log",
     description="Every mutating request, allowed or refused. Ordered by `occurredAt desc, auditId desc`. "
     "`occurredFrom` is inclusive, `occurredTo` exclusive. `dryRun` is true on the rows of dry runs (a batch or "

@@ -68,7 +68,7 @@ async def deadletter_stats(session: AsyncSession, caller: Caller) -> DeadLetterS
 
 @get(
     "/jobengine/deadletter/summary",
-    **protected("orch:operate", problems=(304,)),
+    **protected("orch:operate", problems=(304,), depends=("deadletter",)),
     summary="Dead-letter entries grouped by category and error code",
     description="Ordered by `category asc, errorCode asc`.",
     tags=["deadletter"],
@@ -87,7 +87,7 @@ async def deadletter_summary(
 
 @get(
     "/jobengine/deadletter",
-    **protected("orch:operate", problems=(304,)),
+    **protected("orch:operate", problems=(304,), depends=("deadletter", "job")),
     summary="List dead-letter entries",
     description="Ordered by `deadLetteredAt desc, entryId desc`. `deadLetteredFrom` is inclusive, "
     "`deadLetteredTo` exclusive.",
@@ -138,7 +138,7 @@ async def list_entries(
 
 @get(
     "/jobengine/deadletter/{entryId:str}",
-    **protected("orch:operate", problems=(304, 404)),
+    **protected("orch:operate", problems=(304, 404), depends=("deadletter", "job")),
     summary="One dead-letter entry",
     description="An entry of the tenant (and project) with its error, status and replay history; another "
     "tenant's or project's entry is 404.",

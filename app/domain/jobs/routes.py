@@ -24,6 +24,10 @@ JobId = Annotated[str, Parameter(max_length=64, description="The job's id")]
 JobTypeFilter = Annotated[str | None, Parameter(query="jobType", max_length=128)]
 SourceFilter = Annotated[str | None, Parameter(query="sourceId", max_length=64)]
 JobStatusFilter = enum_query(JobStatus, "JobStatus", description="Only jobs in this status")
+# The job routes are not revalidated from the change feed's versions alone: a job's view says why it
+# waits (`waitingReason`), which changes with the clock (a scheduled job falls due, a worker's
+# heartbeat lapses, a quota's hour rolls on) and with the workers, which no tenant's version counts.
+# Their revalidations compare the ETag of a fresh answer (docs/design.md).
 
 
 @get(
@@ -114,7 +118,7 @@ async def submit_job(
         job = await submissions.submit_job_at_once(
             submission.session, submission.caller, data, submission.audit_values
         )
-        return submission.answered(
+        return await submission.answered(
             status=201,
             content=await _submitted(submission, job),
             headers={"Location": location(request, f"/jobengine/jobs/{job.job_id}")},

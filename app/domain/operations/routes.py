@@ -29,9 +29,13 @@ from app.domain.operations.schemas import (
     TenantActivityOperationsSummary,
     TenantOperationProgressOverlay,
 )
+from app.domain.events import stream
+from app.domain.events.routes import deadline_of, open_stream, runtime_feed
+from app.http.caching import encode
 from app.http.paging import ContinuationToken, Limit
 from app.http.params import enum_query
 from app.http.routes import location, protected
+from app.http.sessions import read_session
 from app.storage.models import OperationRun
 from app.storage.pages import Keyset, PageQuery, fetch_built_page, fetch_page, where_present
 from app.thresholds import Thresholds
@@ -80,6 +84,35 @@ FreshnessFilter = enum_query(
 ProblemClassFilter = enum_query(
     ProblemClass, "ProblemClass", query="problemClass", description="Only runs of this derived problem class"
 )
+
+
+STREAM_FORM = (
+    "With `Accept: text/event-stream` the same answer is streamed (server-sent events): `event: snapshot` "
+    "with the JSON answer first, then `event: changed` with the new answer whenever a change of the "
+    "visible runs or pack runs commits (or the answer's freshness moves, checked at each 15 s heartbeat); "
+    "a comment line every 15 s; the stream ends at the token's `exp`. Open streams count against "
+    "JOBGATE_STREAMS_PER_TENANT and JOBGATE_STREAMS_PER_PROCESS (429 `too_many_streams`)."
+)
+
+
+def wants_stream(request: Request[Any, Any, Any]) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+async def stream_of(
+    request: Request[Any, Any, Any], caller: Caller, tenant_ids: list[int], read: Any
+) -> Any:
+    """The route's answer as an event stream: each ``read(session)`` in a session of its own."""
+    runtime = runtime_feed(request)
+
+    async def body() -> bytes:
+        async with read_session(runtime, "GET") as session:
+            return encode(await read(session))
+
+    def messages(keep: Any) -> Any:
+        return stream.snapshots(runtime.feed, tenant_ids, body, deadline_of(request), keep=keep)
+
+    return await open_stream(request, caller, messages, caller.tenant_id)
 
 
 def _thresholds(request: Request[Any, Any, Any]) -> Thresholds:
@@ -225,7 +258,8 @@ async def tenant_dashboard(
     "/admin/t/{tenant:int}/operations/progress",
     **protected("orch:read", cache="poll", problems=(304, 404)),
     summary="Tenant progress overlay: the visible active runs, fresh and stale",
-    description=f"`poll_interval` is `{POLL_INTERVAL}` while any visible run is active, else null.",
+    description=f"`poll_interval` is `{POLL_INTERVAL}` while any visible run is active, else null. "
+    + STREAM_FORM,
     tags=TAGS,
 )
 async def tenant_progress(
@@ -233,6 +267,17 @@ async def tenant_progress(
 ) -> TenantOperationProgressOverlay:
     seen = await service.visibility(caller, _runtime(request))
     seen.tenant(tenant)
+    if wants_stream(request):
+        return await stream_of(request, caller, [tenant], lambda db: _progress(request, db, seen, tenant))
+    return await _progress(request, session, seen, tenant)
+
+
+tenant_progress.opt["vary"] = ("Accept",)  # the JSON answer or its event stream
+
+
+async def _progress(
+    request: Request[Any, Any, Any], session: AsyncSession, seen: Any, tenant: int
+) -> TenantOperationProgressOverlay:
     stmt = (
         seen.select()
         .where(OperationRun.tenant_id == tenant, OperationRun.status.in_(("queued", "running")))
@@ -262,7 +307,7 @@ async def tenant_progress(
     summary="Canonical operations list of the workspace",
     description=f"The {CANONICAL_ITEMS} most recent visible runs (`created_at desc, id desc`). `activeTab` "
     "`active` or `completed` narrows by status (any other tab shows all); `problemClass` filters on "
-    "the derived problem class; a `tenant` outside the visible tenants is 404.",
+    "the derived problem class; a `tenant` outside the visible tenants is 404. " + STREAM_FORM,
     tags=TAGS,
 )
 async def canonical_list(
@@ -281,9 +326,30 @@ async def canonical_list(
     problem_class: ProblemClassFilter = None,
 ) -> OperationRunCollectionContract:
     seen = await service.visibility(caller, _runtime(request))
-    stmt = seen.select()
     if tenant is not None:
         seen.tenant(tenant)
+
+    async def read(db: AsyncSession) -> OperationRunCollectionContract:
+        return await _canonical(request, db, seen, tenant, active_tab, problem_class)
+
+    if wants_stream(request):
+        return await stream_of(request, caller, [tenant] if tenant is not None else list(seen.tenants), read)
+    return await read(session)
+
+
+canonical_list.opt["vary"] = ("Accept",)
+
+
+async def _canonical(
+    request: Request[Any, Any, Any],
+    session: AsyncSession,
+    seen: Any,
+    tenant: int | None,
+    active_tab: str | None,
+    problem_class: Any,
+) -> OperationRunCollectionContract:
+    stmt = seen.select()
+    if tenant is not None:
         stmt = stmt.where(OperationRun.tenant_id == tenant)
     if active_tab in ACTIVE_TABS:
         stmt = stmt.where(OperationRun.status.in_(ACTIVE_TABS[active_tab]))

@@ -22,7 +22,7 @@ PackRunStatusFilter = enum_query(PackRunStatus, "PackRunStatus", description="On
 
 @get(
     "/jobengine/pack-runs",
-    **protected("orch:read", problems=(304,)),
+    **protected("orch:read", problems=(304,), depends=("packrun", "job")),
     summary="List pack runs",
     description="Ordered by `createdAt desc, packRunId desc`.",
     tags=["pack-runs"],
@@ -49,7 +49,7 @@ async def list_pack_runs(
 
 @get(
     "/jobengine/pack-runs/{packRunId:str}",
-    **protected("orch:read", problems=(304, 404)),
+    **protected("orch:read", problems=(304, 404), depends=("packrun", "job", "operation")),
     summary="One pack run",
     description="A pack run of the tenant (and project) with its step counts, its `steps` in order (each "
     "step's job: `index` from 0, `jobType`, `jobId`, `status`, `attempts` made, `lastErrorCode` and the "

@@ -25,7 +25,7 @@ JobTypeFilter = Annotated[str | None, Parameter(query="jobType", max_length=128)
 
 @get(
     "/jobengine/quotas",
-    **protected("orch:quota", problems=(304,)),
+    **protected("orch:quota", problems=(304,), depends=("quota",)),
     summary="List quotas",
     description="Ordered by `jobType asc, quotaId asc`.",
     tags=["quotas"],
@@ -71,7 +71,7 @@ async def quota_summary(session: AsyncSession, caller: Caller) -> QuotaSummary:
 
 @get(
     "/jobengine/quotas/{quotaId:str}",
-    **protected("orch:quota", problems=(304, 404)),
+    **protected("orch:quota", problems=(304, 404), depends=("quota",)),
     summary="One quota",
     description="A quota of the tenant; another tenant's quota is 404. Its `ETag` is the one `If-Match` "
     "takes on PUT and DELETE.",

@@ -21,7 +21,7 @@ SourceId = Annotated[str, Parameter(max_length=64, description="The source's id"
 
 @get(
     "/jobengine/sources",
-    **protected("orch:read", problems=(304,)),
+    **protected("orch:read", problems=(304,), depends=("source",)),
     summary="List job sources",
     description="Ordered by `name asc, sourceId asc`.",
     tags=["sources"],
@@ -48,7 +48,7 @@ async def list_sources(
 
 @get(
     "/jobengine/sources/{sourceId:str}",
-    **protected("orch:read", problems=(304, 404)),
+    **protected("orch:read", problems=(304, 404), depends=("source",)),
     summary="One job source",
     description="A source of the tenant (and project) with its job counts; another tenant's or project's "
     "source is 404. Revalidate with `If-None-Match`.",

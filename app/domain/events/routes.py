@@ -1,0 +1,157 @@
+"""``GET /jobengine/events``: the caller's tenant's changes as they commit (text/event-stream)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from litestar import Request, get
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from app.core.caller import Caller
+from app.core.problems import Problem
+from app.domain.events import stream
+from app.http.routes import protected
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+EVENTS_DESCRIPTION = (
+    "Server-sent events of the caller's tenant (and project under `X-Stella-Project`): each change of an "
+    "object the caller may read, as it commits. `event: <kind>.changed`, `id: <tenant sequence>` (monotonic "
+    "per tenant), `data: {\"kind\", \"id\", \"version\", \"at\", \"projectId\"?}` (the ChangeEventData schema) — "
+    "never the object itself; "
+    "read it with the object's route. Kinds need the scope that reads them: `quota` orch:quota; `deadletter`, "
+    "`audit` and `worker` orch:operate; the rest orch:read. Changes of one object within "
+    f"{int(stream.COALESCE_SECONDS * 1000)} ms are sent once, as the latest. `Last-Event-ID` resumes after "
+    "that event with every change since, within the retention window (JOBGATE_FEED_RETENTION_SECONDS, at "
+    "least 10 minutes); an id older than that (or unknown) gets one `event: reset` (its id is the current "
+    "sequence: re-read what you show). A comment line every 15 s keeps the connection alive. The stream ends "
+    "at the token's `exp`, at shutdown (with a `retry:` hint), or when the reader stays behind: more than "
+    f"{stream.CAPACITY} changes waiting are read back from the database instead, coalesced, and a reader "
+    f"still behind after {stream.CATCH_UPS} such read-backs in a row is dropped (`retry: 100`; resume with "
+    "`Last-Event-ID`). Open streams are "
+    "limited per tenant (JOBGATE_STREAMS_PER_TENANT) and per process (JOBGATE_STREAMS_PER_PROCESS): 429 "
+    "`too_many_streams` with Retry-After. A DPoP-bound token needs its proof at connect time only."
+)
+
+TOO_MANY = (
+    "Tenant request budget spent (rate_limited), or too many open event streams (too_many_streams); see "
+    "Retry-After"
+)
+
+EventKinds = Annotated[
+    str | None,
+    Parameter(
+        query="kinds",
+        max_length=200,
+        pattern=r"^[a-z]+(,[a-z]+)*$",
+        description="Comma list of kinds: " + ", ".join(stream.KIND_SCOPES) + " (default: every kind the "
+        "caller's scopes may read). An unknown kind is 400.",
+    ),
+]
+LastEventId = Annotated[
+    str | None,
+    Parameter(header="Last-Event-ID", max_length=18, pattern=r"^[0-9]+$",
+              description="Resume after this event id (sent by EventSource on reconnection)."),
+]
+
+EVENT_STREAM = ResponseSpec(
+    data_container=str,
+    media_type="text/event-stream",
+    description="The event stream (text/event-stream).",
+    generate_examples=False,
+)
+
+
+class EventStream(ServerSentEvent):
+    """A server-sent event stream whatever media type its route declares: the lifecycle routes
+    answer JSON, or this when asked for ``text/event-stream`` (the route's type would win otherwise)."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["media_type"] = "text/event-stream"
+        return super().to_asgi_response(*args, **kwargs)
+
+
+def to_message(outgoing: stream.Outgoing) -> ServerSentEventMessage:
+    return ServerSentEventMessage(
+        data=outgoing.data, event=outgoing.event, id=outgoing.id, retry=outgoing.retry, comment=outgoing.comment
+    )
+
+
+def deadline_of(request: Request[Any, Any, Any]) -> float:
+    """The monotonic instant of the token's expiry: the stream ends there."""
+    exp = getattr(request.auth, "expires", None)
+    seconds = exp - time.time() if exp is not None else 3600.0
+    return time.monotonic() + max(0.0, seconds)
+
+
+def runtime_feed(request: Request[Any, Any, Any]) -> Any:
+    runtime = request.app.state.runtime
+    if runtime.feed is None:
+        raise Problem(503, "service_unavailable", "The change feed is not running in this process.",
+                      headers={"Retry-After": "5"})
+    return runtime
+
+
+def budget_of(request: Request[Any, Any, Any]) -> stream.StreamBudget:
+    state = request.app.state
+    budget = state.get("stream_budget")
+    if budget is None:
+        settings = state.runtime.settings
+        budget = stream.StreamBudget(state.runtime.store, settings.streams_per_tenant, settings.streams_per_process)
+        state["stream_budget"] = budget
+    return budget
+
+
+async def open_stream(
+    request: Request[Any, Any, Any], caller: Caller, messages: Any, tenant_id: int
+) -> ServerSentEvent:
+    """Take a slot of the stream budget (429 when none is left) and stream ``messages(keep)``."""
+    budget = budget_of(request)
+    stream_id = uuid.uuid4().hex
+    await budget.take(tenant_id, stream_id)
+
+    async def keep() -> bool:
+        return await budget.renew(tenant_id, stream_id)
+
+    async def body() -> AsyncIterator[ServerSentEventMessage]:
+        try:
+            async for outgoing in messages(keep):
+                yield to_message(outgoing)
+        finally:
+            await budget.give_back(tenant_id, stream_id)
+
+    return EventStream(body(), headers=SSE_HEADERS)
+
+
+@get(
+    "/jobengine/events",
+    **protected("orch:read", cache="none", s429=TOO_MANY),
+    summary="The tenant's changes, as server-sent events",
+    description=EVENTS_DESCRIPTION,
+    tags=["events"],
+    media_type="text/event-stream",
+    response_description="The event stream",
+)
+async def events(
+    request: Request[Any, Any, Any], caller: Caller, kinds: EventKinds = None, last_event_id: LastEventId = None
+) -> ServerSentEvent:
+    runtime = runtime_feed(request)
+    wanted = stream.parse_kinds(kinds, caller)
+    after = stream.parse_last_event_id(last_event_id)
+    deadline = deadline_of(request)
+
+    def messages(keep: Any) -> AsyncIterator[stream.Outgoing]:
+        return stream.change_events(runtime.feed, runtime.sessions, caller, wanted, after, deadline, keep=keep)
+
+    return await open_stream(request, caller, messages, caller.tenant_id)
+
+
+events.responses[200] = EVENT_STREAM  # type: ignore[index]
+events.opt["stream"] = True
+
+ROUTES = [events]

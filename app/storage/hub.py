@@ -1,0 +1,343 @@
+"""The change feed inside one gateway process: its copy of the tenants' versions, and subscriptions.
+
+PostgreSQL: the triggers of migration 0011 notify channel ``jobgate_feed`` with
+``<tenant>:<sequence>`` at commit. The hub listens on a connection of its own (outside every
+pool), marks the tenant *pending*, and reads the tenant's events after the sequence it knows
+(``feed_events``, keyed by the tenant's sequence, which commits in order): nothing a notification
+announced is lost, even when notifications collapse or arrive late, and after a lost connection
+the hub reloads every version and reads what its subscribers missed. The embedded default
+(SQLite, one process) reads new events by rowid after every commit of the process's engine (and
+once a second, for the commands that write the same file).
+
+The copy answers :meth:`FeedHub.versions` only while it is current: the listening connection is
+up (checked every second) and no notification of the tenant waits to be read; otherwise None, and
+a caller falls back to the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import asyncpg
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.storage import feed
+from app.storage.feed import CHANNEL, SEQUENCE, Change
+
+log = logging.getLogger("jobgate.feed")
+
+FETCH_LIMIT = 5000
+LIVENESS_SECONDS = 1.0
+PURGE_EVERY_SECONDS = 60.0
+PURGE_BATCH = 10_000
+
+_EVENTS_AFTER = (
+    "SELECT tenant_id, seq, kind, object_id, project_id, at FROM feed_events "
+    "WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+)
+
+
+class Subscription:
+    """A bounded queue of one stream's changes. Beyond ``capacity`` changes the queue is emptied and
+    marked :attr:`dropped`: the stream reads what it missed from the database (or ends), so a burst
+    or a slow reader never makes the process hold more than ``capacity`` changes for it."""
+
+    __slots__ = ("tenant_ids", "accept", "capacity", "queue", "wake", "dropped", "closed")
+
+    def __init__(self, tenant_ids: frozenset[int], accept: Callable[[Change], bool], capacity: int) -> None:
+        self.tenant_ids = tenant_ids
+        self.accept = accept
+        self.capacity = capacity
+        self.queue: deque[Change] = deque()
+        self.wake = asyncio.Event()
+        self.dropped = False
+        self.closed = False
+
+    def offer(self, change: Change) -> None:
+        if self.dropped or not self.accept(change):
+            return
+        if len(self.queue) >= self.capacity:
+            self.dropped = True
+            self.queue.clear()
+        else:
+            self.queue.append(change)
+        self.wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    def resume(self) -> None:
+        """Take changes again after a drop (the stream read what it missed from the database)."""
+        self.dropped = False
+        self.queue.clear()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until a change, a drop or a close (True) or ``timeout`` seconds (False)."""
+        if self.queue or self.dropped or self.closed:
+            return True
+        self.wake.clear()
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout)
+        except TimeoutError:
+            return bool(self.queue or self.dropped or self.closed)
+        return True
+
+    def take(self) -> list[Change]:
+        changes = list(self.queue)
+        self.queue.clear()
+        return changes
+
+
+class FeedHub:
+    def __init__(self, engine: AsyncEngine, database_url: str, *, retention_seconds: int, sqlite: bool) -> None:
+        self.engine = engine
+        self.retention_seconds = retention_seconds
+        self.sqlite = sqlite
+        self._dsn = None if sqlite else make_url(database_url).set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        self._versions: dict[int, dict[str, int]] = {}
+        self._pending: set[int] = set()
+        self._subscribers: dict[int, set[Subscription]] = {}
+        self._current = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._connection: asyncpg.Connection | None = None
+        self._last_rowid = 0
+        self._last_purge = 0.0
+        self._stopping = False
+        self._commit_listener: Callable[..., None] | None = None
+
+    # -- what the gateway asks ---------------------------------------------------------------
+
+    @property
+    def current(self) -> bool:
+        return self._current
+
+    def versions(self, tenant_id: int, kinds: Iterable[str]) -> tuple[int, ...] | None:
+        """The tenant's versions of ``kinds`` as this process knows them, or None while the copy
+        may be behind (feed down, or a notification of the tenant not yet read)."""
+        if not self._current or tenant_id in self._pending:
+            return None
+        known = self._versions.get(tenant_id, {})
+        return tuple(known.get(kind, 0) for kind in kinds)
+
+    def sequence(self, tenant_id: int) -> int:
+        return self._versions.get(tenant_id, {}).get(SEQUENCE, 0)
+
+    def subscribe(
+        self, tenant_ids: Iterable[int], accept: Callable[[Change], bool], capacity: int = 1000
+    ) -> Subscription:
+        subscription = Subscription(frozenset(tenant_ids), accept, capacity)
+        for tenant_id in subscription.tenant_ids:
+            self._subscribers.setdefault(tenant_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        for tenant_id in subscription.tenant_ids:
+            subscribers = self._subscribers.get(tenant_id)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscribers[tenant_id]
+
+    @property
+    def subscriptions(self) -> int:
+        return len({s for subs in self._subscribers.values() for s in subs})
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping = False
+        if self.sqlite:
+            loop = asyncio.get_running_loop()
+
+            def committed(_connection: Any) -> None:
+                loop.call_soon_threadsafe(self._wake.set)
+
+            self._commit_listener = committed
+            event.listen(self.engine.sync_engine, "commit", committed)
+            async with self.engine.connect() as connection:
+                self._versions = await feed.all_versions(connection)
+                self._last_rowid = int(
+                    (await connection.execute(text("SELECT coalesce(max(rowid), 0) FROM feed_events"))).scalar_one()
+                )
+            self._current = True
+            self._tasks = [asyncio.create_task(self._poll_sqlite(), name="jobgate-feed")]
+        else:
+            self._tasks = [asyncio.create_task(self._listen(), name="jobgate-feed")]
+
+    def end_streams(self) -> None:
+        """Close every subscription (their streams end with a retry hint); the process is stopping."""
+        for subscriptions in list(self._subscribers.values()):
+            for subscription in list(subscriptions):
+                subscription.close()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._current = False
+        self.end_streams()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._commit_listener is not None:
+            event.remove(self.engine.sync_engine, "commit", self._commit_listener)
+            self._commit_listener = None
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None
+
+    # -- PostgreSQL ---------------------------------------------------------------------------
+
+    def _notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        tenant, _, seq = payload.partition(":")
+        try:
+            tenant_id, sequence = int(tenant), int(seq)
+        except ValueError:
+            return
+        if sequence > self.sequence(tenant_id):
+            self._pending.add(tenant_id)
+            self._wake.set()
+
+    async def _listen(self) -> None:
+        backoff = 0.2
+        while not self._stopping:
+            try:
+                self._connection = await asyncpg.connect(self._dsn, timeout=5, server_settings={
+                    "application_name": "jobgate-feed"})
+                await self._connection.add_listener(CHANNEL, self._notified)
+                await self._reload()
+                backoff = 0.2
+                await self._serve_pg()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: fall back to the database, reconnect
+                log.warning("change feed disconnected (%s); reconnecting", type(exc).__name__)
+            self._current = False
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    self._connection.terminate()
+                self._connection = None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _reload(self) -> None:
+        """Every version from the database, and what the subscribers missed while disconnected."""
+        assert self._connection is not None
+        rows = await self._connection.fetch("SELECT tenant_id, kind, version FROM feed_versions")
+        fresh: dict[int, dict[str, int]] = {}
+        for tenant_id, kind, version in rows:
+            fresh.setdefault(tenant_id, {})[kind] = version
+        behind = [t for t in self._subscribers if fresh.get(t, {}).get(SEQUENCE, 0) > self.sequence(t)]
+        self._pending.update(behind)
+        for tenant_id, versions in fresh.items():
+            if tenant_id not in self._pending:
+                self._versions[tenant_id] = versions
+        await self._drain_pg()
+        self._current = True
+
+    async def _serve_pg(self) -> None:
+        connection = self._connection
+        assert connection is not None
+        next_check = time.monotonic() + LIVENESS_SECONDS
+        while not self._stopping:
+            timeout = max(0.0, next_check - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            await self._drain_pg()
+            if time.monotonic() >= next_check:
+                # a dead listening connection notifies nothing: prove it alive, or fall back
+                await asyncio.wait_for(connection.fetchval("SELECT 1"), LIVENESS_SECONDS)
+                next_check = time.monotonic() + LIVENESS_SECONDS
+                await self._purge()
+
+    async def _drain_pg(self) -> None:
+        connection = self._connection
+        assert connection is not None
+        while self._pending:
+            tenant_id = next(iter(self._pending))
+            rows = await connection.fetch(_EVENTS_AFTER, tenant_id, self.sequence(tenant_id), FETCH_LIMIT)
+            self._apply([Change(*row) for row in rows])
+            if len(rows) < FETCH_LIMIT:
+                self._pending.discard(tenant_id)
+
+    # -- SQLite --------------------------------------------------------------------------------
+
+    async def _poll_sqlite(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+            try:
+                async with self.engine.connect() as connection:
+                    while True:
+                        rows = (
+                            await connection.execute(
+                                text("SELECT rowid, tenant_id, seq, kind, object_id, project_id, at FROM feed_events "
+                                     "WHERE rowid > :after ORDER BY rowid LIMIT :limit"),
+                                {"after": self._last_rowid, "limit": FETCH_LIMIT},
+                            )
+                        ).all()
+                        if rows:
+                            self._last_rowid = rows[-1][0]
+                            self._apply([Change(*row[1:]) for row in rows])
+                        if len(rows) < FETCH_LIMIT:
+                            break
+                    await self._purge(connection)
+                self._current = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self._current = False
+                log.warning("change feed could not read (%s)", type(exc).__name__)
+                await asyncio.sleep(0.5)
+
+    # -- both ----------------------------------------------------------------------------------
+
+    def _apply(self, changes: list[Change]) -> None:
+        for change in changes:
+            versions = self._versions.setdefault(change.tenant_id, {})
+            if change.seq <= versions.get(SEQUENCE, 0):
+                continue  # already seen
+            versions[SEQUENCE] = change.seq
+            versions[change.kind] = change.seq
+            for subscription in tuple(self._subscribers.get(change.tenant_id, ())):
+                subscription.offer(change)
+
+    async def _purge(self, connection: Any = None) -> None:
+        now = time.time()
+        if now - self._last_purge < PURGE_EVERY_SECONDS:
+            return
+        self._last_purge = now
+        before = int((now - self.retention_seconds) * 1000)
+        try:
+            if connection is not None:  # SQLite
+                await connection.execute(
+                    text("DELETE FROM feed_events WHERE rowid IN (SELECT rowid FROM feed_events WHERE at < :before "
+                         "LIMIT :batch)"),
+                    {"before": before, "batch": PURGE_BATCH},
+                )
+                await connection.commit()
+            else:
+                async with self.engine.begin() as conn:
+                    await conn.execute(
+                        text("DELETE FROM feed_events WHERE ctid = ANY (ARRAY(SELECT ctid FROM feed_events "
+                             "WHERE at < :before LIMIT :batch))"),
+                        {"before": before, "batch": PURGE_BATCH},
+                    )
+        except Exception as exc:  # noqa: BLE001 - the next purge tries again
+            log.warning("change feed purge failed (%s)", type(exc).__name__)
