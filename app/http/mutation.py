@@ -20,7 +20,7 @@ from app.core.caller import Caller
 from app.core.problems import Problem
 from app.http.caching import encode, etag_of_body
 from app.security.audit import AUDITED_KEY, DRY_RUN_KEY
-from app.storage.audit import audit_values, record
+from app.storage.audit import audit_values, write_audit
 from app.storage.db import run_last_steps
 from app.storage.feed import announce
 from app.storage.idempotency import complete_in
@@ -54,16 +54,7 @@ class Mutation:
         body, response_headers = _encoded(content, headers)
         scope = self._request.scope
         try:
-            await record(
-                self.session,
-                self.caller,
-                action=self._request.route_handler.opt["action"],
-                method=scope["method"],
-                route=scope.get("path_template") or scope["path"],
-                target=target,
-                status=status,
-                dry_run=self.dry_run,
-            )
+            await write_audit(self.session, self.audit_values(target, status))
             await complete_in(self.session, self.caller, status, response_headers, body)
             await run_last_steps(self.session)
             await self.session.commit()

@@ -52,7 +52,7 @@ def audit_row(caller: Caller, **fields: Any) -> AuditRecord:
 INSERT_AUDIT = insert(AuditRecord.__table__)  # Core: a row written once and never read back
 
 
-async def record(session: AsyncSession, caller: Caller, **fields: Any) -> None:
-    """Write the audit row in ``session``'s transaction: it commits with the change it
-    describes, or not at all."""
-    await session.execute(INSERT_AUDIT, audit_values(caller, **fields))
+async def write_audit(session: AsyncSession, values: dict[str, Any]) -> None:
+    """Write the audit row of ``values`` (:func:`audit_values`) in ``session``'s transaction: it
+    commits with the change it describes, or not at all."""
+    await session.execute(INSERT_AUDIT, values)

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import text
 
 import app.http.mutation as mutation_module
-from app.storage.audit import INSERT_AUDIT, audit_values
+from app.storage.audit import INSERT_AUDIT
 from tests.envelope import audit_rows, source_ids, tenant_id
 
 SOURCES = "/jobengine/sources"
@@ -277,15 +277,15 @@ async def test_failing_audit_insert_rolls_the_change_back_and_answers_a_problem(
 ):
     tenant = await factory.tenant()
 
-    async def broken_record(session, caller, **fields):  # type: ignore[no-untyped-def]
-        row = audit_values(caller, **fields)
+    async def broken_write(session, values):  # type: ignore[no-untyped-def]
+        row = dict(values)
         if violation == "foreign-key":
             row["tenant_id"] = -1  # no such tenant: the INSERT violates the foreign key
         else:
             row["route"] = "/" * 300  # longer than the column: the INSERT is refused
         await session.execute(INSERT_AUDIT, row)
 
-    monkeypatch.setattr(mutation_module, "record", broken_record)
+    monkeypatch.setattr(mutation_module, "write_audit", broken_write)
     response = await client.post(
         SOURCES, json={**NEW_SOURCE, "sourceId": "must-not-exist"}, headers=factory.headers(tenant)
     )

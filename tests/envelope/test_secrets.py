@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import app.http.mutation as mutation_module
 from app.sanitize import _PATTERNS, SanitizingFilter, sanitize
-from app.storage.audit import audit_row
+from app.storage.models import AuditRecord
 from tests.conftest import make_app, serving
 from tests.envelope import audit_rows
 
@@ -183,8 +183,8 @@ async def test_database_error_quoting_secrets_is_logged_without_them_and_without
 ):
     tenant = await factory.tenant()
 
-    def failing_record(session, caller, **fields):  # type: ignore[no-untyped-def]
-        row = audit_row(caller, **fields)
+    async def failing_write(session, values):  # type: ignore[no-untyped-def]
+        row = AuditRecord(**values)
         row.reason = f"moved off {DSN} for {EMAIL}"  # quoted among the parameters of the failing INSERT
         if violation == "foreign-key":
             row.tenant_id = -1
@@ -192,7 +192,7 @@ async def test_database_error_quoting_secrets_is_logged_without_them_and_without
             row.route = f"/{DSN}/{EMAIL}/" + "x" * 300  # too long for its column
         session.add(row)
 
-    monkeypatch.setattr(mutation_module, "record", failing_record)
+    monkeypatch.setattr(mutation_module, "write_audit", failing_write)
     response = await client.post(
         SOURCES, json={"name": "feed", "sourceType": "scanner"}, headers=factory.headers(tenant)
     )
