@@ -174,17 +174,26 @@ async def cancel(session: AsyncSession, owner: str | None, job: JobContext, now:
 
 
 async def release(session: AsyncSession, worker_id: str, jobs: list[JobContext], now: datetime | None = None) -> int:
-    """Give leases back (shutdown): pending again, the attempt not consumed, no start counted."""
+    """Give leases back (shutdown): pending again, the attempt not consumed, no start counted. A job
+    whose cancel was requested is not given back: it ends ``canceled`` (given back, no worker would
+    claim it and no cancel would end it)."""
     now = now or datetime.now(UTC)
     released = 0
+    kept: list[JobContext] = []
     for job in jobs:
         result = await session.execute(
-            _guarded(job, worker_id).values(
+            _guarded(job, worker_id, RUNNING).values(
                 status="pending", attempt=Job.attempt - 1, started_at=None, **_lease_cleared(now)
             )
         )
-        released += result.rowcount or 0
+        if result.rowcount:
+            released += result.rowcount
+        else:
+            kept.append(job)
     await session.commit()
+    for job in kept:  # cancel_requested (or no longer this worker's: then nothing happens)
+        if await cancel(session, worker_id, job, now):
+            released += 1
     return released
 
 

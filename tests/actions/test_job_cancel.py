@@ -15,7 +15,7 @@ from app.engine import outcomes
 from app.engine.dispatcher import claim
 from app.engine.reconciler import CANCEL_GRACE_SECONDS, force_overdue_job_cancels
 from app.storage.models import Job, PackRun, Tenant
-from tests.actions.test_replay import assert_problem
+from tests.actions.test_replay import assert_problem, dead_letters
 from tests.engine.rows import audit_rows, snapshot, tenant_id
 
 WORKER = "test-worker"
@@ -109,6 +109,52 @@ async def test_cancel_of_a_running_job_asks_its_worker_to_stop_and_it_ends_cance
     assert (row.status, row.lease_owner, row.finished_at is not None) == ("canceled", None, True)
     assert [a.result_status for a in await audit_rows(runtime, tenant, "job.cancel")] == [202, 202]
     assert_problem(await client.post(cancel_path(job["jobId"]), headers=factory.headers(tenant)), 409, "job_not_active")
+
+
+async def test_a_worker_stopping_after_a_cancel_request_ends_the_job_canceled_not_pending(
+    client, factory, runtime, source
+):
+    """A worker that shuts down gives its jobs back (pending again), but not one whose cancel was
+    requested: given back, no worker would claim it and no cancel would end it."""
+    tenant, source_id = source
+    asked = await submit(client, factory, tenant, source_id)
+    other = await submit(client, factory, tenant, source_id)
+    running = [await take(runtime, tenant), await take(runtime, tenant)]
+    response = await client.post(cancel_path(asked["jobId"]), headers=factory.headers(tenant))
+    assert response.status_code == 202, response.text
+    async with runtime.sessions() as session:
+        assert await outcomes.release(session, WORKER, running) == 2
+    ended = await stored(runtime, tenant, asked["jobId"])
+    given_back = await stored(runtime, tenant, other["jobId"])
+    assert (ended.status, ended.lease_owner, ended.finished_at is not None) == ("canceled", None, True)
+    assert (given_back.status, given_back.lease_owner, given_back.cancel_requested) == ("pending", None, False)
+
+
+async def test_canceling_a_replay_job_returns_its_entry_to_pending(client, factory, runtime, backend):
+    """A canceled replay did not happen: its entry is pending again, to be replayed or discarded
+    (whichever path canceled the job: here the route, and a worker's heartbeat)."""
+    tenant = await factory.tenant()
+    entries = await dead_letters(runtime, tenant, 2, error_code="E_CANCELED_REPLAY")
+    replays = []
+    for entry in entries:
+        replayed = await client.post(f"/jobengine/deadletter/{entry.entry_id}/replay", headers=factory.headers(tenant))
+        assert replayed.status_code == 202, replayed.text
+        replays.append(replayed.json()["jobId"])
+    # the first: canceled while it waits
+    assert (await client.post(cancel_path(replays[0]), headers=factory.headers(tenant))).status_code == 200
+    # the second: running, canceled at its worker's heartbeat
+    running = await take(runtime, tenant, job_type=entries[1].job_type)
+    assert running.job_id == replays[1]
+    assert (await client.post(cancel_path(replays[1]), headers=factory.headers(tenant))).status_code == 202
+    async with runtime.sessions() as session:
+        assert await outcomes.cancel(session, WORKER, running)
+    for entry in entries:
+        read = await client.get(f"/jobengine/deadletter/{entry.entry_id}", headers=factory.headers(tenant))
+        assert read.json()["status"] == "pending", read.text
+        discarded = await client.post(f"/jobengine/deadletter/{entry.entry_id}/discard", headers=factory.headers(tenant))
+        assert (discarded.status_code, discarded.json()["status"]) == (200, "discarded"), discarded.text
+    stats = (await client.get("/jobengine/deadletter/stats", headers=factory.headers(tenant))).json()
+    assert stats["byStatus"]["replaying"] == 0 and stats["byStatus"]["discarded"] == 2
 
 
 async def test_cancel_of_a_leased_job_ends_it_when_its_worker_would_start_it(client, factory, runtime, source):

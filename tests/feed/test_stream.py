@@ -191,3 +191,15 @@ async def test_the_process_copy_of_the_versions_follows_every_commit(client, fac
     after = runtime.feed.versions(rows.tenant_id, ("source", "quota"))
     assert after is not None and before is not None
     assert after[0] > before[0] and after[1] == before[1]
+
+
+def test_under_a_project_only_what_that_projects_reads_show_is_streamed():
+    # Change(tenant, seq, kind, object id, project, at)
+    accepts = stream.accepting(ALL, "billing")
+    assert accepts(Change(1, 1, "job", "a", "billing", 0))
+    assert not accepts(Change(1, 2, "job", "b", "other", 0))
+    # an object without a project is 404 to a project's reads, so its changes are not announced
+    for kind in ("job", "source", "deadletter", "packrun", "operation", "audit"):
+        assert not accepts(Change(1, 3, kind, "c", None, 0)), kind
+    assert accepts(Change(1, 4, "quota", "q", None, 0))  # quotas belong to the tenant, not a project
+    assert stream.accepting(ALL, None)(Change(1, 5, "job", "d", None, 0))

@@ -107,11 +107,16 @@ def message(change: Change) -> Outgoing:
     return Outgoing(event=f"{change.kind}.changed", id=str(change.seq), data=msgspec.json.encode(data).decode())
 
 
+# Kinds whose objects belong to no project: a project's caller reads them all (quotas are the tenant's).
+TENANT_WIDE = frozenset({"quota"})
+
+
 def accepting(kinds: frozenset[str], project: str | None) -> Callable[[Change], bool]:
-    """Changes of these kinds, and under a project only that project's (and project-less) objects."""
+    """Changes of these kinds, and under a project only what that project's reads show: its own
+    objects, and the objects of the kinds that belong to no project."""
     if project is None:
         return lambda change: change.kind in kinds
-    return lambda change: change.kind in kinds and change.project_id in (None, project)
+    return lambda change: change.kind in kinds and (change.project_id == project or change.kind in TENANT_WIDE)
 
 
 class StreamBudget:
