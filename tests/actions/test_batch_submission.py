@@ -175,7 +175,7 @@ async def test_batch_needs_the_submit_scope(client, factory, runtime):
 
 async def test_concurrent_batches_on_one_source_count_every_job(client, factory, runtime):
     tenant = await factory.tenant()
-    source = await factory.source(client, tenant, sourceId="shared")
+    source = await factory.source(client, tenant, sourceId="common")
     spare = await factory.source(client, tenant, sourceId="spare")
     headers = _submitter(factory, tenant)
 
@@ -190,4 +190,4 @@ async def test_concurrent_batches_on_one_source_count_every_job(client, factory,
     stored = await _jobs(runtime, tenant)
     assert len(stored) == 320
     assert {r["jobId"] for a in answers for r in a.json()["results"]} == set(stored)
-    assert await _submitted(runtime, tenant, "shared") == await _submitted(runtime, tenant, "spare") == 160
+    assert await _submitted(runtime, tenant, "common") == await _submitted(runtime, tenant, "spare") == 160
