@@ -1,7 +1,8 @@
 """Outcomes written in batches, and jobs given back keeping their place in the queue.
 
 The worker runs in this process (``Worker`` on the test database), so that a test can stop it
-exactly between a job's end and the write of its batch, as a killed process would be.
+exactly between a job's end and the write of its batch, as a killed process would be. Every test
+runs on both backends (PostgreSQL writes a batch with ``unnest`` arrays, SQLite row by row).
 """
 
 from __future__ import annotations
@@ -10,24 +11,36 @@ import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.engine import dispatcher, outcomes
 from app.engine.config import WorkerConfig
+from app.engine.handlers import JobFailure
 from app.engine.worker import Worker
-from app.storage.models import Job
+from app.storage import aggregates
+from app.storage.job_counts import by_type_and_status
+from app.storage.models import Job, Source
+from tests.api.conftest import app, backend, client, pytest_generate_tests, runtime  # noqa: F401 - both backends
 from tests.engine.conftest import eventually
-from tests.engine.support import job, jobs_of, submit, tenant_id
+from tests.engine.support import entries_of, job, jobs_of, submit, tenant_id
 
 CONFIG = WorkerConfig(poll_seconds=0.05, lease_seconds=30, heartbeat_seconds=5)
 
 
 def _worker(runtime, tenant_ids, runs, worker_id, **config):
-    async def record(context):  # the handler: note the run, succeed at once
+    async def record(context):  # the handlers: note the run, then succeed, fail (retryable) or fail for good
         runs.append(context.job_id)
 
-    worker = Worker(runtime, replace(CONFIG, **config), {"test.quick": record}, worker_id=worker_id,
-                    concurrency=8, steps=[])
+    async def flaky(context):
+        runs.append(context.job_id)
+        raise JobFailure("upstream.timeout", "transient", f"Timed out on attempt {context.attempt}")
+
+    async def broken(context):
+        runs.append(context.job_id)
+        raise JobFailure("payload.invalid", "validation", "Field 'image' is missing", retryable=False)
+
+    handlers = {"test.quick": record, "test.flaky": flaky, "test.broken": broken}
+    worker = Worker(runtime, replace(CONFIG, **config), handlers, worker_id=worker_id, concurrency=8, steps=[])
     return worker, tenant_ids
 
 
@@ -36,32 +49,41 @@ async def test_a_worker_killed_before_its_batch_is_written_reruns_only_those_job
     source = await factory.source(client, tenant)
     tids = (await tenant_id(runtime, tenant),)
     runs: list[str] = []
-    first, _ = _worker(runtime, tids, runs, "w-killed")
-    written = [(await submit(client, factory, tenant, source["sourceId"], "test.quick"))["jobId"] for _ in range(2)]
-    writer = asyncio.create_task(first._success_loop())
-    await first.claim_once(8, tids)
+    # A retry is due a minute later at the earliest: no worker of this test runs it again.
+    first, _ = _worker(runtime, tids, runs, "w-killed", backoff_base_seconds=120)
+    kinds = ("test.quick", "test.flaky", "test.broken")
+
+    async def submitted():  # a success, a retry and a dead-letter
+        return [(await submit(client, factory, tenant, source["sourceId"], kind))["jobId"] for kind in kinds]
 
     async def statuses(ids):
-        return {j.job_id: j.status for j in await jobs_of(runtime, tenant) if j.job_id in ids}
+        return [j.status for i in ids for j in await jobs_of(runtime, tenant) if j.job_id == i]
 
-    await eventually(lambda: _all(statuses(written), "succeeded"))
-    # The process dies with two outcomes waiting for their batch: the writer never runs again.
-    writer.cancel()
-    lost = [(await submit(client, factory, tenant, source["sourceId"], "test.quick"))["jobId"] for _ in range(2)]
+    async def reached(ids, expected):
+        return await statuses(ids) == expected
+
+    ended = ["succeeded", "scheduled", "failed"]
+    written = await submitted()
+    writer = asyncio.create_task(first._outcome_loop())
     await first.claim_once(8, tids)
-    await eventually(lambda: _true(len(first._successes) == 2))
+    await eventually(lambda: reached(written, ended))
+    # The process dies with three outcomes waiting for their batch: the writer never runs again.
+    writer.cancel()
+    lost = await submitted()
+    await first.claim_once(8, tids)
+    await eventually(lambda: _true(len(first._ends) == 3))
     for execution in list(first.executions):
         execution.cancel()
-    assert set((await statuses(lost)).values()) == {"running"}
+    assert await statuses(lost) == ["running"] * 3
 
     # Their leases expire; another worker runs them again; the written ones never run again.
     await outcomes.expire_leases(runtime, datetime.now(UTC) + timedelta(seconds=60))
-    assert set((await statuses(lost)).values()) == {"pending"}
-    second, _ = _worker(runtime, tids, runs, "w-second")
-    writer = asyncio.create_task(second._success_loop())
+    assert await statuses(lost) == ["pending"] * 3
+    second, _ = _worker(runtime, tids, runs, "w-second", backoff_base_seconds=120)
+    writer = asyncio.create_task(second._outcome_loop())
     try:
         await second.claim_once(8, tids)
-        await eventually(lambda: _all(statuses(lost), "succeeded"))
+        await eventually(lambda: reached(lost, ended))
     finally:
         writer.cancel()
     assert sorted(runs) == sorted(written + lost + lost)
@@ -69,6 +91,11 @@ async def test_a_worker_killed_before_its_batch_is_written_reruns_only_those_job
         assert (await job(runtime, tenant, job_id)).attempt == 1
     for job_id in lost:
         assert (await job(runtime, tenant, job_id)).attempt == 2
+    # One dead-letter entry per dead-lettered job, with the attempt that wrote it; counted once.
+    entries = {e.job_id: e.attempts for e in await entries_of(runtime, tenant)}
+    assert entries == {written[2]: 1, lost[2]: 2}
+    assert await _jobs_failed(runtime, tids[0], source["sourceId"]) == 2
+    assert await aggregates.check(runtime.engine, tids[0]) == []
 
 
 async def test_a_batch_writes_nothing_for_a_job_whose_lease_was_taken_over(client, factory, runtime):
@@ -79,7 +106,7 @@ async def test_a_batch_writes_nothing_for_a_job_whose_lease_was_taken_over(clien
     worker, _ = _worker(runtime, tids, runs, "w-slow")
     kept, taken = [(await submit(client, factory, tenant, source["sourceId"], "test.quick"))["jobId"] for _ in range(2)]
     await worker.claim_once(8, tids)
-    await eventually(lambda: _true(len(worker._successes) == 2))
+    await eventually(lambda: _true(len(worker._ends) == 2))
     # Before the batch is written, the lease of one job runs out and another worker claims it.
     async with runtime.sessions.begin() as session:
         await session.execute(
@@ -91,7 +118,7 @@ async def test_a_batch_writes_nothing_for_a_job_whose_lease_was_taken_over(clien
         [claimed] = await dispatcher.claim(session, worker_id="w-other", job_types=["test.quick"], limit=8,
                                            lease_seconds=30, now=datetime.now(UTC), tenants=tids)
     assert claimed.job_id == taken
-    writer = asyncio.create_task(worker._success_loop())
+    writer = asyncio.create_task(worker._outcome_loop())
     try:
         await eventually(lambda: _true(not worker.executions))
     finally:
@@ -130,3 +157,12 @@ async def _all(statuses, status):
 
 async def _true(value):
     return value
+
+
+async def _jobs_failed(runtime, tenant, source_id):
+    async with runtime.sessions() as session:
+        return (
+            await session.execute(
+                select(Source.jobs_failed).where(Source.tenant_id == tenant, Source.source_id == source_id)
+            )
+        ).scalar_one()
