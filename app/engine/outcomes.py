@@ -1,7 +1,9 @@
 """The end of an attempt: each transition is one guarded statement on the job row
 (``WHERE lease_owner = :worker AND status IN (…)``), so a worker that lost its lease changes
 nothing, plus the follow-ups in the same transaction (dead-letter entry, source counter, the
-replayed entry, the pack run).
+replayed entry, the pack run). The worker writes the ends of most jobs in batches
+(:func:`end_many`: the same transitions and guards, one statement for many jobs); pack steps and
+replay jobs end one at a time.
 
 - success → ``succeeded``; a replay job sets its entry ``replayed``;
 - a retryable failure with attempts left → ``scheduled`` after an exponential backoff with jitter;
@@ -26,9 +28,8 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import (
-    ARRAY, BigInteger, DateTime, String, Text, and_, bindparam, case, column, func, insert, literal, select, tuple_, update,
-)
+from sqlalchemy import ARRAY, BigInteger, DateTime, String, Text, and_, bindparam, case, column, func, insert, literal
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
@@ -215,7 +216,9 @@ async def fail(
     status, run_after, error = _failure_end(job, failure, now, backoff_base, backoff_max)
     if status == "scheduled":
         result = await session.execute(
-            _guarded(job, owner, RUNNING).values(status="scheduled", run_after=run_after, **_lease_cleared(now), **error)
+            _guarded(job, owner, RUNNING).values(
+                status="scheduled", run_after=run_after, **_lease_cleared(now), **error
+            )
         )
         if not result.rowcount:
             return await _canceled_instead(session, job, owner, now, error)
@@ -363,9 +366,8 @@ def _unnested(name: str, columns: dict[str, Any]) -> Any:
 
 def _one_row(name: str, columns: dict[str, Any]) -> Any:
     """SQLite: one given row as parameters (the statement runs once per row)."""
-    return SimpleNamespace(
-        **{c: bindparam(f"{name}_{c}", type_=UTCDateTime() if isinstance(kind, DateTime) else kind) for c, kind in columns.items()}
-    )
+    types = {c: UTCDateTime() if isinstance(kind, DateTime) else kind for c, kind in columns.items()}
+    return SimpleNamespace(**{c: bindparam(f"{name}_{c}", type_=kind) for c, kind in types.items()})
 
 
 def _end_statement(given: Any) -> Any:
@@ -420,7 +422,9 @@ _ENTRIES_MANY = _entries_statement(_unnested("entries", _ENTRIES))
 _ENTRIES_ONE = _entries_statement(_one_row("entries", _ENTRIES))
 
 
-async def _given(session: AsyncSession, many: Any, one: Any, name: str, rows: list[dict[str, Any]], **params: Any) -> list[Any]:
+async def _given(
+    session: AsyncSession, many: Any, one: Any, name: str, rows: list[dict[str, Any]], **params: Any
+) -> list[Any]:
     """Run a statement over the given rows: once with arrays on PostgreSQL, once per row on SQLite."""
     if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
         arrays = {f"{name}_{c}": [row[c] for row in rows] for c in rows[0]}
@@ -452,7 +456,8 @@ async def end_many(
     given: list[dict[str, Any]] = []
     entries: dict[tuple[int, str], dict[str, Any]] = {}
     categories: dict[tuple[int, str], str] = {}
-    for end in ends:
+    # In key order: the order the rows are locked in, as the heartbeat's index scan locks them.
+    for end in sorted(ends, key=lambda e: (e.job.tenant_id, e.job.job_id)):
         key = (end.job.tenant_id, end.job.job_id)
         row = {"tenant_id": key[0], "job_id": key[1], "status": end.outcome, "run_after": None,
                "code": None, "category": None, "message": None}  # fmt: skip
@@ -460,7 +465,8 @@ async def end_many(
             row["status"] = "canceled"
         elif end.failure is not None:
             status, run_after, error = _failure_end(end.job, end.failure, now, backoff_base, backoff_max)
-            code, category, message = error["last_error_code"], error["last_error_category"], error["last_error_message"]
+            code, category = error["last_error_code"], error["last_error_category"]
+            message = error["last_error_message"]
             row.update(status=status, run_after=run_after, code=code, category=category, message=message)
             if status == "failed":
                 template = error_template(message)
@@ -473,7 +479,8 @@ async def end_many(
     ended = await _given(session, _END_MANY, _END_ONE, "ended", given, worker=worker_id, now=now)
     failed = [(t, j, job_type, source_id) for t, j, status, job_type, source_id in ended if status == "failed"]
     if failed:
-        await _given(session, _ENTRIES_MANY, _ENTRIES_ONE, "entries", [entries[(t, j)] for t, j, _, _ in failed], now=now)
+        dead = [entries[(t, j)] for t, j, _, _ in failed]
+        await _given(session, _ENTRIES_MANY, _ENTRIES_ONE, "entries", dead, now=now)
         for (tenant_id, source_id), jobs in sorted(Counter((t, s) for t, _, _, s in failed).items()):
             await _count_failed(session, tenant_id, source_id, jobs)
     await session.commit()
