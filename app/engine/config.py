@@ -19,8 +19,9 @@ class WorkerConfig:
     backoff_max_seconds: float = 300.0
     shutdown_grace_seconds: float = 10.0
     handler_modules: tuple[str, ...] = ()
-    # Successes ending within this window of the first are written with one statement (the
-    # worker's ``_success_loop``); not a setting: short enough to add nothing a client notices.
+    # Ends (successes, retries, dead-letters, cancels) within this window of the first are written
+    # in one batch (the worker's ``_outcome_loop``); not a setting: short enough to add nothing a
+    # client notices.
     outcome_window_seconds: float = 0.005
 
 

@@ -4,7 +4,8 @@ One asyncio loop per process: a claim loop (``dispatcher.claim`` then ``outcomes
 task per running job, a heartbeat loop that extends every lease this worker holds in one
 statement (and stops the jobs whose cancel was requested, or whose lease was lost) and renews the
 worker's row in the workers registry (``app/domain/workers/registry.py``: registered at start,
-marked gone at a graceful stop), and one loop per background step (``app/engine/steps.py``).
+marked gone at a graceful stop), an outcome loop that writes the ends of jobs finishing close
+together in one batch (``_outcome_loop``), and one loop per background step (``app/engine/steps.py``).
 
 Shutdown (SIGTERM/SIGINT, or the embedded gateway stopping): claiming stops at once; running
 jobs get ``shutdown_grace_seconds`` to finish; the rest are stopped and their leases released
@@ -77,8 +78,8 @@ class Worker:
         # Outcome writes share the process's connection pool with the claim, heartbeat and
         # background loops: bound them so no write waits past the pool timeout.
         self._writes = asyncio.Semaphore(8)
-        self._successes: list[tuple[JobContext, asyncio.Future[None]]] = []
-        self._success_ready = asyncio.Event()
+        self._ends: list[tuple[outcomes.Ending, asyncio.Future[None]]] = []
+        self._ends_ready = asyncio.Event()
 
     # -- the loops
 
@@ -95,7 +96,7 @@ class Worker:
         loops = [
             asyncio.create_task(self._claim_loop(tenant_ids)),
             asyncio.create_task(self._heartbeat_loop()),
-            asyncio.create_task(self._success_loop()),
+            asyncio.create_task(self._outcome_loop()),
         ]
         loops += [asyncio.create_task(self._step_loop(step)) for step in self.steps]
         log.info("worker %s started (concurrency %d, %d job types)", self.worker_id, self.concurrency, len(self.handlers))
@@ -225,10 +226,10 @@ class Worker:
         delay, batched = 0.1, True
         while True:
             try:
-                if batched and outcome == "succeeded" and job.pack_run_id is None and job.replay_of_entry_id is None:
+                if batched and outcomes.batchable(job, outcome, failure):
                     done: asyncio.Future[None] = loop.create_future()
-                    self._successes.append((job, done))
-                    self._success_ready.set()
+                    self._ends.append((outcomes.Ending(job, outcome, failure), done))
+                    self._ends_ready.set()
                     await done
                 else:
                     async with self._writes:
@@ -262,26 +263,34 @@ class Worker:
                 await outcomes.release(session, self.worker_id, [job])
             # "lost": another worker owns the job now; nothing to write
 
-    async def _success_loop(self) -> None:
-        """Records plain successes in batches, one guarded statement each (``outcomes.succeed_many``);
-        runs until cancelled after the drain.
+    async def _outcome_loop(self) -> None:
+        """Records the ends of jobs in batches (``outcomes.end_many``: successes, retries,
+        dead-letters and cancels of jobs outside pack runs and replays; one transaction, one
+        guarded statement for the jobs); runs until cancelled after the drain.
 
-        The first success of a batch waits ``outcome_window_seconds`` (5 ms) for the others that
+        The first end of a batch waits ``outcome_window_seconds`` (5 ms) for the others that
         end close to it, unless a batch is already full, so jobs claimed together are written
         together. Until its batch is written a job holds its lease and counts as running (the
         heartbeat keeps it): a worker that dies meanwhile loses only those outcomes, and those
-        jobs run again once their leases expire (at least once, never lost)."""
+        jobs run again once their leases expire (at least once, never lost). A batch that fails
+        hands its error to each of its jobs, which then write their end alone (``_write_outcome``)."""
         while True:
-            await self._success_ready.wait()
-            if len(self._successes) < self.config.batch and not self.stopping.is_set():
+            await self._ends_ready.wait()
+            if len(self._ends) < self.config.batch and not self.stopping.is_set():
                 await asyncio.sleep(self.config.outcome_window_seconds)
-            self._success_ready.clear()
-            batch, self._successes = self._successes, []
+            self._ends_ready.clear()
+            batch, self._ends = self._ends, []
             if not batch:
                 continue
             try:
                 async with self._writes, self.context.sessions() as session:
-                    await outcomes.succeed_many(session, self.worker_id, [job for job, _ in batch])
+                    await outcomes.end_many(
+                        session,
+                        self.worker_id,
+                        [end for end, _ in batch],
+                        backoff_base=self.config.backoff_base_seconds,
+                        backoff_max=self.config.backoff_max_seconds,
+                    )
             except Exception as exc:  # noqa: BLE001 - handed to every job of the batch
                 for _, done in batch:
                     if not done.done():

@@ -1,11 +1,11 @@
 """Every maintained aggregate stays equal to a ``GROUP BY`` over its rows whatever writes reach the
 rows, concurrently.
 
-Seeded random sequences of the write paths (submission, claim, start, success one by one and in a
-batch, retry, dead-lettering, cancel, release, heartbeat, lease expiry, the reconciler, replays
-single, batched and by filter with the runner, discard and restore, pack runs submitted, canceled
-and retried, the stripe fold, and plain statements that change many rows at once, some to a status
-no code lists) run in several
+Seeded random sequences of the write paths (submission, claim, start, success, retry,
+dead-lettering and cancel one by one and in the worker's batches of mixed ends, release,
+heartbeat, lease expiry, the reconciler, replays single, batched and by filter with the runner,
+discard and restore, pack runs submitted, canceled and retried, the stripe fold, and plain
+statements that change many rows at once, some to a status no code lists) run in several
 concurrent writers, each on its own connections (so on several stripes); after every round
 ``aggregates.check`` (the ``jobgate db check-aggregates`` comparison) must find no drift, and the
 summaries must answer what the ``GROUP BY`` answers.
@@ -85,16 +85,27 @@ class Writer:
             async with self.ctx.runtime.sessions() as session:
                 await outcomes.succeed(session, self.worker_id, job)
 
-    async def succeed_many(self) -> None:
-        plain = [j for j in self.held if j.pack_run_id is None and j.replay_of_entry_id is None][:3]
+    def _failure(self, retryable: bool) -> JobFailure:
+        return JobFailure(self.rng.choice(("E_IO", "E_DENIED")), self.rng.choice(("transient", "policy")),
+                          f"failed after {self.rng.randrange(100)} ms", retryable=retryable)
+
+    async def end_many(self) -> None:
+        """A batch of the worker's outcome loop: successes, retries, dead-letters and cancels."""
+        plain = [j for j in self.held if j.pack_run_id is None and j.replay_of_entry_id is None][:4]
         self.held = [j for j in self.held if j not in plain]
+        ends = []
+        for job in plain:
+            end = self.rng.choice(("succeeded", "cancel", "retry", "dead_letter"))
+            if end in ("retry", "dead_letter"):
+                ends.append(outcomes.Ending(job, "failed", self._failure(end == "retry")))
+            else:
+                ends.append(outcomes.Ending(job, end))
         async with self.ctx.runtime.sessions() as session:
-            await outcomes.succeed_many(session, self.worker_id, plain)
+            await outcomes.end_many(session, self.worker_id, ends, backoff_base=0.01, backoff_max=0.02)
 
     async def fail(self, retryable: bool) -> None:
         for job in self.take(1):
-            failure = JobFailure(self.rng.choice(("E_IO", "E_DENIED")), self.rng.choice(("transient", "policy")),
-                                 f"failed after {self.rng.randrange(100)} ms", retryable=retryable)
+            failure = self._failure(retryable)
             async with self.ctx.runtime.sessions() as session:
                 await outcomes.fail(session, self.worker_id, job, failure, backoff_base=0.01, backoff_max=0.02)
 
@@ -243,7 +254,7 @@ class Writer:
                     raise
 
     OPERATIONS = (
-        "submit", "submit", "claim", "claim", "start", "succeed", "succeed_many", "retry", "dead_letter",
+        "submit", "submit", "claim", "claim", "start", "succeed", "end_many", "end_many", "retry", "dead_letter",
         "dead_letter", "cancel", "release", "heartbeat", "expire", "reconcile", "replay", "replay_batch",
         "replay_pending", "discard", "discard_pending", "restore", "pack_submit", "pack_cancel", "pack_retry",
         "fold", "bulk",

@@ -254,7 +254,7 @@ def worker_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:
         )
     if option(container.get("args", []), "--metrics-host") != "0.0.0.0":
         problems.append("the worker's metrics must listen on 0.0.0.0 to be scraped")
-    concurrency = int(option(container.get("args", []), "--concurrency") or 8)
+    concurrency = int(option(container.get("args", []), "--concurrency") or default_concurrency())
     pool = int(settings_env(files, "worker").get("JOBGATE_DATABASE_POOL_SIZE") or 20)
     if pool < worker_connections(concurrency):
         problems.append(
@@ -265,6 +265,13 @@ def worker_problems(files: dict[str, list[dict[str, Any]]]) -> list[str]:
     if migrate.get("args") != ["db", "upgrade"] or migrate.get("command"):
         problems.append("the migration Job must run `jobgate db upgrade`")
     return problems
+
+
+def default_concurrency() -> int:
+    """What ``jobgate worker`` runs at once without ``--concurrency``."""
+    from app.cli import worker
+
+    return next(p.default for p in worker.params if p.name == "concurrency")
 
 
 def worker_connections(concurrency: int) -> int:
