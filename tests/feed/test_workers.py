@@ -1,0 +1,180 @@
+"""Workers in the change feed, on both backends: a worker that registers, changes what it serves,
+stops or lapses is one ``worker`` event in the sequence of every tenant that sees it (the rule of
+GET /jobengine/workers), of no tenant it is restricted away from; an ordinary heartbeat is none."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import delete, update
+
+from app.domain.events import stream
+from app.domain.workers import registry
+from app.engine.reconciler import reconcile_once
+from app.storage.feed import changes_after, versions_of
+from app.storage.models import Worker
+from tests.api.rows import Rows
+from tests.feed.test_stream import caller_of, caught_up, take
+
+
+async def sequence_of(runtime: Any, tenant_id: int) -> int:
+    async with runtime.sessions() as session:
+        return (await versions_of(session, tenant_id)).get("", 0)
+
+
+async def worker_changes(runtime: Any, tenant_id: int, after: int) -> list[str]:
+    async with runtime.sessions() as session:
+        return [c.object_id for c in await changes_after(session, tenant_id, after) if c.kind == "worker"]
+
+
+def identity(tenant_ids: tuple[int, ...] | None, **fields: Any) -> registry.Identity:
+    return registry.Identity(
+        worker_id=f"w-{uuid.uuid4().hex[:12]}",
+        job_types=fields.get("job_types", ("scan",)),
+        tenant_ids=tenant_ids,
+        concurrency=fields.get("concurrency", 2),
+        heartbeat_seconds=5.0,
+    )
+
+
+async def register(runtime: Any, me: registry.Identity, now: datetime | None = None) -> None:
+    async with runtime.sessions() as session:
+        await registry.register(session, me, now)
+
+
+async def forget(runtime: Any, worker_id: str) -> None:
+    async with runtime.sessions.begin() as session:
+        await session.execute(delete(Worker).where(Worker.worker_id == worker_id))
+
+
+async def tenant_ids(runtime: Any, *tenants: str) -> list[int]:
+    return [(await runtime.tenants.get(tenant)).id for tenant in tenants]
+
+
+async def test_a_registration_is_announced_to_the_tenants_that_see_the_worker_only(client, factory, runtime):
+    first, second = await factory.tenant(), await factory.tenant()
+    first_id, second_id = await tenant_ids(runtime, first, second)
+    before = [await sequence_of(runtime, first_id), await sequence_of(runtime, second_id)]
+    restricted, everyone = identity((first_id,)), identity(None)
+    await register(runtime, restricted)
+    await register(runtime, everyone)
+    try:
+        assert await worker_changes(runtime, first_id, before[0]) == [restricted.worker_id, everyone.worker_id]
+        # the second tenant sees only the worker that claims every tenant's jobs
+        assert await worker_changes(runtime, second_id, before[1]) == [everyone.worker_id]
+        async with runtime.sessions() as session:
+            versions = await versions_of(session, second_id)
+        assert versions["worker"] == versions[""] > before[1]
+    finally:
+        await forget(runtime, restricted.worker_id)
+        await forget(runtime, everyone.worker_id)
+
+
+async def test_a_graceful_stop_is_announced_and_an_ordinary_heartbeat_is_not(client, factory, runtime):
+    tenant = await factory.tenant()
+    (tenant_id,) = await tenant_ids(runtime, tenant)
+    me = identity((tenant_id,))
+    await register(runtime, me)
+    after_register = await sequence_of(runtime, tenant_id)
+    async with runtime.sessions() as session:
+        await registry.beat(session, me, running=1)
+        await registry.beat(session, me, running=2)
+    assert await worker_changes(runtime, tenant_id, after_register) == []
+    async with runtime.sessions() as session:
+        await registry.deregister(session, me.worker_id)
+    assert await worker_changes(runtime, tenant_id, after_register) == [me.worker_id]
+    # a stopped worker's row forgotten later is no change of what a tenant sees
+    after_stop = await sequence_of(runtime, tenant_id)
+    await forget(runtime, me.worker_id)
+    assert await sequence_of(runtime, tenant_id) == after_stop
+
+
+async def test_a_lapse_is_announced_once_by_the_reconciler_and_a_heartbeat_ends_it(client, factory, runtime):
+    tenant, other = await factory.tenant(), await factory.tenant()
+    tenant_id, other_id = await tenant_ids(runtime, tenant, other)
+    now = datetime.now(UTC)
+    me = identity((tenant_id,))
+    await register(runtime, me, now - timedelta(minutes=5))  # its heartbeat is long overdue
+    before, other_before = await sequence_of(runtime, tenant_id), await sequence_of(runtime, other_id)
+    try:
+        summary = await reconcile_once(runtime, now)
+        assert summary["lapsed_workers"] >= 1
+        assert await worker_changes(runtime, tenant_id, before) == [me.worker_id]
+        assert await worker_changes(runtime, other_id, other_before) == []
+        # announced once: the next pass finds it lapsed already
+        await reconcile_once(runtime, now + timedelta(seconds=30))
+        assert await worker_changes(runtime, tenant_id, before) == [me.worker_id]
+        # it comes back: a tenant sees it again
+        async with runtime.sessions() as session:
+            await registry.beat(session, me, running=0)
+        assert await worker_changes(runtime, tenant_id, before) == [me.worker_id, me.worker_id]
+    finally:
+        await forget(runtime, me.worker_id)
+
+
+async def test_a_worker_moved_to_other_tenants_is_announced_to_the_old_and_the_new(client, factory, runtime):
+    old, new, neither = await factory.tenant(), await factory.tenant(), await factory.tenant()
+    old_id, new_id, neither_id = await tenant_ids(runtime, old, new, neither)
+    me = identity((old_id,))
+    await register(runtime, me)
+    before = {t: await sequence_of(runtime, t) for t in (old_id, new_id, neither_id)}
+    try:
+        async with runtime.sessions.begin() as session:  # any writer: the triggers see every statement
+            await session.execute(update(Worker).where(Worker.worker_id == me.worker_id).values(tenant_ids=[new_id]))
+        assert await worker_changes(runtime, old_id, before[old_id]) == [me.worker_id]
+        assert await worker_changes(runtime, new_id, before[new_id]) == [me.worker_id]
+        assert await worker_changes(runtime, neither_id, before[neither_id]) == []
+        async with runtime.sessions.begin() as session:  # what it serves
+            await session.execute(update(Worker).where(Worker.worker_id == me.worker_id).values(
+                job_types=["scan", "walk"], concurrency=4))
+        assert await worker_changes(runtime, new_id, before[new_id]) == [me.worker_id, me.worker_id]
+    finally:
+        await forget(runtime, me.worker_id)
+
+
+async def test_worker_events_reach_the_streams_that_may_read_them(client, factory, runtime):
+    tenant = await factory.tenant()
+    (tenant_id,) = await tenant_ids(runtime, tenant)
+    await caught_up(runtime, tenant_id)
+    operators = await caller_of(runtime, tenant, "orch:read orch:operate")
+    readers = await caller_of(runtime, tenant, "orch:read")
+    deadline = time.monotonic() + 30
+    workers_only = stream.change_events(runtime.feed, runtime.sessions, operators,
+                                        stream.parse_kinds("worker", operators), None, deadline, heartbeat=5)
+    everything = stream.change_events(runtime.feed, runtime.sessions, operators,
+                                      stream.parse_kinds(None, operators), None, deadline, heartbeat=5)
+    under_project = stream.change_events(runtime.feed, runtime.sessions,
+                                         await caller_of(runtime, tenant, "orch:read orch:operate", "billing"),
+                                         stream.parse_kinds("worker", operators), None, deadline, heartbeat=5)
+    # orch:read may not read workers: asking for them leaves nothing, the default leaves them out
+    assert stream.parse_kinds("worker", readers) == frozenset()
+    assert "worker" not in stream.parse_kinds(None, readers)
+    without_operate = stream.change_events(runtime.feed, runtime.sessions, readers,
+                                           stream.parse_kinds(None, readers), None, deadline, heartbeat=5)
+    got = [asyncio.ensure_future(take(messages, 1)) for messages in (workers_only, everything, under_project)]
+    readers_got = asyncio.ensure_future(take(without_operate, 1))
+    await asyncio.sleep(0.05)  # the streams subscribe when they first run
+    me = identity((tenant_id,))
+    await register(runtime, me)
+    try:
+        for future in got:
+            (outgoing,) = await future
+            assert outgoing.event == "worker.changed"
+            data = msgspec.json.decode(outgoing.data or "")
+            assert (data["kind"], data["id"]) == ("worker", me.worker_id)
+            assert "projectId" not in data
+        # the orch:read stream got nothing of it: the next thing it sends is its own source's change
+        rows = await Rows.of(runtime, tenant)
+        (source,) = await rows.add(rows.source())
+        (outgoing,) = await readers_got
+        assert outgoing.event == "source.changed"
+        assert msgspec.json.decode(outgoing.data or "")["id"] == source.source_id
+    finally:
+        for messages in (workers_only, everything, under_project, without_operate):
+            await messages.aclose()
+        await forget(runtime, me.worker_id)
