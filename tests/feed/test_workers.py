@@ -75,6 +75,25 @@ async def test_a_registration_is_announced_to_the_tenants_that_see_the_worker_on
         await forget(runtime, everyone.worker_id)
 
 
+async def test_every_tenant_a_worker_change_notifies_reaches_the_process_copy(client, factory, runtime, monkeypatch):
+    from app.storage import hub
+
+    monkeypatch.setattr(hub, "DRAIN_TENANTS", 2)  # more tenants pending than one read takes
+    tenants = [await factory.tenant() for _ in range(5)]
+    ids = await tenant_ids(runtime, *tenants)
+    for tenant_id in ids:
+        await caught_up(runtime, tenant_id)
+    before = [runtime.feed.versions(tenant_id, ("worker",)) for tenant_id in ids]
+    me = identity(None)
+    await register(runtime, me)
+    try:
+        for tenant_id, (worker_before,) in zip(ids, before, strict=True):
+            want = await caught_up(runtime, tenant_id)
+            assert runtime.feed.versions(tenant_id, ("worker",)) == (want,) and want > worker_before
+    finally:
+        await forget(runtime, me.worker_id)
+
+
 async def test_a_graceful_stop_is_announced_and_an_ordinary_heartbeat_is_not(client, factory, runtime):
     tenant = await factory.tenant()
     (tenant_id,) = await tenant_ids(runtime, tenant)
