@@ -95,11 +95,11 @@ async def test_every_tenant_a_worker_change_notifies_reaches_the_process_copy(cl
 
 
 async def test_a_graceful_stop_is_announced_and_an_ordinary_heartbeat_is_not(client, factory, runtime):
-    tenant = await factory.tenant()
-    (tenant_id,) = await tenant_ids(runtime, tenant)
+    tenant, other = await factory.tenant(), await factory.tenant()
+    tenant_id, other_id = await tenant_ids(runtime, tenant, other)
     me = identity((tenant_id,))
     await register(runtime, me)
-    after_register = await sequence_of(runtime, tenant_id)
+    after_register, other_before = await sequence_of(runtime, tenant_id), await sequence_of(runtime, other_id)
     async with runtime.sessions() as session:
         await registry.beat(session, me, running=1)
         await registry.beat(session, me, running=2)
@@ -107,6 +107,7 @@ async def test_a_graceful_stop_is_announced_and_an_ordinary_heartbeat_is_not(cli
     async with runtime.sessions() as session:
         await registry.deregister(session, me.worker_id)
     assert await worker_changes(runtime, tenant_id, after_register) == [me.worker_id]
+    assert await sequence_of(runtime, other_id) == other_before  # restricted away from the other tenant
     # a stopped worker's row forgotten later is no change of what a tenant sees
     after_stop = await sequence_of(runtime, tenant_id)
     await forget(runtime, me.worker_id)
@@ -159,41 +160,47 @@ async def test_a_worker_moved_to_other_tenants_is_announced_to_the_old_and_the_n
 async def test_worker_events_reach_the_streams_that_may_read_them(client, factory, runtime):
     tenant = await factory.tenant()
     (tenant_id,) = await tenant_ids(runtime, tenant)
+    rows = await Rows.of(runtime, tenant)
     await caught_up(runtime, tenant_id)
     operators = await caller_of(runtime, tenant, "orch:read orch:operate")
     readers = await caller_of(runtime, tenant, "orch:read")
-    deadline = time.monotonic() + 30
-    workers_only = stream.change_events(runtime.feed, runtime.sessions, operators,
-                                        stream.parse_kinds("worker", operators), None, deadline, heartbeat=5)
-    everything = stream.change_events(runtime.feed, runtime.sessions, operators,
-                                      stream.parse_kinds(None, operators), None, deadline, heartbeat=5)
-    under_project = stream.change_events(runtime.feed, runtime.sessions,
-                                         await caller_of(runtime, tenant, "orch:read orch:operate", "billing"),
-                                         stream.parse_kinds("worker", operators), None, deadline, heartbeat=5)
+    in_project = await caller_of(runtime, tenant, "orch:read orch:operate", "billing")
     # orch:read may not read workers: asking for them leaves nothing, the default leaves them out
     assert stream.parse_kinds("worker", readers) == frozenset()
     assert "worker" not in stream.parse_kinds(None, readers)
-    without_operate = stream.change_events(runtime.feed, runtime.sessions, readers,
-                                           stream.parse_kinds(None, readers), None, deadline, heartbeat=5)
-    got = [asyncio.ensure_future(take(messages, 1)) for messages in (workers_only, everything, under_project)]
-    readers_got = asyncio.ensure_future(take(without_operate, 1))
+    deadline = time.monotonic() + 30
+
+    def open_stream(caller: Any, kinds: str | None) -> Any:
+        return stream.change_events(runtime.feed, runtime.sessions, caller, stream.parse_kinds(kinds, caller), None,
+                                    deadline, heartbeat=5)
+
+    streams = {
+        "workers only": (open_stream(operators, "worker"), 1),
+        "every kind": (open_stream(operators, None), 2),
+        "workers under a project": (open_stream(in_project, "worker"), 1),
+        "without orch:operate": (open_stream(readers, None), 2),
+    }
+    got = {name: asyncio.ensure_future(take(messages, count)) for name, (messages, count) in streams.items()}
     await asyncio.sleep(0.05)  # the streams subscribe when they first run
     me = identity((tenant_id,))
-    await register(runtime, me)
     try:
-        for future in got:
-            (outgoing,) = await future
-            assert outgoing.event == "worker.changed"
-            data = msgspec.json.decode(outgoing.data or "")
-            assert (data["kind"], data["id"]) == ("worker", me.worker_id)
-            assert "projectId" not in data
-        # the orch:read stream got nothing of it: the next thing it sends is its own source's change
-        rows = await Rows.of(runtime, tenant)
-        (source,) = await rows.add(rows.source())
-        (outgoing,) = await readers_got
-        assert outgoing.event == "source.changed"
-        assert msgspec.json.decode(outgoing.data or "")["id"] == source.source_id
+        (first,) = await rows.add(rows.source())
+        await register(runtime, me)
+        (second,) = await rows.add(rows.source())
+
+        def sent(name: str) -> list[tuple[str | None, str]]:
+            return [(o.event, msgspec.json.decode(o.data or "")["id"]) for o in got[name].result()]
+
+        await asyncio.wait_for(asyncio.gather(*got.values()), 10)
+        worker = ("worker.changed", me.worker_id)
+        assert sent("workers only") == [worker]  # the source before it was left out
+        assert sent("workers under a project") == [worker]  # workers serve every project
+        assert sent("every kind") == [("source.changed", first.source_id), worker]
+        assert sent("without orch:operate") == [("source.changed", first.source_id),
+                                                ("source.changed", second.source_id)]
+        (worker_event,) = got["workers only"].result()
+        assert "projectId" not in msgspec.json.decode(worker_event.data or "")
     finally:
-        for messages in (workers_only, everything, under_project, without_operate):
+        for messages, _ in streams.values():
             await messages.aclose()
         await forget(runtime, me.worker_id)
