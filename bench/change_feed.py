@@ -16,6 +16,9 @@ the triggers' cost per write, in one command.
    counting what it receives: coalescing per object within the stream's window.
 4. **Trigger cost**: single-row writes committed one by one (INSERT into sources, UPDATE of a job),
    with and without the feed triggers, on the same database.
+5. **Worker fan-out**: ``--tenants`` tenants added; the registration of a worker started without
+   ``--tenant`` (one ``worker`` event for every tenant), of one restricted to two tenants, and a
+   heartbeat (no event), each committed alone.
 
 Everything it creates is removed at the end (``bench_environment``); results go to
 ``bench/results/change-feed-*.json`` (not versioned).
@@ -213,6 +216,44 @@ async def trigger_cost(pg_dsn: str, tenant_id: int, writes: int) -> dict[str, fl
     return out
 
 
+WORKER_ROW = (
+    "INSERT INTO workers (worker_id, host, pid, job_types, tenant_ids, concurrency, running, heartbeat_seconds, "
+    "started_at, last_seen_at, expires_at) VALUES ($1, 'bench', 1, '[\"scan\"]', $2::jsonb, 4, 0, 5, now(), now(), "
+    "now() + interval '15 s')"
+)
+HEARTBEAT = (
+    "UPDATE workers SET running = 1, last_seen_at = now(), expires_at = now() + interval '15 s', stopped_at = NULL, "
+    "lapsed_at = NULL WHERE worker_id = $1"
+)
+
+
+async def worker_fan_out(pg_dsn: str, tenants: int, repeats: int = 3, beats: int = 200) -> dict[str, float]:
+    """Milliseconds per committed worker registration (every tenant / two tenants) and heartbeat."""
+    connection = await asyncpg.connect(pg_dsn)
+    total = 0
+    out: dict[str, list[float]] = {"register_all_tenants_ms": [], "register_two_tenants_ms": [], "heartbeat_ms": []}
+    try:
+        workspace = await connection.fetchval("SELECT workspace_id FROM tenants LIMIT 1")
+        await connection.execute(
+            "INSERT INTO tenants (key, external_id, workspace_id, created_at) "
+            "SELECT 'fan-' || g, 'fan-' || g, $1, now() FROM generate_series(1, $2) g", workspace, tenants)
+        total = await connection.fetchval("SELECT count(*) FROM tenants")
+        two = json.dumps([r[0] for r in await connection.fetch("SELECT id FROM tenants ORDER BY id LIMIT 2")])
+        for n in range(repeats):
+            for key, worker_id, tenant_ids in (("register_all_tenants_ms", f"all-{n}", "null"),
+                                               ("register_two_tenants_ms", f"two-{n}", two)):
+                started = time.perf_counter()
+                await connection.execute(WORKER_ROW, worker_id, tenant_ids)
+                out[key].append(1000 * (time.perf_counter() - started))
+            started = time.perf_counter()
+            for _ in range(beats):
+                await connection.execute(HEARTBEAT, f"all-{n}")
+            out["heartbeat_ms"].append(1000 * (time.perf_counter() - started) / beats)
+    finally:
+        await connection.close()
+    return {key: statistics.median(values) for key, values in out.items()} | {"tenants": total}
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -224,6 +265,7 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=20)
     parser.add_argument("--burst-jobs", type=int, default=10_000)
     parser.add_argument("--writes", type=int, default=500)
+    parser.add_argument("--tenants", type=int, default=10_000)
     args = parser.parse_args()
     with bench_environment() as env:
         pg_dsn = with_database(env.admin_url, env.db_name)
@@ -310,6 +352,11 @@ def main() -> None:
         results["trigger_cost"] = asyncio.run(trigger_cost(pg_dsn, tenant_id, args.writes))
         for key, value in results["trigger_cost"].items():
             print(f"   {key}: {value:.3f} ms")
+
+        print(f"5. worker fan-out over {args.tenants} more tenants")
+        results["worker_fan_out"] = asyncio.run(worker_fan_out(pg_dsn, args.tenants))
+        for key, value in results["worker_fan_out"].items():
+            print(f"   {key}: {value:.3f}")
 
         out = BENCH / "results" / f"change-feed-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
         out.parent.mkdir(exist_ok=True)

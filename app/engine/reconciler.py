@@ -19,6 +19,9 @@ After the workspaces, jobs left in ``cancel_requested`` (``app/domain/jobs/cance
 than the same grace — their worker died, hung, or its handler ignores cancellation — are forced to
 ``canceled`` (lease cleared, so a late outcome of that worker changes nothing), one transaction per
 job, locking its pack run first.
+
+Each pass then marks the workers whose heartbeat is overdue as lapsed (``registry.mark_lapsed``),
+so that the change feed announces their going to the tenants that saw them.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from app import metrics
 from app.domain.operations import ledger, queries
 from app.domain.operations.lifecycle import RunFacts, evidence_time, reconcile_due, threshold_of
 from app.domain.packruns import progress
+from app.domain.workers import registry
 from app.instants import iso_or_none
 from app.sanitize import sanitize
 from app.storage.models import Job, OperationRun, PackRun, Source, Tenant, Workspace
@@ -99,6 +103,7 @@ async def reconcile_once(
     summary["canceled_jobs"] += await force_overdue_job_cancels(context, now, cancel_grace_seconds, workspace_ids)
     metrics.count_reconciled(summary)
     await _announce_newly_stale(context, now, thresholds, workspace_ids)
+    summary["lapsed_workers"] = await _mark_lapsed_workers(context, now)
     return summary
 
 
@@ -175,6 +180,20 @@ async def _announce_newly_stale(
         return
     if touched:
         log.info("announced %d newly stale operation run(s)", touched)
+
+
+async def _mark_lapsed_workers(context: EngineContext, now: datetime) -> int:
+    """A worker's lapse changes no row by itself; marking it makes the feed's triggers announce it
+    (workers belong to no workspace: every pass marks them all)."""
+    try:
+        async with context.sessions.begin() as session:
+            lapsed = await registry.mark_lapsed(session, now)
+    except Exception as exc:  # noqa: BLE001 - the next pass tries again
+        log.warning("could not mark lapsed workers (%s)", type(exc).__name__)
+        return 0
+    if lapsed:
+        log.info("marked %d lapsed worker(s)", lapsed)
+    return lapsed
 
 
 async def reconcile_step(context: EngineContext) -> None:

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.storage.models import FeedEvent, FeedVersion
 
-# What a change can be of; ``worker`` is reserved for the workers table (not yet watched).
+# What a change can be of. ``worker``: the workers table belongs to no tenant; a worker's change is
+# one event in the sequence of every tenant that sees it (migration 0013).
 KINDS = ("source", "quota", "job", "deadletter", "packrun", "operation", "worker", "audit")
 SEQUENCE = ""  # the kind under which feed_versions keeps a tenant's sequence
 CHANNEL = "jobgate_feed"  # PostgreSQL NOTIFY channel of the triggers: "<tenant_id>:<sequence>"

@@ -3,7 +3,9 @@
 PostgreSQL: the triggers of migration 0011 notify channel ``jobgate_feed`` with
 ``<tenant>:<sequence>`` at commit. The hub listens on a connection of its own (outside every
 pool), marks the tenant *pending*, and reads the tenant's events after the sequence it knows
-(``feed_events``, keyed by the tenant's sequence, which commits in order): nothing a notification
+(``feed_events``, keyed by the tenant's sequence, which commits in order; pending tenants are read
+together, :data:`DRAIN_TENANTS` a query, since a worker's change notifies every tenant that sees
+it at once): nothing a notification
 announced is lost, even when notifications collapse or arrive late, and after a lost connection
 the hub reloads every version and reads what its subscribers missed. The embedded default
 (SQLite, one process) reads new events by rowid after every commit of the process's engine (and
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -39,9 +42,13 @@ LIVENESS_SECONDS = 1.0
 PURGE_EVERY_SECONDS = 60.0
 PURGE_BATCH = 10_000
 
+DRAIN_TENANTS = 500  # pending tenants read by one query (a worker's change notifies every tenant that sees it)
+# Each tenant's events after the sequence this process knows of it, at most $3 per tenant.
 _EVENTS_AFTER = (
-    "SELECT tenant_id, seq, kind, object_id, project_id, at FROM feed_events "
-    "WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    "SELECT e.tenant_id, e.seq, e.kind, e.object_id, e.project_id, e.at "
+    "FROM unnest($1::bigint[], $2::bigint[]) AS k(tenant_id, after) "
+    "CROSS JOIN LATERAL (SELECT * FROM feed_events f WHERE f.tenant_id = k.tenant_id AND f.seq > k.after "
+    "ORDER BY f.seq LIMIT $3) e ORDER BY e.tenant_id, e.seq"
 )
 
 
@@ -269,11 +276,12 @@ class FeedHub:
         connection = self._connection
         assert connection is not None
         while self._pending:
-            tenant_id = next(iter(self._pending))
-            rows = await connection.fetch(_EVENTS_AFTER, tenant_id, self.sequence(tenant_id), FETCH_LIMIT)
+            tenants = list(itertools.islice(self._pending, DRAIN_TENANTS))
+            limit = max(100, FETCH_LIMIT // len(tenants))  # a bounded read however many tenants are pending
+            rows = await connection.fetch(_EVENTS_AFTER, tenants, [self.sequence(t) for t in tenants], limit)
             self._apply([Change(*row) for row in rows])
-            if len(rows) < FETCH_LIMIT:
-                self._pending.discard(tenant_id)
+            read = Counter(row[0] for row in rows)
+            self._pending.difference_update(t for t in tenants if read[t] < limit)
 
     # -- SQLite --------------------------------------------------------------------------------
 

@@ -430,7 +430,9 @@ class DeadLetterCluster(Base):
 class Worker(Base):
     """A worker process (tenant-independent): registered at start, seen at every heartbeat, marked
     gone at a graceful stop. It counts as live while ``expires_at`` (last seen + three of its
-    heartbeat periods) is in the future. ``tenant_ids`` null: it claims every tenant's jobs."""
+    heartbeat periods) is in the future. ``tenant_ids`` null: it claims every tenant's jobs.
+    ``lapsed_at``: when the reconciler found its heartbeat overdue (cleared by a heartbeat); the
+    change feed announces it (migration 0013)."""
 
     __tablename__ = "workers"
     __table_args__ = (Index("ix_workers_expires", "expires_at"),)
@@ -447,6 +449,7 @@ class Worker(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lapsed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class FeedVersion(Base):

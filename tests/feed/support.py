@@ -83,9 +83,62 @@ class EventReader:
 
 
 @asynccontextmanager
-async def stream(url: str, headers: dict[str, str], **params: str) -> AsyncIterator[EventReader]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=60)) as client:
+async def stream(
+    url: str, headers: dict[str, str], transport: httpx.AsyncBaseTransport | None = None, **params: str
+) -> AsyncIterator[EventReader]:
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(30, read=60)) as client:
         async with client.stream("GET", url, headers=headers, params=params or None) as response:
             assert response.status_code == 200, (await response.aread()).decode()
             assert response.headers["content-type"].startswith("text/event-stream"), response.headers
             yield EventReader(response)
+
+
+class StreamingASGITransport(httpx.AsyncBaseTransport):
+    """httpx's transport onto an in-process ASGI app that hands the body over as it is sent (httpx's own
+    ASGITransport returns once the app has finished, which a stream never does by itself): a test can
+    read a stream of the gateway whose runtime it holds. Closing the response is the client's
+    disconnection."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        disconnected = asyncio.Event()
+        body = await request.aread()
+        received = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal received
+            if not received:
+                received = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            await messages.put(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
+            "scheme": request.url.scheme, "path": request.url.path, "raw_path": request.url.raw_path.split(b"?")[0],
+            "query_string": request.url.query, "root_path": "", "headers": list(request.headers.raw),
+            "server": (request.url.host, request.url.port or 80), "client": ("127.0.0.1", 50000),
+        }
+        app = asyncio.ensure_future(self.app(scope, receive, send))
+        start = await messages.get()
+        assert start["type"] == "http.response.start", start
+
+        class Body(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                while True:
+                    message = await messages.get()
+                    yield message.get("body", b"")
+                    if not message.get("more_body", False):
+                        return
+
+            async def aclose(self) -> None:
+                disconnected.set()
+                await asyncio.wait_for(asyncio.gather(app, return_exceptions=True), 10)
+
+        return httpx.Response(start["status"], headers=start["headers"], stream=Body())

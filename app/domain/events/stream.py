@@ -107,8 +107,9 @@ def message(change: Change) -> Outgoing:
     return Outgoing(event=f"{change.kind}.changed", id=str(change.seq), data=msgspec.json.encode(data).decode())
 
 
-# Kinds whose objects belong to no project: a project's caller reads them all (quotas are the tenant's).
-TENANT_WIDE = frozenset({"quota"})
+# Kinds whose objects belong to no project: a project's caller reads them all (quotas are the tenant's,
+# the workers that may run its jobs serve every project).
+TENANT_WIDE = frozenset({"quota", "worker"})
 
 
 def accepting(kinds: frozenset[str], project: str | None) -> Callable[[Change], bool]:

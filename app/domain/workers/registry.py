@@ -3,8 +3,9 @@ is marked gone at a graceful stop (``app/engine/worker.py``); the gateway lists 
 
 A worker is live while ``expires_at`` — its last heartbeat plus three of its own heartbeat
 periods — lies in the future; one that stops heartbeating (killed, hung, cut off) is gone three
-periods later. Rows stay after a worker is gone (its job types count as "served in the last hour"
-for submission warnings) and are deleted a day after the worker was last seen.
+periods later, and the reconciler's next pass marks it lapsed (:func:`mark_lapsed`). Rows stay
+after a worker is gone (its job types count as "served in the last hour" for submission warnings)
+and are deleted a day after the worker was last seen.
 
 Workers are tenant-independent: a worker serves job types, jobs belong to tenants. A tenant sees
 the workers that may run its jobs — those started without ``--tenant`` (they claim every
@@ -12,6 +13,10 @@ tenant's jobs) and those started with its tenant among their ``--tenant`` option
 worker that claims only other tenants' jobs. What it sees of a visible worker (host, pid, job
 types, concurrency and running count over all tenants) is the capacity its own jobs compete for,
 never which tenants' jobs it runs.
+
+The change feed announces a worker to every tenant that sees it (triggers of migration 0013) when
+it registers, changes what it serves, stops or lapses, and when a heartbeat ends a lapse; an
+ordinary heartbeat, which only moves its load and last-seen time, announces nothing.
 """
 
 from __future__ import annotations
@@ -77,7 +82,11 @@ async def beat(session: AsyncSession, me: Identity, running: int, now: datetime 
         update(Worker)
         .where(Worker.worker_id == me.worker_id)
         .values(
-            running=running, last_seen_at=now, expires_at=_expiry(now, me.heartbeat_seconds), stopped_at=None
+            running=running,
+            last_seen_at=now,
+            expires_at=_expiry(now, me.heartbeat_seconds),
+            stopped_at=None,
+            lapsed_at=None,
         )
         .execution_options(synchronize_session=False)
     )
@@ -97,6 +106,18 @@ async def deregister(session: AsyncSession, worker_id: str, now: datetime | None
         .execution_options(synchronize_session=False)
     )
     await session.commit()
+
+
+async def mark_lapsed(session: AsyncSession, now: datetime) -> int:
+    """Mark the workers whose heartbeat is overdue (gone without a graceful stop) as lapsed, once per
+    lapse, so that the change feed announces them; returns how many. Does not commit."""
+    result = await session.execute(
+        update(Worker)
+        .where(Worker.expires_at <= now, Worker.stopped_at.is_(None), Worker.lapsed_at.is_(None))
+        .values(lapsed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
 
 
 def serves_tenant(worker: Worker, tenant_id: int) -> bool:

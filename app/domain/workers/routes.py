@@ -37,7 +37,8 @@ def _view(worker: Any) -> WorkerView:
     "`--tenant` (they claim every tenant's jobs) and workers started for this tenant; a worker that "
     "claims only other tenants' jobs is never listed. A worker is live until it misses three of its "
     "heartbeats (or stops gracefully). `running` and `concurrency` are the worker's whole load, which "
-    "the tenant's jobs share with other tenants'. Ordered by `workerId asc`.",
+    "the tenant's jobs share with other tenants'. Ordered by `workerId asc`. GET /jobengine/events sends "
+    "`worker.changed` when a worker appears here, goes, or changes what it serves (not at its heartbeats).",
     tags=["workers"],
 )
 async def list_workers(
