@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import msgspec
@@ -170,6 +171,15 @@ def job_row(
     }
 
 
+_UNSET = dict.fromkeys(column.key for column in Job.__table__.c)
+
+
+def submitted(row: dict[str, Any]) -> SimpleNamespace:
+    """A job just inserted as its answer reads it: the columns of ``row``, the others null. Not an
+    ORM entity: nothing is to track, and building one costs a submission more than its answer."""
+    return SimpleNamespace(**{**_UNSET, **row})
+
+
 INSERT_JOBS = insert(Job.__table__)  # Core: the rows are complete, nothing for the ORM to track
 _JOBS = Job.__table__.c
 _FROM_SOURCE = ("tenant_id", "job_id", "source_id", "job_type", "payload", "priority", "status", "attempt",
@@ -243,7 +253,7 @@ SUBMIT_AT_ONCE = {scoped: _submit_at_once(scoped) for scoped in (False, True)}
 
 async def submit_job_at_once(
     session: AsyncSession, caller: Caller, data: JobSubmit, audit: Callable[[str, int], dict[str, Any]]
-) -> tuple[Job, Any]:
+) -> tuple[SimpleNamespace, Any]:
     """:func:`submit_job` and its audit row in one autocommitted statement (PostgreSQL; a request
     without ``Idempotency-Key``, whose answer need not be stored with it). ``audit(target,
     status)`` gives the audit row's values. Returns the job and the facts of its type for the
@@ -262,7 +272,7 @@ async def submit_job_at_once(
             raise not_found("Source")
         raise Problem(409, "source_disabled", f"Source {data.source_id!r} is disabled; it accepts no jobs.")
     row["project_id"] = inserted.project_id
-    return Job(**row), inserted
+    return submitted(row), inserted
 
 
 async def take_source(session: AsyncSession, caller: Caller, source_id: str, jobs: int, now: datetime) -> Source:
@@ -321,9 +331,9 @@ def new_job(
     )
 
 
-async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> Job:
+async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> SimpleNamespace:
     """Insert the job (one statement that also checks its source) and count it on its source
-    last (:func:`count_jobs`); returns the new job, not attached to the session. A refused
+    last (:func:`count_jobs`); returns the new job (:func:`submitted`). A refused
     source raises 404 or 409 ``source_disabled``."""
     now = datetime.now(UTC)
     row = job_row(caller.tenant_id, data.source_id, None, validated(data, now), now)
@@ -336,5 +346,5 @@ async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> 
         raise Problem(409, "source_disabled", f"Source {data.source_id!r} is disabled; it accepts no jobs.")
     row["project_id"] = inserted.project_id
     count_jobs(session, caller.tenant_id, {data.source_id: 1}, now)
-    return Job(**row)
+    return submitted(row)
 
