@@ -197,7 +197,6 @@ async def test_a_submissions_answer_says_why_the_job_waits_as_a_read_of_it_does(
     await add_worker(runtime, [capacity], tenants=(rows.tenant_id,), concurrency=2, running=2)
     await expire(runtime, await add_worker(runtime, [recent], tenants=(rows.tenant_id,)), seconds_ago=600)
     await expire(runtime, await add_worker(runtime, [stale], tenants=(rows.tenant_id,)), seconds_ago=2 * 3600)
-    await add_worker(runtime, [everyone], tenants=None)
     await add_worker(runtime, [theirs], tenants=(other_rows.tenant_id,))
     source, billing = rows.source(), rows.source(project_id="billing")
     await rows.add(
@@ -231,6 +230,7 @@ async def test_a_submissions_answer_says_why_the_job_waits_as_a_read_of_it_does(
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
+    anyones = await add_worker(runtime, [everyone], tenants=None)  # every tenant sees it: stopped at the end
     event.listen(runtime.engine.sync_engine, "before_cursor_execute", record)
     try:
         for keyed in (False, True):
@@ -253,6 +253,8 @@ async def test_a_submissions_answer_says_why_the_job_waits_as_a_read_of_it_does(
                 assert read["waitingReason"] == submitted["waitingReason"], (job_type, keyed)
     finally:
         event.remove(runtime.engine.sync_engine, "before_cursor_execute", record)
+        async with runtime.sessions() as session:
+            await registry.deregister(session, anyones)
 
 
 async def test_a_quota_with_room_for_some_holds_the_later_ranks_in_dispatch_order(client, factory, runtime):
