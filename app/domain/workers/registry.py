@@ -169,8 +169,8 @@ async def live(session: AsyncSession, tenant_id: int, now: datetime) -> list[Wor
 
 
 def of_type(tenant_id: Any, job_type: Any, now: Any, served_since: Any) -> Select[Any]:
-    """One row, what the dispatcher and a submitter see of the workers for the tenant's jobs of
-    ``job_type`` (values or SQL expressions): ``workers``, the live ones that may run them;
+    """One row, what the waiting rule and a submission's warning read of the workers for the
+    tenant's jobs of ``job_type`` (values or SQL expressions): ``workers``, the live ones that may run them;
     ``free_slots``, their concurrency minus their running jobs, summed; ``served``, whether one was
     seen since ``served_since`` (live or gone)."""
     alive = Worker.expires_at > now
