@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from app.domain.jobs import waiting
 from app.domain.workers import registry
@@ -183,41 +183,78 @@ async def test_each_waiting_reason_is_reported_on_the_list_and_the_detail(client
 
 
 async def test_a_submissions_answer_says_why_the_job_waits_as_a_read_of_it_does(client, factory, runtime):
-    """The answer to a submission derives its waitingReason and warning with fewer statements than a
-    read (``why.on_submission``); both must say the same, with and without Idempotency-Key (on
-    PostgreSQL the two take different write paths)."""
+    """The answer to a submission derives its waitingReason and warning from fewer statements than a
+    read: without Idempotency-Key the submission's one statement carries its type's facts (only a
+    quota's counts are read after it), with one they are read in one statement after the insert.
+    Both must say what a read of the job says, in every case the rule tells apart (on SQLite both
+    requests take the second path)."""
     tenant, rows = await tenant_rows(runtime, factory)
-    served, capacity, paused, full, rated, unserved = (kind() for _ in range(6))
-    await add_worker(runtime, [served, paused, full, rated], tenants=(rows.tenant_id,), concurrency=8, running=2)
+    _, other_rows = await tenant_rows(runtime, factory)
+    served, capacity, paused, full, rated, roomy, unserved, recent, stale, everyone, theirs = (
+        kind() for _ in range(11))
+    await add_worker(runtime, [served, paused, full, rated, roomy], tenants=(rows.tenant_id,), concurrency=8,
+                     running=2)
     await add_worker(runtime, [capacity], tenants=(rows.tenant_id,), concurrency=2, running=2)
-    source = rows.source()
+    await expire(runtime, await add_worker(runtime, [recent], tenants=(rows.tenant_id,)), seconds_ago=600)
+    await expire(runtime, await add_worker(runtime, [stale], tenants=(rows.tenant_id,)), seconds_ago=2 * 3600)
+    await add_worker(runtime, [theirs], tenants=(other_rows.tenant_id,))
+    source, billing = rows.source(), rows.source(project_id="billing")
     await rows.add(
-        source,
+        source, billing,
         rows.job(job_type=full, source_id=source.source_id, status="running"),
         rows.job(job_type=rated, source_id=source.source_id, status="succeeded", started_at=ago(seconds=10)),
         rows.quota(paused, paused=True), rows.quota(full, max_active=1), rows.quota(rated, max_per_hour=1, burst=1),
+        rows.quota(roomy, max_active=5),
     )
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    cases = {
-        (served, None): (None, []), (served, later): ("scheduled", []),
-        (capacity, None): ("worker_capacity", []), (paused, None): ("quota_paused", []),
-        (full, None): ("quota_max_active", []), (rated, None): ("quota_rate", []),
-        (unserved, None): ("no_worker_for_job_type", ["no_worker_for_job_type"]),
+    warned = ["no_worker_for_job_type"]
+    cases = {  # (job type, runAfter, project): (waitingReason, warnings)
+        (served, None, None): (None, []),  # a live worker with free slots
+        (served, None, "billing"): (None, []),  # the same, for a project's caller
+        (served, later, None): ("scheduled", []),
+        (unserved, later, None): ("scheduled", warned),
+        (capacity, None, None): ("worker_capacity", []),  # its one worker is full
+        (paused, None, None): ("quota_paused", []),
+        (full, None, None): ("quota_max_active", []),
+        (rated, None, None): ("quota_rate", []),
+        (roomy, None, None): (None, []),  # a quota with room: ranked below what it lets start
+        (unserved, None, None): ("no_worker_for_job_type", warned),
+        (recent, None, None): ("no_worker_for_job_type", []),  # seen within the hour, not live
+        (stale, None, None): ("no_worker_for_job_type", warned),  # last seen two hours ago
+        (everyone, None, None): (None, []),  # a worker that claims every tenant's jobs
+        (theirs, None, None): ("no_worker_for_job_type", warned),  # only another tenant's worker
     }
-    for keyed in (False, True):
-        for (job_type, run_after), (reason, warnings) in cases.items():
-            body: dict[str, Any] = {"jobType": job_type, "sourceId": source.source_id}
-            if run_after:
-                body["runAfter"] = run_after
-            headers = factory.headers(tenant, reason=None)
-            if keyed:
-                headers["Idempotency-Key"] = str(uuid.uuid4())
-            answer = await client.post("/jobengine/jobs", json=body, headers=headers)
-            assert answer.status_code == 201, answer.text
-            submitted = answer.json()
-            assert (submitted["waitingReason"], submitted["warnings"]) == (reason, warnings), (job_type, keyed)
-            read = (await client.get(f"/jobengine/jobs/{submitted['jobId']}", headers=factory.headers(tenant))).json()
-            assert read["waitingReason"] == submitted["waitingReason"], (job_type, keyed)
+    at_once = runtime.engine.dialect.name == "postgresql"
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    anyones = await add_worker(runtime, [everyone], tenants=None)  # every tenant sees it: stopped at the end
+    event.listen(runtime.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        for keyed in (False, True):
+            for (job_type, run_after, project), (reason, warnings) in cases.items():
+                body: dict[str, Any] = {"jobType": job_type, "sourceId": (billing if project else source).source_id}
+                if run_after:
+                    body["runAfter"] = run_after
+                headers = factory.headers(tenant, reason=None, project=project)
+                if keyed:
+                    headers["Idempotency-Key"] = str(uuid.uuid4())
+                statements.clear()
+                answer = await client.post("/jobengine/jobs", json=body, headers=headers)
+                assert answer.status_code == 201, answer.text
+                [facts] = [s for s in statements if "FROM workers" in s]  # one read of the workers
+                assert ("INSERT INTO jobs" in facts) is (at_once and not keyed), (job_type, keyed)
+                submitted = answer.json()
+                assert (submitted["waitingReason"], submitted["warnings"]) == (reason, warnings), (job_type, keyed)
+                read = (await client.get(f"/jobengine/jobs/{submitted['jobId']}",
+                                         headers=factory.headers(tenant))).json()
+                assert read["waitingReason"] == submitted["waitingReason"], (job_type, keyed)
+    finally:
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", record)
+        async with runtime.sessions() as session:
+            await registry.deregister(session, anyones)
 
 
 async def test_a_quota_with_room_for_some_holds_the_later_ranks_in_dispatch_order(client, factory, runtime):

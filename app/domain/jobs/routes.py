@@ -115,12 +115,12 @@ async def submit_job(
     request: Request[Any, Any, Any], data: submissions.JobSubmit, submission: Mutation
 ) -> Response[JobSubmitted]:
     if submission.at_once:  # one statement with its audit row (PostgreSQL, no Idempotency-Key)
-        job = await submissions.submit_job_at_once(
+        job, facts = await submissions.submit_job_at_once(
             submission.session, submission.caller, data, submission.audit_values
         )
         return await submission.answered(
             status=201,
-            content=await _submitted(submission, job),
+            content=await _submitted(submission, job, facts),
             headers={"Location": location(request, f"/jobengine/jobs/{job.job_id}")},
         )
     job = await submissions.submit_job(submission.session, submission.caller, data)
@@ -132,9 +132,10 @@ async def submit_job(
     )
 
 
-async def _submitted(submission: Mutation, job: Any) -> JobSubmitted:
-    """The answer to a submission: the job's view (why it waits) and what the submitter should know."""
-    view, warnings = await service.answer(submission.session, submission.caller, job)
+async def _submitted(submission: Mutation, job: Any, facts: Any = None) -> JobSubmitted:
+    """The answer to a submission: the job's view (why it waits) and what the submitter should know
+    (``facts``: those of its type the submission's statement read)."""
+    view, warnings = await service.answer(submission.session, submission.caller, job, facts)
     return JobSubmitted(**msgspec.structs.asdict(view), warnings=warnings)
 
 

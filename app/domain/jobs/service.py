@@ -46,11 +46,13 @@ async def views(session: AsyncSession, tenant_id: int, jobs: list[Any], now: dat
     return [view(j, reasons.get(j.job_id), entries.get(j.job_id)) for j in jobs]
 
 
-async def answer(session: AsyncSession, caller: Caller, job: Any) -> tuple[JobView, list[str]]:
+async def answer(session: AsyncSession, caller: Caller, job: Any, facts: Any = None) -> tuple[JobView, list[str]]:
     """A submitted job's view (why it waits) and its warnings: ``no_worker_for_job_type`` when no
     worker that may run the tenant's jobs has served its type in the last hour (it is queued all the
-    same)."""
-    reason, served = await why.on_submission(session, caller.tenant_id, job, datetime.now(UTC))
+    same). ``facts``: those of its type the submission's statement read at the job's creation
+    (``why.on_submission``); else they are read now."""
+    now = datetime.now(UTC) if facts is None else job.created_at
+    reason, served = await why.on_submission(session, caller.tenant_id, job, now, facts)
     return view(job, reason), [] if served else ["no_worker_for_job_type"]
 
 

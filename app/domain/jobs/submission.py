@@ -13,15 +13,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import bindparam, case, insert, literal_column, select, update
+from sqlalchemy import bindparam, case, insert, literal_column, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.caller import Caller
 from app.core.problems import FieldError, Problem, not_found
+from app.domain.jobs import why
 from app.domain.sources.schemas import SourceIdText
+from app.domain.workers.registry import SERVED_WINDOW
 from app.storage.db import run_last
 from app.storage.models import AuditRecord, Job, Source
 
@@ -168,6 +171,15 @@ def job_row(
     }
 
 
+_UNSET = dict.fromkeys(column.key for column in Job.__table__.c)
+
+
+def submitted(row: dict[str, Any]) -> SimpleNamespace:
+    """A job just inserted as its answer reads it: the columns of ``row``, the others null. Not an
+    ORM entity: nothing is to track, and building one costs a submission more than its answer."""
+    return SimpleNamespace(**{**_UNSET, **row})
+
+
 INSERT_JOBS = insert(Job.__table__)  # Core: the rows are complete, nothing for the ORM to track
 _JOBS = Job.__table__.c
 _FROM_SOURCE = ("tenant_id", "job_id", "source_id", "job_type", "payload", "priority", "status", "attempt",
@@ -204,7 +216,9 @@ def _submit_at_once(project_scoped: bool) -> Any:
     """PostgreSQL, one statement: the job (``INSERT … SELECT`` from its visible, enabled source),
     its source's counter and the request's audit row (``audit_*`` parameters), the last two only
     when the job was inserted. Run on its own (autocommit), it is the whole transaction: one round
-    trip, and the source row is locked only while the statement runs."""
+    trip, and the source row is locked only while the statement runs. With the job's project it
+    returns the facts of its type the answer reads (``why.submission_facts`` at the job's creation
+    time; ``served_since`` parameter)."""
     job = _insert_from_source(project_scoped).returning(_JOBS.project_id, _JOBS.source_id).cte("job")
     counted = (
         update(Source)
@@ -225,7 +239,13 @@ def _submit_at_once(project_scoped: bool) -> Any:
         .returning(AuditRecord.__table__.c.id)
         .cte("audited")
     )
-    return select(job.c.project_id).add_cte(counted, audited)
+    facts = why.submission_facts(
+        bindparam("new_tenant_id"),
+        bindparam("new_job_type"),
+        bindparam("new_created_at"),
+        bindparam("served_since", type_=_JOBS["created_at"].type),
+    ).subquery("facts")
+    return select(job.c.project_id, *facts.c).select_from(job.join(facts, true())).add_cte(counted, audited)
 
 
 SUBMIT_AT_ONCE = {scoped: _submit_at_once(scoped) for scoped in (False, True)}
@@ -233,17 +253,18 @@ SUBMIT_AT_ONCE = {scoped: _submit_at_once(scoped) for scoped in (False, True)}
 
 async def submit_job_at_once(
     session: AsyncSession, caller: Caller, data: JobSubmit, audit: Callable[[str, int], dict[str, Any]]
-) -> Job:
+) -> tuple[SimpleNamespace, Any]:
     """:func:`submit_job` and its audit row in one autocommitted statement (PostgreSQL; a request
     without ``Idempotency-Key``, whose answer need not be stored with it). ``audit(target,
-    status)`` gives the audit row's values. A refused source raises 404 or 409 as
-    :func:`submit_job` does, and nothing was written."""
+    status)`` gives the audit row's values. Returns the job and the facts of its type for the
+    answer (``why.on_submission``'s ``facts``, read at the job's ``created_at``). A refused source
+    raises 404 or 409 as :func:`submit_job` does, and nothing was written."""
     now = datetime.now(UTC)
     row = job_row(caller.tenant_id, data.source_id, None, validated(data, now), now)
     audit_row = {f"audit_{name}": value for name, value in audit(row["job_id"], 201).items()}
     connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     statement = SUBMIT_AT_ONCE[caller.project is not None]
-    parameters = {**_new(row), **audit_row, "project": caller.project}
+    parameters = {**_new(row), **audit_row, "project": caller.project, "served_since": now - SERVED_WINDOW}
     inserted = (await connection.execute(statement, parameters)).first()
     if inserted is None:
         _, refused = await open_sources(session, caller, [data.source_id])
@@ -251,7 +272,7 @@ async def submit_job_at_once(
             raise not_found("Source")
         raise Problem(409, "source_disabled", f"Source {data.source_id!r} is disabled; it accepts no jobs.")
     row["project_id"] = inserted.project_id
-    return Job(**row)
+    return submitted(row), inserted
 
 
 async def take_source(session: AsyncSession, caller: Caller, source_id: str, jobs: int, now: datetime) -> Source:
@@ -310,9 +331,9 @@ def new_job(
     )
 
 
-async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> Job:
+async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> SimpleNamespace:
     """Insert the job (one statement that also checks its source) and count it on its source
-    last (:func:`count_jobs`); returns the new job, not attached to the session. A refused
+    last (:func:`count_jobs`); returns the new job (:func:`submitted`). A refused
     source raises 404 or 409 ``source_disabled``."""
     now = datetime.now(UTC)
     row = job_row(caller.tenant_id, data.source_id, None, validated(data, now), now)
@@ -325,5 +346,5 @@ async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> 
         raise Problem(409, "source_disabled", f"Source {data.source_id!r} is disabled; it accepts no jobs.")
     row["project_id"] = inserted.project_id
     count_jobs(session, caller.tenant_id, {data.source_id: 1}, now)
-    return Job(**row)
+    return submitted(row)
 

@@ -10,7 +10,20 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, and_, bindparam, case, column, func, literal, select, text, true
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    column,
+    func,
+    literal,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,43 +34,45 @@ from app.domain.workers import registry
 from app.storage import job_counts
 from app.storage.models import DeadLetterEntry, Job, Quota, Source
 
+QUOTA_LIMITS = (Quota.max_active, Quota.max_per_hour, Quota.burst, Quota.paused)
+
+
+def limits(row: Any) -> rules.Limits | None:
+    """The quota of a row of :data:`QUOTA_LIMITS` (None when the row's are null: no quota)."""
+    return None if row.paused is None else rules.Limits(row.max_active, row.max_per_hour, row.burst, row.paused)
+
 
 async def type_facts(
     session: AsyncSession,
     tenant_id: int,
     job_types: Iterable[str],
     now: datetime,
-    workers: list[Any] | None = None,
     *,
     later: dict[str, int] | None = None,
 ) -> dict[str, waiting.TypeFacts]:
     """The facts of each job type the waiting rule reads: its quota, the quota's counts and the live
-    workers' capacity (``workers``: the live workers, when the caller has read them already;
-    ``later``: the tenant's waiting jobs not due yet per type, when the caller has read them)."""
+    workers' capacity (``later``: the tenant's waiting jobs not due yet per type, when the caller
+    has read them)."""
     types = sorted(set(job_types))
     if not types:
         return {}
     quotas = {
-        q.job_type: rules.Limits(q.max_active, q.max_per_hour, q.burst, q.paused)
+        q.job_type: limits(q)
         for q in await session.execute(
-            select(Quota.job_type, Quota.max_active, Quota.max_per_hour, Quota.burst, Quota.paused).where(
-                Quota.tenant_id == tenant_id, Quota.job_type.in_(types)
-            )
+            select(Quota.job_type, *QUOTA_LIMITS).where(Quota.tenant_id == tenant_id, Quota.job_type.in_(types))
         )
     }
     observed = await observed_by_job_type(session, tenant_id, sorted(quotas), now, later=later)
-    if workers is None:
-        workers = await registry.live(session, tenant_id, now)
-    facts: dict[str, waiting.TypeFacts] = {}
-    for job_type in types:
-        capacity = registry.capacity(workers, job_type)
-        facts[job_type] = waiting.TypeFacts(
+    capacity = await registry.capacity(session, tenant_id, types, now)
+    return {
+        job_type: waiting.TypeFacts(
             quotas.get(job_type),
             observed.get(job_type, rules.Observed(0, 0, 0, 0)),
-            capacity.workers,
-            capacity.free_slots,
+            capacity[job_type].workers,
+            capacity[job_type].free_slots,
         )
-    return facts
+        for job_type in types
+    }
 
 
 async def _rank_below(session: AsyncSession, job: Any, now: datetime, bound: int) -> int:
@@ -124,24 +139,44 @@ async def reasons(
     return out
 
 
-async def on_submission(session: AsyncSession, tenant_id: int, job: Any, now: datetime) -> tuple[str | None, bool]:
+def submission_facts(tenant_id: Any, job_type: Any, now: Any, served_since: Any) -> Select[Any]:
+    """One row, the facts of a submitted job's type its answer reads (values or SQL expressions):
+    the workers' (``registry.of_type``: ``workers``, ``free_slots``, ``served``) and its quota's
+    limits (:data:`QUOTA_LIMITS`, null without a quota). Run on its own, or carried by the
+    submission's statement (``app/domain/jobs/submission.py``)."""
+    workers = registry.of_type(tenant_id, job_type, now, served_since).subquery("worker_facts")
+    quota = select(*QUOTA_LIMITS).where(Quota.tenant_id == tenant_id, Quota.job_type == job_type).subquery("quota_limits")
+    return select(*workers.c, *quota.c).select_from(workers.outerjoin(quota, true()))
+
+
+async def on_submission(
+    session: AsyncSession, tenant_id: int, job: Any, now: datetime, facts: Any = None
+) -> tuple[str | None, bool]:
     """The ``waitingReason`` of a job just submitted, and whether a worker that may run the tenant's
     jobs served its type in the last hour (else the answer warns ``no_worker_for_job_type``).
 
     The rule and facts of :func:`reasons`, read with fewer statements: its source took it (so it is
-    enabled), it is no pack step, and one query of the workers gives both the live ones and those
-    seen within the hour; the quota's are read only when its type has a quota."""
-    workers, served = await registry.live_and_served(session, tenant_id, job.job_type, now)
+    enabled), it is no pack step, and its type's facts are one row of :func:`submission_facts`
+    (``facts``, when the submission's statement carried it; else read here). Only a quota's counts
+    and the job's rank are read after it, when its type has a quota."""
+    if facts is None:
+        statement = submission_facts(tenant_id, job.job_type, now, now - registry.SERVED_WINDOW)
+        facts = (await session.execute(statement)).one()
+    served = bool(facts.served)
     if job.status not in waiting.WAITING_STATUSES:
         return None, served
-    kind = (await type_facts(session, tenant_id, [job.job_type], now, workers))[job.job_type]
-    facts = waiting.JobFacts(
+    quota = limits(facts)
+    observed = rules.Observed(0, 0, 0, 0)
+    if quota is not None:
+        observed = (await observed_by_job_type(session, tenant_id, [job.job_type], now)).get(job.job_type, observed)
+    kind = waiting.TypeFacts(quota, observed, int(facts.workers), int(facts.free_slots))
+    job_facts = waiting.JobFacts(
         status=job.status, run_after=job.run_after, in_pack=False, previous_step_succeeded=True, source_enabled=True
     )
     bound = waiting.startable(kind)
-    if bound and waiting.waiting_reason(facts, kind, now) in (None, "worker_capacity"):
-        facts = replace(facts, rank=await _rank_below(session, job, now, bound))
-    return waiting.waiting_reason(facts, kind, now), served
+    if bound and waiting.waiting_reason(job_facts, kind, now) in (None, "worker_capacity"):
+        job_facts = replace(job_facts, rank=await _rank_below(session, job, now, bound))
+    return waiting.waiting_reason(job_facts, kind, now), served
 
 
 async def dead_letter_entries(session: AsyncSession, tenant_id: int, jobs: list[Any]) -> dict[str, str]:

@@ -23,13 +23,30 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    case,
+    cast,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import expression
 
 from app.storage.models import Worker
 
@@ -120,14 +137,72 @@ async def mark_lapsed(session: AsyncSession, now: datetime) -> int:
     return int(result.rowcount or 0)
 
 
-def serves_tenant(worker: Worker, tenant_id: int) -> bool:
-    return worker.tenant_ids is None or tenant_id in worker.tenant_ids
+class json_array_has(expression.FunctionElement[bool]):
+    """``value`` is an element of the JSON array ``array`` (``value`` cast to the elements' SQL type)."""
+
+    type = Boolean()
+    inherit_cache = True
+    null_has_all = False
+
+
+class json_array_has_or_null(json_array_has):
+    """:class:`json_array_has`, or ``array`` is JSON ``null`` or absent (no list: it has every value)."""
+
+    inherit_cache = True
+    null_has_all = True
+
+
+def _or_null(element: Any, type_of: str, has: str) -> str:
+    return f"(coalesce({type_of}, 'null') = 'null' OR {has})" if element.null_has_all else f"({has})"
+
+
+@compiles(json_array_has, "postgresql")
+def _json_array_has_postgresql(element: Any, compiler: Any, **kw: Any) -> str:
+    array, value = (compiler.process(clause, **kw) for clause in element.clauses)
+    return _or_null(element, f"jsonb_typeof({array})", f"{array} @> to_jsonb({value})")
+
+
+@compiles(json_array_has)
+def _json_array_has_generic(element: Any, compiler: Any, **kw: Any) -> str:
+    array, value = (compiler.process(clause, **kw) for clause in element.clauses)  # SQLite
+    return _or_null(element, f"json_type({array})", f"EXISTS (SELECT 1 FROM json_each({array}) WHERE value = {value})")
+
+
+def may_run(tenant_id: Any) -> ColumnElement[bool]:
+    """The worker may run the tenant's jobs (``tenant_id``: a value or a SQL expression). The change
+    feed's triggers (migration 0013, ``feed_worker_tenants``) fan a worker's changes out by the same
+    rule; a change to this rule needs a migration that changes theirs."""
+    return json_array_has_or_null(Worker.tenant_ids, cast(tenant_id, BigInteger))  # null: every tenant's
+
+
+def serves(job_type: Any) -> ColumnElement[bool]:
+    """The worker serves the job type (``job_type``: a value or a SQL expression)."""
+    return json_array_has(Worker.job_types, cast(job_type, String))
+
+
+FREE_SLOTS = case((Worker.concurrency > Worker.running, Worker.concurrency - Worker.running), else_=0)
 
 
 async def live(session: AsyncSession, tenant_id: int, now: datetime) -> list[Worker]:
     """The live workers that may run this tenant's jobs, ordered by ``worker_id``."""
-    rows = await session.execute(select(Worker).where(Worker.expires_at > now).order_by(Worker.worker_id))
-    return [w for w in rows.scalars() if serves_tenant(w, tenant_id)]
+    rows = await session.execute(
+        select(Worker).where(Worker.expires_at > now, may_run(tenant_id)).order_by(Worker.worker_id)
+    )
+    return list(rows.scalars())
+
+
+def of_type(tenant_id: Any, job_type: Any, now: Any, served_since: Any) -> Select[Any]:
+    """One row, what the waiting rule and a submission's warning read of the workers for the
+    tenant's jobs of ``job_type`` (values or SQL expressions): ``workers``, the live ones that may run them;
+    ``free_slots``, their concurrency minus their running jobs, summed; ``served``, whether one was
+    seen since ``served_since`` (live or gone)."""
+    alive = Worker.expires_at > now
+    seen = Worker.last_seen_at >= served_since
+    return select(
+        func.count(case((alive, 1))).label("workers"),
+        func.coalesce(func.sum(case((alive, FREE_SLOTS))), 0).label("free_slots"),
+        (func.count(case((seen, 1))) > 0).label("served"),
+    ).where(may_run(tenant_id), serves(job_type), or_(alive, seen))
 
 
 @dataclass(frozen=True)
@@ -136,29 +211,13 @@ class Capacity:
     free_slots: int  # their concurrency minus their running jobs, summed
 
 
-def capacity(workers: Iterable[Worker], job_type: str) -> Capacity:
-    serving = [w for w in workers if job_type in w.job_types]
-    return Capacity(len(serving), sum(max(0, w.concurrency - w.running) for w in serving))
-
-
-async def live_and_served(
-    session: AsyncSession, tenant_id: int, job_type: str, now: datetime
-) -> tuple[list[Any], bool]:
-    """:func:`live` and :func:`served_recently` in one query: what a submission's answer needs."""
-    rows = await session.execute(  # the columns the two need, without loading entities
-        select(
-            Worker.worker_id, Worker.job_types, Worker.tenant_ids, Worker.concurrency, Worker.running,
-            Worker.expires_at, Worker.last_seen_at,
-        )
-        .where(or_(Worker.expires_at > now, Worker.last_seen_at >= now - SERVED_WINDOW))
-        .order_by(Worker.worker_id)
+async def capacity(session: AsyncSession, tenant_id: int, job_types: list[str], now: datetime) -> dict[str, Capacity]:
+    """:func:`of_type` of each job type, in one statement."""
+    if not job_types:
+        return {}
+    since = now - SERVED_WINDOW
+    statement = union_all(
+        *(of_type(tenant_id, t, now, since).add_columns(literal(n, Integer).label("n")) for n, t in enumerate(job_types))
     )
-    mine = [w for w in rows if serves_tenant(w, tenant_id)]  # type: ignore[arg-type]
-    live_ones = [w for w in mine if w.expires_at > now]
-    return live_ones, any(job_type in w.job_types for w in mine if w.last_seen_at >= now - SERVED_WINDOW)
-
-
-async def served_recently(session: AsyncSession, tenant_id: int, job_type: str, now: datetime) -> bool:
-    """Has a worker that may run this tenant's jobs served ``job_type`` in the last hour?"""
-    rows = await session.execute(select(Worker).where(Worker.last_seen_at >= now - SERVED_WINDOW))
-    return any(serves_tenant(w, tenant_id) and job_type in w.job_types for w in rows.scalars())
+    rows = {row.n: row for row in await session.execute(statement)}
+    return {t: Capacity(int(rows[n].workers), int(rows[n].free_slots)) for n, t in enumerate(job_types)}
