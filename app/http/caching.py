@@ -148,15 +148,17 @@ class Revalidation:
 
     async def __call__(self, request: Request[Any, Any, Any]) -> Response[Any] | None:
         """``before_request`` for GETs: a 304 when the remembered answer is current."""
-        kinds = request.route_handler.opt.get("depends")
-        if_none_match = request.headers.get("if-none-match")
-        caller = request.scope.get("user")
-        if not kinds or not if_none_match or caller is None:
+        scope = request.scope
+        kinds = scope["route_handler"].opt.get("depends")
+        caller = scope.get("user")
+        if not kinds or caller is None:
+            return None
+        if_none_match = first_header(scope, b"if-none-match")  # the value ``request.headers`` gives
+        if not if_none_match:
             return None
         state = await self.state(caller.tenant_id, kinds)
         if state is None:
             return None
-        scope = request.scope
         key = (caller.tenant_id, caller.project, scope["path"], scope["query_string"])
         scope["state"][_CAPTURED] = (key, state)
         issued = self._issued.get(key)
@@ -165,12 +167,8 @@ class Revalidation:
         for etag in issued.etags:
             if matches(if_none_match, etag):
                 metrics.REVALIDATED_IN_MEMORY.inc()
-                policy = request.route_handler.opt.get("cache", "console")
-                return Response(
-                    content=b"",
-                    status_code=304,
-                    headers={"ETag": etag, "Cache-Control": CACHE_POLICIES[policy], "Vary": VARY},
-                )
+                policy = scope["route_handler"].opt.get("cache", "console")
+                return NotModified({"ETag": etag, "Cache-Control": CACHE_POLICIES[policy], "Vary": VARY})
         return None
 
     def remember(self, scope: Scope, etag: str) -> None:
@@ -187,6 +185,26 @@ class Revalidation:
         self._issued.move_to_end(key)
         while len(self._issued) > self.capacity:
             self._issued.popitem(last=False)
+
+
+def first_header(scope: Scope, name: bytes) -> str | None:
+    """The first value of the header ``name`` (lower case), as ``request.headers.get`` gives it,
+    without building the request's header map."""
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class NotModified(Response[bytes]):
+    """A 304 answered from memory: nothing to render, its ASGI response built at once."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__(content=b"", status_code=304, headers=headers)
+
+    def to_asgi_response(self, app: Any, request: Request[Any, Any, Any], **kwargs: Any) -> ASGIResponse:
+        extra = kwargs.get("headers")
+        return ASGIResponse(status_code=304, headers={**extra, **self.headers} if extra else self.headers, body=b"")
 
 
 class GatewayResponse(Response[Any]):
