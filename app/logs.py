@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from app.sanitize import SanitizingFilter, sanitize
+from app.sanitize import SanitizingFilter, needs_masking, sanitize
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -108,7 +108,9 @@ class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def write_line(self, created: float, level: str, name: str, message: str, fields: dict[str, Any]) -> None:
         formatter = self.formatter
         assert isinstance(formatter, (JsonFormatter, TextFormatter))
-        line = formatter.line(created, level, name, sanitize(message), _clean_fields(fields))
+        if needs_masking(message, *(value for value in fields.values() if isinstance(value, str))):
+            message, fields = sanitize(message), _clean_fields(fields)
+        line = formatter.line(created, level, name, message, fields)
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:

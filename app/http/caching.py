@@ -16,6 +16,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -167,8 +168,7 @@ class Revalidation:
         for etag in issued.etags:
             if matches(if_none_match, etag):
                 metrics.REVALIDATED_IN_MEMORY.inc()
-                policy = scope["route_handler"].opt.get("cache", "console")
-                return NotModified({"ETag": etag, "Cache-Control": CACHE_POLICIES[policy], "Vary": VARY})
+                return not_modified(etag, scope["route_handler"].opt.get("cache", "console"))
         return None
 
     def remember(self, scope: Scope, etag: str) -> None:
@@ -194,6 +194,13 @@ def first_header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
+
+
+@lru_cache(maxsize=1024)
+def not_modified(etag: str, policy: str) -> NotModified:
+    """The 304 of an ETag under a cache policy; shared by the requests it answers (nothing of it
+    changes once made: every request gets its own ASGI response from it)."""
+    return NotModified({"ETag": etag, "Cache-Control": CACHE_POLICIES[policy], "Vary": VARY})
 
 
 class NotModified(Response[bytes]):
