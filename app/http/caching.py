@@ -204,14 +204,18 @@ def not_modified(etag: str, policy: str) -> NotModified:
 
 
 class NotModified(Response[bytes]):
-    """A 304 answered from memory: nothing to render, its ASGI response built at once."""
+    """A 304 answered from memory: nothing to render; its ASGI response is made once (sending one
+    changes nothing of it)."""
 
     def __init__(self, headers: dict[str, str]) -> None:
         super().__init__(content=b"", status_code=304, headers=headers)
+        self.asgi = ASGIResponse(status_code=304, headers=self.headers, body=b"")
 
     def to_asgi_response(self, app: Any, request: Request[Any, Any, Any], **kwargs: Any) -> ASGIResponse:
         extra = kwargs.get("headers")
-        return ASGIResponse(status_code=304, headers={**extra, **self.headers} if extra else self.headers, body=b"")
+        if extra:  # headers a layer declares for the route (none does today)
+            return ASGIResponse(status_code=304, headers={**extra, **self.headers}, body=b"")
+        return self.asgi
 
 
 class GatewayResponse(Response[Any]):
