@@ -9,6 +9,7 @@ and the formatter masks the extra fields too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from app.sanitize import SanitizingFilter, sanitize
+from app.sanitize import SanitizingFilter, needs_masking, sanitize
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -91,18 +92,62 @@ class TextFormatter(logging.Formatter):
 
 class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler :func:`make_handler` makes: masks secrets, and writes lines made without a
-    :class:`~logging.LogRecord` too (:func:`write_line`)."""
+    :class:`~logging.LogRecord` too (:func:`write_line`).
+
+    Such lines written while an event loop runs in this thread are gathered and written together
+    at the loop's next iteration: one write for every request that finished in the same iteration
+    (the access log's line per request was one system call each). A record through the logging
+    module, a line written outside a loop and :meth:`flush` (also at exit) write what was gathered
+    first, so the order of lines is kept."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._gathered: list[str] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
 
     def write_line(self, created: float, level: str, name: str, message: str, fields: dict[str, Any]) -> None:
         formatter = self.formatter
         assert isinstance(formatter, (JsonFormatter, TextFormatter))
-        line = formatter.line(created, level, name, sanitize(message), _clean_fields(fields))
+        if needs_masking(message, *(value for value in fields.values() if isinstance(value, str))):
+            message, fields = sanitize(message), _clean_fields(fields)
+        line = formatter.line(created, level, name, message, fields)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         with self.lock:  # type: ignore[union-attr]
-            try:
-                self.stream.write(line + self.terminator)
-                self.flush()
-            except Exception:  # noqa: BLE001 - as a record's emit: reported, never raised to the request
-                self.handleError(logging.makeLogRecord({"name": name, "levelname": level, "msg": message}))
+            self._gathered.append(line + self.terminator)
+            if loop is None:
+                self._write_gathered()
+            elif self._flush_on is not loop:
+                self._flush_on = loop
+                loop.call_soon(self._flush_gathered)
+
+    def _flush_gathered(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._flush_on = None
+            self._write_gathered()
+
+    def _write_gathered(self) -> None:
+        """Write the gathered lines (the lock held)."""
+        if not self._gathered:
+            return
+        text = "".join(self._gathered)
+        self._gathered.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:  # noqa: BLE001 - as a record's emit: reported, never raised to the request
+            self.handleError(logging.makeLogRecord({"name": "jobgate.access", "msg": text[:200]}))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._write_gathered()  # handle() holds the lock
+        super().emit(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_gathered()
+        super().flush()
 
 
 def make_handler(log_format: str = "json") -> logging.Handler:

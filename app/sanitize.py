@@ -67,6 +67,12 @@ def sanitize(text: str) -> str:
     return text
 
 
+def needs_masking(*texts: str) -> bool:
+    """Whether :func:`sanitize` could change any of ``texts``: one search over all of them (no word
+    it looks for holds a line break, so none is found across two texts)."""
+    return _ANY_NEEDLE.search("\n".join(texts).casefold()) is not None
+
+
 class SanitizingFilter(logging.Filter):
     """Applied to every handler: the formatted message is sanitised before it is written."""
 

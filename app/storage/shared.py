@@ -6,6 +6,7 @@ for the embedded single-process default. Both implement the same two operations.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -69,7 +70,8 @@ class SharedStore(Protocol):
         """Advance the counter ``key`` by one; its new value."""
 
     async def read(self, key: str) -> int:
-        """The counter ``key`` (0 when never bumped)."""
+        """The counter ``key`` (0 when never bumped), as the store holds it at some instant after
+        this call began."""
 
     async def lease(self, key: str, member: str, limit: int, ttl_seconds: int) -> bool:
         """Hold (or renew) ``member``'s lease in the set ``key`` for ``ttl_seconds``, unless
@@ -93,7 +95,12 @@ class StoreUnavailable(ConnectionError):
 
 class RedisStore:
     """After a failure, calls fail immediately for :attr:`pause` seconds instead of each waiting for
-    the timeout again, so a Redis outage costs requests at most one timeout per pause."""
+    the timeout again, so a Redis outage costs requests at most one timeout per pause.
+
+    Concurrent :meth:`read` calls share round trips: a read waits for the next ``MGET`` of this
+    process, which is sent once the one in flight (if any) has answered, and carries every key
+    asked for meanwhile. Each read is still answered by a command sent after it began, so it sees
+    every write Redis acknowledged before then; under load one round trip answers many reads."""
 
     def __init__(  # type: ignore[no-untyped-def]
         self,
@@ -117,6 +124,9 @@ class RedisStore:
         )
         self._gcra = self.redis.register_script(_GCRA)
         self._lease = self.redis.register_script(_LEASE)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the reads below belong to
+        self._waiting: list[tuple[str, asyncio.Future[int]]] = []  # reads for the next MGET
+        self._reader: asyncio.Task[None] | None = None  # sends the MGETs while reads wait
 
     async def _call(self, awaitable: Any) -> Any:
         if self._clock() < self._open_until:
@@ -142,7 +152,38 @@ class RedisStore:
         return int(await self._call(self.redis.incr(self.prefix + key)))
 
     async def read(self, key: str) -> int:
-        return int(await self._call(self.redis.get(self.prefix + key)) or 0)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a store used from a new event loop forgets the old one's reads
+            self._loop, self._waiting, self._reader = loop, [], None
+        waiter: asyncio.Future[int] = loop.create_future()
+        self._waiting.append((key, waiter))
+        if self._reader is None:
+            self._reader = loop.create_task(self._read_waiting())
+        return await waiter
+
+    async def _read_waiting(self) -> None:
+        """Answer the waiting reads, one MGET per batch, until none wait."""
+        batch: list[tuple[str, asyncio.Future[int]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                keys = list(dict.fromkeys(key for key, _ in batch))
+                try:
+                    values = await self._call(self.redis.mget([self.prefix + key for key in keys]))
+                except Exception as exc:  # noqa: BLE001 - each read fails as its own call would
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                found = {key: int(value or 0) for key, value in zip(keys, values)}
+                for key, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(found[key])
+                batch = []
+        finally:
+            for _, waiter in (*batch, *self._waiting):  # only when cancelled (the loop is ending)
+                waiter.cancel()
+            self._waiting, self._reader = [], None
 
     async def lease(self, key: str, member: str, limit: int, ttl_seconds: int) -> bool:
         return bool(await self._call(self._lease(keys=[self.prefix + key], args=[member, limit, ttl_seconds * 1000])))

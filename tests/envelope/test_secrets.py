@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import app.http.mutation as mutation_module
-from app.sanitize import _PATTERNS, SanitizingFilter, sanitize
+from app.sanitize import _PATTERNS, SanitizingFilter, needs_masking, sanitize
 from app.storage.models import AuditRecord
 from tests.conftest import make_app, serving
 from tests.envelope import audit_rows
@@ -243,3 +243,16 @@ def sanitize_everywhere(text: str) -> str:
 @settings(max_examples=1500, deadline=None)
 def test_sanitize_with_its_word_pre_check_masks_exactly_what_every_pattern_masks(text):
     assert sanitize(text) == sanitize_everywhere(text)
+
+
+_TEXT = st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=6)), max_size=6).map("".join)
+
+
+@given(st.lists(_TEXT, max_size=6))
+@settings(max_examples=1500, deadline=None)
+def test_texts_checked_together_need_masking_whenever_one_of_them_does(texts):
+    """The access line's values are checked with one search (``needs_masking``); it never passes a
+    value that :func:`sanitize` would change."""
+    if not needs_masking(*texts):
+        assert [sanitize(text) for text in texts] == texts
+    assert needs_masking(*texts) == any(needs_masking(text) for text in texts)

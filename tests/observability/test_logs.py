@@ -3,6 +3,7 @@ how long, and never a token or secret; the format and level are settings validat
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -126,7 +127,8 @@ def test_log_and_shutdown_settings_have_production_defaults(tmp_path):
 @pytest.fixture
 def lone_logger() -> Iterator[logging.Logger]:
     log = logging.getLogger("jobgate.test.lines")
-    log.propagate, log.level = False, logging.INFO
+    log.propagate = False
+    log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the level cache a test filled
     try:
         yield log
     finally:
@@ -187,3 +189,31 @@ def test_property_a_line_s_time_is_the_instant_as_datetime_writes_it(created: fl
     expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert timestamp(created) == expected
     assert timestamp(created) == expected  # from the second's text kept
+
+
+async def test_lines_written_in_one_loop_iteration_are_written_together_in_order(lone_logger):
+    """Inside an event loop the access lines of one iteration become one write at the next; a record
+    through the logging module writes them first, so no line changes place."""
+    writes: list[str] = []
+
+    class Counted(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return super().write(text)
+
+    stream = Counted()
+    handler = make_handler("json")
+    handler.setStream(stream)
+    lone_logger.handlers[:] = [handler]
+    write_line(lone_logger, "GET /a 200", {"n": 1})
+    write_line(lone_logger, "GET /b 200 token=abcdef0123456789", {"n": 2})
+    assert stream.getvalue() == ""  # not yet: at the loop's next iteration
+    await asyncio.sleep(0)
+    assert len(writes) == 1
+    write_line(lone_logger, "GET /c 200", {"n": 3})
+    lone_logger.info("a record", extra={"n": 4})
+    write_line(lone_logger, "GET /d 200", {"n": 5})
+    handler.flush()  # as at exit
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["n"] for line in lines] == [1, 2, 3, 4, 5]
+    assert lines[1]["message"] == "GET /b 200 token=***"

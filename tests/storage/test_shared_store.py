@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -111,3 +112,62 @@ async def test_processes_sharing_a_budget_never_admit_more_than_it_near_the_limi
     # process left unspent), they never add any.
     assert 2000 - 2 * RateShares.batch(2000, 1) <= admitted <= 2000
     assert refusals and all(r.retry_after_seconds >= 1 for r in refusals)
+
+
+async def test_concurrent_reads_share_one_round_trip_and_each_gets_its_own_counter(redis_store, monkeypatch):
+    keys = [f"epoch:{uuid.uuid4().hex}" for _ in range(3)]
+    for times, key in enumerate(keys):
+        for _ in range(times):
+            await redis_store.bump(key)
+    mget = redis_store.redis.mget
+    sent: list[list[str]] = []
+
+    async def counted(names):  # type: ignore[no-untyped-def]
+        sent.append(list(names))
+        return await mget(names)
+
+    monkeypatch.setattr(redis_store.redis, "mget", counted)
+    values = await asyncio.gather(*(redis_store.read(key) for key in [*keys, *keys, "never-bumped"]))
+    assert values == [0, 1, 2, 0, 1, 2, 0]
+    assert len(sent) == 1 and len(sent[0]) == 4  # each key asked for once
+
+
+async def test_a_read_that_begins_after_a_write_sees_it_even_while_an_earlier_read_is_in_flight(
+    redis_store, services, monkeypatch
+):
+    """A read never joins a round trip sent before it began: the write acknowledged in between
+    is seen (what the revalidation guarantee rests on)."""
+    key = f"epoch:{uuid.uuid4().hex}"
+    writer = RedisStore(services.redis_url, services.redis_prefix)
+    mget = redis_store.redis.mget
+    in_flight, release = asyncio.Event(), asyncio.Event()
+
+    async def held(names):  # type: ignore[no-untyped-def]
+        values = await mget(names)  # answered by Redis before the write below
+        in_flight.set()
+        await release.wait()
+        return values
+
+    monkeypatch.setattr(redis_store.redis, "mget", held)
+    try:
+        earlier = asyncio.create_task(redis_store.read(key))
+        await in_flight.wait()
+        assert await writer.bump(key) == 1
+        later = asyncio.create_task(redis_store.read(key))
+        await asyncio.sleep(0)
+        release.set()
+        assert await earlier == 0
+        assert await later == 1
+    finally:
+        await writer.close()
+
+
+async def test_reads_waiting_together_all_fail_when_redis_does():
+    store = RedisStore("redis://127.0.0.1:1/0", "x:")
+    try:
+        results = await asyncio.gather(store.read("a"), store.read("b"), return_exceptions=True)
+        assert all(isinstance(result, RedisConnectionError) for result in results)
+        with pytest.raises(StoreUnavailable):
+            await store.read("a")  # within the pause: not asked
+    finally:
+        await store.close()
