@@ -229,6 +229,7 @@ async def change_events(
                     yield outgoing
                     last = int(outgoing.id or last)
         behind = 0
+        quiet = 0.0  # changes are sent at once from this instant on; before it they wait for it
         subscription.due(min(deadline, time.monotonic() + heartbeat))
         while True:
             state = await _wait(subscription, deadline, heartbeat)
@@ -256,10 +257,13 @@ async def change_events(
                 yield Outgoing(comment="keepalive")
                 continue
             behind = 0
+            hold = quiet - time.monotonic()
+            if hold > 0:  # within the window after the last send: what arrives meanwhile goes once
+                await asyncio.sleep(hold)
             for change in coalesced(c for c in subscription.take() if c.seq > last):
                 yield message(change)
                 last = change.seq
-            await asyncio.sleep(window)
+            quiet = time.monotonic() + window
     finally:
         hub.unsubscribe(subscription)
 
