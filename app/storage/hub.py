@@ -36,6 +36,7 @@ log = logging.getLogger("jobgate.feed")
 
 FETCH_LIMIT = 5000
 LIVENESS_SECONDS = 1.0
+RECONNECT_SECONDS = 0.2  # the first wait before reconnecting; doubled up to 5 s while it fails
 PURGE_EVERY_SECONDS = 60.0
 PURGE_BATCH = 10_000
 
@@ -175,6 +176,11 @@ class FeedHub:
         known = self._versions.get(tenant_id, {})
         return tuple(known.get(kind, 0) for kind in kinds)
 
+    @property
+    def listening_pid(self) -> int | None:
+        """The PostgreSQL backend of the listening connection (None while disconnected, and on SQLite)."""
+        return self._connection.get_server_pid() if self._connection is not None and self._current else None
+
     def sequence(self, tenant_id: int) -> int:
         return self._versions.get(tenant_id, {}).get(SEQUENCE, 0)
 
@@ -257,15 +263,21 @@ class FeedHub:
             self._pending.add(tenant_id)
             self._wake.set()
 
+    def _lost(self, _connection: Any) -> None:
+        # the listening connection closed: from now on the copy may miss notifications
+        self._current = False
+        self._wake.set()
+
     async def _listen(self) -> None:
-        backoff = 0.2
+        backoff = RECONNECT_SECONDS
         while not self._stopping:
             try:
                 self._connection = await asyncpg.connect(self._dsn, timeout=5, server_settings={
                     "application_name": "jobgate-feed"})
+                self._connection.add_termination_listener(self._lost)
                 await self._connection.add_listener(CHANNEL, self._notified)
                 await self._reload()
-                backoff = 0.2
+                backoff = RECONNECT_SECONDS
                 await self._serve_pg()
             except asyncio.CancelledError:
                 raise
@@ -292,7 +304,7 @@ class FeedHub:
             if tenant_id not in self._pending:
                 self._versions[tenant_id] = versions
         await self._drain_pg()
-        self._current = True
+        self._current = not self._connection.is_closed()
 
     async def _serve_pg(self) -> None:
         connection = self._connection
