@@ -235,8 +235,10 @@ async def stale_window(url: str, auth: dict[str, str], pg_dsn: str, tenant_id: i
                     remembered = await http.get(PATH, headers={"If-None-Match": etag})
                 if remembered.status_code != 304:
                     fail(f"the unchanged list was answered {remembered.status_code}, not 304")
-                await connection.execute("UPDATE sources SET description = $1 WHERE tenant_id = $2 AND source_id = $3",
-                                         uuid.uuid4().hex, tenant_id, source_id)
+                await connection.execute(
+                    "UPDATE sources SET description = $1 WHERE tenant_id = $2 AND source_id = $3",
+                    uuid.uuid4().hex, tenant_id, source_id,
+                )
                 committed = time.perf_counter()
                 stale = 0
                 while True:
@@ -357,11 +359,11 @@ def main() -> None:
             print(f"   {key}: {value:.3f} ms")
 
         print(f"5. stale window: a write without a response, then revalidations ({args.stale_trials} trials)")
-        results["stale_window"] = asyncio.run(stale_window(gateway.url, auth, pg_dsn, tenant_id, args.stale_trials))
-        window = results["stale_window"]
+        window = asyncio.run(stale_window(gateway.url, auth, pg_dsn, tenant_id, args.stale_trials))
+        results["stale_window"] = window
         print(f"   COMMIT → first 200: p50 {window['p50_ms']:.1f} ms, p99 {window['p99_ms']:.1f} ms "
-              f"(target ≤ {TARGET_STALE_P99_MS}); stale 304s per trial: mean {window['stale_304_per_trial_mean']:.1f}, "
-              f"max {window['stale_304_max']}")
+              f"(target ≤ {TARGET_STALE_P99_MS}); stale 304s per trial: "
+              f"mean {window['stale_304_per_trial_mean']:.1f}, max {window['stale_304_max']}")
 
         out = BENCH / "results" / f"change-feed-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
         out.parent.mkdir(exist_ok=True)

@@ -212,6 +212,8 @@ def test_each_message_is_written_as_server_sent_event_lines_and_a_changes_bytes_
         b'id: 7\r\nevent: job.changed\r\ndata: {"kind":"job","id":"j-1","version":7,'
         b'"at":"1970-01-01T00:00:00.000Z","projectId":"billing"}\r\n\r\n'
     )
-    assert stream.message(Change(1, 7, "job", "j-1", "billing", 0)).encoded is sent.encoded  # shared by every stream
+    again = stream.message(Change(1, 7, "job", "j-1", "billing", 0))
+    assert again.encoded is sent.encoded  # built once, shared by every stream
     assert stream.encode(stream.Outgoing(retry=2000, comment="closed")) == b": closed\r\nretry: 2000\r\n\r\n"
-    assert stream.encode(stream.Outgoing(event="snapshot", data="a\nb")) == b"event: snapshot\r\ndata: a\r\ndata: b\r\n\r\n"
+    snapshot = stream.Outgoing(event="snapshot", data="a\nb")
+    assert stream.encode(snapshot) == b"event: snapshot\r\ndata: a\r\ndata: b\r\n\r\n"

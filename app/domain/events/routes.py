@@ -105,12 +105,14 @@ class EventStreamResponse(ASGIStreamingResponse):
         iterator = self.iterator
         try:
             async for chunk in iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})  # type: ignore[typeddict-item]
+                body = {"type": "http.response.body", "body": chunk, "more_body": True}
+                await send(body)  # type: ignore[arg-type]
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not self.gone:
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # the client left: the stream is over
+            # the client left: the stream is over, and the request ends normally
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
             self.gone = True  # from here the watcher cancels nothing
             watcher.cancel()
