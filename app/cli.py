@@ -135,7 +135,7 @@ def serve(host: str, port: int, workers: int, demo: bool) -> None:
         if not demo:
             click.echo("  (tenant acme exists after `jobgate seed --demo` or `jobgate serve --demo`)")
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import HTTPModes, Interfaces
 
     from app.logs import granian_log_config
 
@@ -147,6 +147,10 @@ def serve(host: str, port: int, workers: int, demo: bool) -> None:
             address=host,
             port=port,
             interface=Interfaces.ASGI,
+            # HTTP/1.1 only (cleartext HTTP/2 needs prior knowledge, which browsers never use): the
+            # automatic detection holds a larger buffer per connection, and an idle event stream is
+            # one connection held for as long as its token lives (docs/benchmarks.md, the change feed).
+            http=HTTPModes.http1,
             workers=workers,
             factory=True,
             log_access=False,  # the gateway writes its own access log (app/http/observability.py)

@@ -16,7 +16,12 @@ the triggers' cost per write, in one command.
    counting what it receives: coalescing per object within the stream's window.
 4. **Trigger cost**: single-row writes committed one by one (INSERT into sources, UPDATE of a job),
    with and without the feed triggers, on the same database.
-5. **Worker fan-out**: ``--tenants`` tenants added; the registration of a worker started without
+5. **Stale window** of a write without a response (a worker's outcome, the reconciler): a source of
+   the list's first page updated through a separate PostgreSQL connection, then the list revalidated
+   in a tight loop with the ETag held before (remembered: answered from memory until the feed
+   delivers the change); the time from COMMIT returned to the first 200, p50/p99 over
+   ``--stale-trials`` trials. Target p99 ≤ 50 ms.
+6. **Worker fan-out**: ``--tenants`` tenants added; the registration of a worker started without
    ``--tenant`` (one ``worker`` event for every tenant), of one restricted to two tenants, and a
    heartbeat (no event), each committed alone.
 
@@ -64,6 +69,7 @@ from bench.run_foundation import (  # noqa: E402
 PATH = "/jobengine/sources?limit=50"
 TARGET_REVALIDATE = 0.50
 TARGET_P99_MS = 250.0
+TARGET_STALE_P99_MS = 50.0
 
 # The subscribers' process: N raw HTTP/1.1 streams, every event's arrival time (epoch seconds) by id.
 SUBSCRIBERS = r'''
@@ -216,6 +222,46 @@ async def trigger_cost(pg_dsn: str, tenant_id: int, writes: int) -> dict[str, fl
     return out
 
 
+async def stale_window(url: str, auth: dict[str, str], pg_dsn: str, tenant_id: int, trials: int) -> dict[str, Any]:
+    """Milliseconds from a write's COMMIT (another connection: no gateway answer, no write epoch)
+    to the first revalidation answered 200, and how many stale 304s came before it."""
+    connection = await asyncpg.connect(pg_dsn)
+    windows: list[float] = []
+    stale_answers: list[int] = []
+    try:
+        async with httpx.AsyncClient(base_url=url, headers=auth, timeout=10) as http:
+            for _ in range(trials):
+                page = await http.get(PATH)
+                etag = page.headers["etag"]
+                source_id = page.json()["items"][0]["sourceId"]
+                for _ in range(2):  # remembered, then answered from memory
+                    remembered = await http.get(PATH, headers={"If-None-Match": etag})
+                if remembered.status_code != 304:
+                    fail(f"the unchanged list was answered {remembered.status_code}, not 304")
+                await connection.execute(
+                    "UPDATE sources SET description = $1 WHERE tenant_id = $2 AND source_id = $3",
+                    uuid.uuid4().hex, tenant_id, source_id,
+                )
+                committed = time.perf_counter()
+                stale = 0
+                while True:
+                    answer = await http.get(PATH, headers={"If-None-Match": etag})
+                    if answer.status_code == 200:
+                        break
+                    stale += 1
+                    if time.perf_counter() - committed > 10:
+                        fail("a write without a response was still answered 304 after 10 s")
+                windows.append(1000 * (time.perf_counter() - committed))
+                stale_answers.append(stale)
+    finally:
+        await connection.close()
+    return {
+        "trials": trials, "p50_ms": statistics.median(windows), "p99_ms": percentile(windows, 0.99),
+        "max_ms": max(windows), "target_p99_ms": TARGET_STALE_P99_MS,
+        "stale_304_per_trial_mean": statistics.mean(stale_answers), "stale_304_max": max(stale_answers),
+    }
+
+
 WORKER_ROW = (
     "INSERT INTO workers (worker_id, host, pid, job_types, tenant_ids, concurrency, running, heartbeat_seconds, "
     "started_at, last_seen_at, expires_at) VALUES ($1, 'bench', 1, '[\"scan\"]', $2::jsonb, 4, 0, 5, now(), now(), "
@@ -267,6 +313,7 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=500)
     parser.add_argument("--tenants", type=int, default=10_000)
     parser.add_argument("--revalidation-only", action="store_true", help="measure the first part only")
+    parser.add_argument("--stale-trials", type=int, default=50)
     args = parser.parse_args()
     with bench_environment() as env:
         pg_dsn = with_database(env.admin_url, env.db_name)
@@ -317,6 +364,7 @@ def main() -> None:
         if not args.revalidation_only:
             the_other_parts(args, results, gateway, token, pg_dsn, tenant_id)
 
+
         out = BENCH / "results" / f"change-feed-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
@@ -324,7 +372,7 @@ def main() -> None:
 
 
 def the_other_parts(args: Any, results: dict[str, Any], gateway: Any, token: str, pg_dsn: str, tenant_id: int) -> None:
-    """Parts 2 to 5, into ``results``."""
+    """Parts 2 to 6, into ``results``."""
     print(f"2. {args.subscribers} subscribers on one process, changes committed by another")
     workers = gateway.worker_pids() or [gateway.process.pid]  # type: ignore[union-attr]
     idle_before = rss_kb(workers)
@@ -365,7 +413,15 @@ def the_other_parts(args: Any, results: dict[str, Any], gateway: Any, token: str
     for key, value in results["trigger_cost"].items():
         print(f"   {key}: {value:.3f} ms")
 
-    print(f"5. worker fan-out over {args.tenants} more tenants")
+    print(f"5. stale window: a write without a response, then revalidations ({args.stale_trials} trials)")
+    auth = {"Authorization": f"Bearer {token}", "X-Stella-Tenant": TENANT}
+    window = asyncio.run(stale_window(gateway.url, auth, pg_dsn, tenant_id, args.stale_trials))
+    results["stale_window"] = window
+    print(f"   COMMIT → first 200: p50 {window['p50_ms']:.1f} ms, p99 {window['p99_ms']:.1f} ms "
+          f"(target ≤ {TARGET_STALE_P99_MS}); stale 304s per trial: "
+          f"mean {window['stale_304_per_trial_mean']:.1f}, max {window['stale_304_max']}")
+
+    print(f"6. worker fan-out over {args.tenants} more tenants")
     results["worker_fan_out"] = asyncio.run(worker_fan_out(pg_dsn, args.tenants))
     for key, value in results["worker_fan_out"].items():
         print(f"   {key}: {value:.3f}")

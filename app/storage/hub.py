@@ -39,6 +39,7 @@ log = logging.getLogger("jobgate.feed")
 
 FETCH_LIMIT = 5000
 LIVENESS_SECONDS = 1.0
+RECONNECT_SECONDS = 0.2  # the first wait before reconnecting; doubled up to 5 s while it fails
 PURGE_EVERY_SECONDS = 60.0
 PURGE_BATCH = 10_000
 
@@ -52,56 +53,100 @@ _EVENTS_AFTER = (
 )
 
 
+class ChangeFilter:
+    """Which changes a stream takes: of ``kinds`` and, under a project, that project's objects and
+    the objects of ``wide`` kinds (those that belong to no project). One small object per stream,
+    no closure; the fan-out calls it once per change and stream."""
+
+    __slots__ = ("kinds", "project", "wide")
+
+    def __init__(self, kinds: frozenset[str], project: str | None = None, wide: frozenset[str] = frozenset()) -> None:
+        self.kinds = kinds
+        self.project = project
+        self.wide = wide
+
+    def __call__(self, change: Change) -> bool:
+        if change.kind not in self.kinds:
+            return False
+        return self.project is None or change.project_id == self.project or change.kind in self.wide
+
+
 class Subscription:
     """A bounded queue of one stream's changes. Beyond ``capacity`` changes the queue is emptied and
     marked :attr:`dropped`: the stream reads what it missed from the database (or ends), so a burst
-    or a slow reader never makes the process hold more than ``capacity`` changes for it."""
+    or a slow reader never makes the process hold more than ``capacity`` changes for it.
 
-    __slots__ = ("tenant_ids", "accept", "capacity", "queue", "wake", "dropped", "closed")
+    Waiting costs one future while it waits and one timer handle per :meth:`due` instant: no task,
+    no event object (a process holds thousands of idle subscriptions)."""
+
+    __slots__ = ("tenant_ids", "accept", "capacity", "queue", "dropped", "closed", "expired", "_waiter", "_timer")
 
     def __init__(self, tenant_ids: frozenset[int], accept: Callable[[Change], bool], capacity: int) -> None:
         self.tenant_ids = tenant_ids
         self.accept = accept
         self.capacity = capacity
-        self.queue: deque[Change] = deque()
-        self.wake = asyncio.Event()
+        self.queue: list[Change] = []
         self.dropped = False
         self.closed = False
+        self.expired = False  # the instant given to :meth:`due` has passed
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def offer(self, change: Change) -> None:
         if self.dropped or not self.accept(change):
             return
         if len(self.queue) >= self.capacity:
             self.dropped = True
-            self.queue.clear()
+            self.queue = []
         else:
             self.queue.append(change)
-        self.wake.set()
+        self._wake()
 
     def close(self) -> None:
         self.closed = True
-        self.wake.set()
+        self._wake()
 
     def resume(self) -> None:
         """Take changes again after a drop (the stream read what it missed from the database)."""
         self.dropped = False
-        self.queue.clear()
+        self.queue = []
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait until a change, a drop or a close (True) or ``timeout`` seconds (False)."""
-        if self.queue or self.dropped or self.closed:
-            return True
-        self.wake.clear()
+    def due(self, when: float) -> None:
+        """Wake the waiter at ``when`` (``time.monotonic``) and set :attr:`expired` then."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self.expired = False
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, when - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self.expired = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until a change, a drop, a close or the :meth:`due` instant."""
+        if self.queue or self.dropped or self.closed or self.expired:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self.wake.wait(), timeout)
-        except TimeoutError:
-            return bool(self.queue or self.dropped or self.closed)
-        return True
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def take(self) -> list[Change]:
-        changes = list(self.queue)
-        self.queue.clear()
+        changes = self.queue
+        self.queue = []
         return changes
+
+    def release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class FeedHub:
@@ -138,6 +183,11 @@ class FeedHub:
         known = self._versions.get(tenant_id, {})
         return tuple(known.get(kind, 0) for kind in kinds)
 
+    @property
+    def listening_pid(self) -> int | None:
+        """The PostgreSQL backend of the listening connection (None while disconnected, and on SQLite)."""
+        return self._connection.get_server_pid() if self._connection is not None and self._current else None
+
     def sequence(self, tenant_id: int) -> int:
         return self._versions.get(tenant_id, {}).get(SEQUENCE, 0)
 
@@ -150,6 +200,7 @@ class FeedHub:
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        subscription.release()
         for tenant_id in subscription.tenant_ids:
             subscribers = self._subscribers.get(tenant_id)
             if subscribers is not None:
@@ -219,15 +270,21 @@ class FeedHub:
             self._pending.add(tenant_id)
             self._wake.set()
 
+    def _lost(self, _connection: Any) -> None:
+        # the listening connection closed: from now on the copy may miss notifications
+        self._current = False
+        self._wake.set()
+
     async def _listen(self) -> None:
-        backoff = 0.2
+        backoff = RECONNECT_SECONDS
         while not self._stopping:
             try:
                 self._connection = await asyncpg.connect(self._dsn, timeout=5, server_settings={
                     "application_name": "jobgate-feed"})
+                self._connection.add_termination_listener(self._lost)
                 await self._connection.add_listener(CHANNEL, self._notified)
                 await self._reload()
-                backoff = 0.2
+                backoff = RECONNECT_SECONDS
                 await self._serve_pg()
             except asyncio.CancelledError:
                 raise
@@ -254,7 +311,7 @@ class FeedHub:
             if tenant_id not in self._pending:
                 self._versions[tenant_id] = versions
         await self._drain_pg()
-        self._current = True
+        self._current = not self._connection.is_closed()
 
     async def _serve_pg(self) -> None:
         connection = self._connection

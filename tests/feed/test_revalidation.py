@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from app.storage.feed import versions_of
 from tests.api.rows import Rows
@@ -173,3 +174,47 @@ async def test_a_process_whose_feed_lags_still_never_answers_a_stale_304_after_a
         assert stale.status_code == 304  # within the window: the feed has not delivered it yet
         await asyncio.sleep(0.6)
         assert (await other.get(SOURCES, headers={**headers, "If-None-Match": etag})).status_code == 200
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_feed_whose_connection_is_lost_falls_back_to_the_database_until_it_has_caught_up(
+    client, factory, runtime, monkeypatch
+):
+    """The listening connection is killed (a PostgreSQL restart, a proxy timeout): the process
+    stops answering from its copy at once, a write made meanwhile without an answer is read from
+    the database, and once the feed has reconnected and read what it missed, revalidations are
+    answered from memory again."""
+    tenant = await factory.tenant()
+    rows = await Rows.of(runtime, tenant)
+    await factory.source(client, tenant)
+    await caught_up(runtime, tenant)
+    headers = factory.headers(tenant)
+    etag = (await client.get(SOURCES, headers=headers)).headers["etag"]
+    assert (await client.get(SOURCES, headers={**headers, "If-None-Match": etag})).status_code == 304
+    listening = runtime.feed.listening_pid
+    assert listening is not None
+    async with runtime.sessions() as session:
+        assert (await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": listening})).scalar_one()
+    deadline = time.monotonic() + 10
+    while runtime.feed.current:
+        assert time.monotonic() < deadline, "the feed did not notice that its connection was lost"
+        await asyncio.sleep(0.005)
+    assert runtime.feed.versions(rows.tenant_id, ("source",)) is None  # nothing answered from the copy
+
+    await rows.add(rows.source(name="written while the feed was down"))
+    counting = CountingSessions(runtime.read_sessions)
+    monkeypatch.setattr(runtime, "read_sessions", counting)
+    changed = await client.get(SOURCES, headers={**headers, "If-None-Match": etag})
+    assert changed.status_code == 200 and len(changed.json()["items"]) == 2
+    assert counting.opened == 1
+
+    deadline = time.monotonic() + 20
+    while runtime.feed.listening_pid in (None, listening):
+        assert time.monotonic() < deadline, "the feed did not reconnect"
+        await asyncio.sleep(0.02)
+    await caught_up(runtime, tenant)
+    etag = changed.headers["etag"]
+    assert (await client.get(SOURCES, headers={**headers, "If-None-Match": etag})).status_code == 304  # remembered
+    opened = counting.opened
+    assert (await client.get(SOURCES, headers={**headers, "If-None-Match": etag})).status_code == 304
+    assert counting.opened == opened  # from memory again

@@ -203,3 +203,17 @@ def test_under_a_project_only_what_that_projects_reads_show_is_streamed():
         assert not accepts(Change(1, 3, kind, "c", None, 0)), kind
     assert accepts(Change(1, 4, "quota", "q", None, 0))  # quotas belong to the tenant, not a project
     assert stream.accepting(ALL, None)(Change(1, 5, "job", "d", None, 0))
+
+
+def test_each_message_is_written_as_server_sent_event_lines_and_a_changes_bytes_are_built_once():
+    change = Change(1, 7, "job", "j-1", "billing", 0)
+    sent = stream.message(change)
+    assert stream.encode(sent) == (
+        b'id: 7\r\nevent: job.changed\r\ndata: {"kind":"job","id":"j-1","version":7,'
+        b'"at":"1970-01-01T00:00:00.000Z","projectId":"billing"}\r\n\r\n'
+    )
+    again = stream.message(Change(1, 7, "job", "j-1", "billing", 0))
+    assert again.encoded is sent.encoded  # built once, shared by every stream
+    assert stream.encode(stream.Outgoing(retry=2000, comment="closed")) == b": closed\r\nretry: 2000\r\n\r\n"
+    snapshot = stream.Outgoing(event="snapshot", data="a\nb")
+    assert stream.encode(snapshot) == b"event: snapshot\r\ndata: a\r\ndata: b\r\n\r\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,7 +12,9 @@ from typing import Annotated, Any
 from litestar import Request, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Stream
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 
 from app.core.caller import Caller
 from app.core.problems import Problem
@@ -70,19 +74,61 @@ EVENT_STREAM = ResponseSpec(
 )
 
 
-class EventStream(ServerSentEvent):
-    """A server-sent event stream whatever media type its route declares: the lifecycle routes
-    answer JSON, or this when asked for ``text/event-stream`` (the route's type would win otherwise)."""
+class EventStream(Stream):
+    """A server-sent event stream (the bytes of :func:`stream.encode`) whatever media type its route
+    declares: the lifecycle routes answer JSON, or this when asked for ``text/event-stream``."""
 
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["media_type"] = "text/event-stream"
-        return super().to_asgi_response(*args, **kwargs)
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIStreamingResponse:
+        headers = kwargs.get("headers")
+        return EventStreamResponse(
+            iterator=self.iterator,  # type: ignore[arg-type]
+            background=self.background or kwargs.get("background"),
+            content_length=0,
+            cookies=itertools.chain(self.cookies, kwargs.get("cookies") or ()),
+            encoded_headers=kwargs.get("encoded_headers"),
+            encoding=self.encoding,
+            headers={**headers, **self.headers} if headers else self.headers,
+            is_head_response=kwargs.get("is_head_response", False),
+            media_type="text/event-stream",
+            status_code=self.status_code or kwargs.get("status_code"),
+        )
 
 
-def to_message(outgoing: stream.Outgoing) -> ServerSentEventMessage:
-    return ServerSentEventMessage(
-        data=outgoing.data, event=outgoing.event, id=outgoing.id, retry=outgoing.retry, comment=outgoing.comment
-    )
+class EventStreamResponse(ASGIStreamingResponse):
+    """Sends the stream in the request's own task, with one small task watching for the client's
+    disconnect (which cancels the send loop: the stream's generator ends at once and releases its
+    subscription and budget). Litestar's streaming response runs a task group of two tasks per
+    response instead; a process holds thousands of idle streams."""
+
+    __slots__ = ("gone",)
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        self.gone = False
+        watcher = asyncio.ensure_future(self._watch(receive, asyncio.current_task()))
+        iterator = self.iterator
+        try:
+            async for chunk in iterator:
+                body = {"type": "http.response.body", "body": chunk, "more_body": True}
+                await send(body)  # type: ignore[arg-type]
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not self.gone:
+                raise
+            # the client left: the stream is over, and the request ends normally
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        finally:
+            self.gone = True  # from here the watcher cancels nothing
+            watcher.cancel()
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _watch(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self.gone and task is not None:
+            self.gone = True
+            task.cancel()
 
 
 def deadline_of(request: Request[Any, Any, Any]) -> float:
@@ -112,7 +158,7 @@ def budget_of(request: Request[Any, Any, Any]) -> stream.StreamBudget:
 
 async def open_stream(
     request: Request[Any, Any, Any], caller: Caller, messages: Any, tenant_id: int
-) -> ServerSentEvent:
+) -> EventStream:
     """Take a slot of the stream budget (429 when none is left) and stream ``messages(keep)``."""
     budget = budget_of(request)
     stream_id = uuid.uuid4().hex
@@ -121,10 +167,10 @@ async def open_stream(
     async def keep() -> bool:
         return await budget.renew(tenant_id, stream_id)
 
-    async def body() -> AsyncIterator[ServerSentEventMessage]:
+    async def body() -> AsyncIterator[bytes]:
         try:
             async for outgoing in messages(keep):
-                yield to_message(outgoing)
+                yield stream.encode(outgoing)
         finally:
             await budget.give_back(tenant_id, stream_id)
 
@@ -142,7 +188,7 @@ async def open_stream(
 )
 async def events(
     request: Request[Any, Any, Any], caller: Caller, kinds: EventKinds = None, last_event_id: LastEventId = None
-) -> ServerSentEvent:
+) -> EventStream:
     runtime = runtime_feed(request)
     wanted = stream.parse_kinds(kinds, caller)
     after = stream.parse_last_event_id(last_event_id)

@@ -9,6 +9,8 @@ snapshots (:func:`snapshots`); both yield :class:`Outgoing` messages that the HT
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -21,7 +23,7 @@ from app.core.caller import Caller
 from app.core.problems import FieldError, Problem
 from app.storage import feed
 from app.storage.feed import KINDS, SEQUENCE, Change
-from app.storage.hub import FeedHub, Subscription
+from app.storage.hub import ChangeFilter, FeedHub, Subscription
 
 HEARTBEAT_SECONDS = 15.0
 COALESCE_SECONDS = 0.1  # changes of one object within this window are sent once, as its latest
@@ -50,6 +52,7 @@ class Outgoing(NamedTuple):
     data: str | None = None
     comment: str | None = None
     retry: int | None = None
+    encoded: bytes | None = None  # the message's bytes when built beforehand (:func:`message`)
 
 
 class EventData(msgspec.Struct, omit_defaults=True, rename="camel"):
@@ -102,9 +105,37 @@ def coalesced(changes: Iterable[Change]) -> list[Change]:
     return sorted(latest.values(), key=lambda change: change.seq)
 
 
+@functools.lru_cache(maxsize=1024)
 def message(change: Change) -> Outgoing:
+    """A change's event; one object for every stream that sends it (the fan-out builds it once)."""
     data = EventData(change.kind, change.object_id, change.seq, instant(change.at), change.project_id)
-    return Outgoing(event=f"{change.kind}.changed", id=str(change.seq), data=msgspec.json.encode(data).decode())
+    outgoing = Outgoing(event=f"{change.kind}.changed", id=str(change.seq), data=msgspec.json.encode(data).decode())
+    return outgoing._replace(encoded=encode(outgoing))
+
+
+def encode(outgoing: Outgoing) -> bytes:
+    """The ``text/event-stream`` bytes of a message."""
+    if outgoing.encoded is not None:
+        return outgoing.encoded
+    lines: list[str] = []
+    if outgoing.comment is not None:
+        lines.extend(f": {line}" for line in _LINE_BREAK.split(outgoing.comment))
+    if outgoing.id is not None:
+        lines.append(f"id: {_one_line(outgoing.id)}")
+    if outgoing.event is not None:
+        lines.append(f"event: {_one_line(outgoing.event)}")
+    if outgoing.data is not None:
+        lines.extend(f"data: {line}" for line in _LINE_BREAK.split(outgoing.data))
+    if outgoing.retry is not None:
+        lines.append(f"retry: {outgoing.retry}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _one_line(value: str) -> str:
+    return _LINE_BREAK.sub("", value)
 
 
 # Kinds whose objects belong to no project: a project's caller reads them all (quotas are the tenant's,
@@ -115,9 +146,7 @@ TENANT_WIDE = frozenset({"quota", "worker"})
 def accepting(kinds: frozenset[str], project: str | None) -> Callable[[Change], bool]:
     """Changes of these kinds, and under a project only what that project's reads show: its own
     objects, and the objects of the kinds that belong to no project."""
-    if project is None:
-        return lambda change: change.kind in kinds
-    return lambda change: change.kind in kinds and (change.project_id == project or change.kind in TENANT_WIDE)
+    return ChangeFilter(kinds, project, TENANT_WIDE)
 
 
 class StreamBudget:
@@ -153,18 +182,19 @@ class StreamBudget:
 
 
 async def _wait(subscription: Subscription, deadline: float, heartbeat: float) -> str:
-    """'change', 'closed', 'dropped', 'heartbeat' or 'expired'."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
+    """'change', 'closed', 'dropped', 'heartbeat' (then the next one is due ``heartbeat`` seconds
+    later: a comment every 15 s whatever else the stream sends) or 'expired'."""
+    await subscription.wait()
+    if time.monotonic() >= deadline:
         return "expired"
-    got = await subscription.wait(min(heartbeat, remaining))
     if subscription.closed:
         return "closed"
     if subscription.dropped:
         return "dropped"
-    if got:
+    if subscription.queue:
         return "change"
-    return "heartbeat" if deadline - time.monotonic() > 0 else "expired"
+    subscription.due(min(deadline, time.monotonic() + heartbeat))
+    return "heartbeat"
 
 
 async def change_events(
@@ -200,6 +230,8 @@ async def change_events(
                     yield outgoing
                     last = int(outgoing.id or last)
         behind = 0
+        quiet = 0.0  # changes are sent at once from this instant on; before it they wait for it
+        subscription.due(min(deadline, time.monotonic() + heartbeat))
         while True:
             state = await _wait(subscription, deadline, heartbeat)
             if state == "expired":
@@ -226,10 +258,13 @@ async def change_events(
                 yield Outgoing(comment="keepalive")
                 continue
             behind = 0
+            hold = quiet - time.monotonic()
+            if hold > 0:  # within the window after the last send: what arrives meanwhile goes once
+                await asyncio.sleep(hold)
             for change in coalesced(c for c in subscription.take() if c.seq > last):
                 yield message(change)
                 last = change.seq
-            await asyncio.sleep(window)
+            quiet = time.monotonic() + window
     finally:
         hub.unsubscribe(subscription)
 
@@ -273,10 +308,11 @@ async def snapshots(
     ``changed`` with the new answer whenever a change of ``kinds`` of ``tenant_ids`` committed and
     the answer differs. The answers depend on the clock (freshness): each heartbeat reads it again
     too, and sends ``changed`` when it moved."""
-    subscription = hub.subscribe(tenant_ids, lambda change: change.kind in kinds, CAPACITY)
+    subscription = hub.subscribe(tenant_ids, ChangeFilter(kinds), CAPACITY)
     try:
         body = await read()
         yield Outgoing(event="snapshot", data=body.decode())
+        subscription.due(min(deadline, time.monotonic() + heartbeat))
         while True:
             state = await _wait(subscription, deadline, heartbeat)
             if state == "expired":
