@@ -1,5 +1,6 @@
-"""The checks that follow authentication, as Litestar guards, in this order (the app's ``guards``):
-the tenant's rate limit, the route's scope, and for mutations the operator reason and ticket.
+"""The checks that follow authentication, with Litestar's guard signature, in this order (:class:`Guards`,
+run first by the app's ``before_request``): the tenant's rate limit, the route's scope, and for
+mutations the operator reason and ticket.
 
 A guard only judges requests authentication admitted (a caller in ``scope["user"]``); public
 routes and the OpenAPI documents have none. Rate limit before scope: a request refused for its
@@ -97,8 +98,9 @@ async def require_operator(connection: Connection, handler: BaseRouteHandler) ->
 
 
 class Guards:
-    """The checks above as the app's one guard, run in the order given. Litestar hands each guard a
-    copy of the route handler, per request: one guard for all of them makes one copy, not four."""
+    """The checks above, run in the order given with the route's own handler, by the app's
+    ``before_request`` (``app/server.py``: Litestar hands each of its ``guards`` a copy of the route
+    handler per request, which costs more than the checks themselves)."""
 
     def __init__(self, *checks: Callable[[Connection, BaseRouteHandler], Awaitable[None]]) -> None:
         self.checks = checks

@@ -184,7 +184,8 @@ def test_authorise_lets_the_declared_scope_through():
 
 
 async def test_envelope_refuses_a_route_that_declares_no_scope(app, runtime, factory):
-    """A tiny app behind the same envelope (the gateway's middleware and guards): its undeclared route
+    """A tiny app behind the same envelope (the gateway's middleware and before_request, which runs
+    the guards): its undeclared route
     answers 403 even to an all-scopes token."""
 
     @get("/undeclared")
@@ -202,7 +203,7 @@ async def test_envelope_refuses_a_route_that_declares_no_scope(app, runtime, fac
     tiny = Litestar(
         route_handlers=[undeclared, undeclared_write, declared],
         middleware=envelope_middleware(runtime, "/schema", IdempotencyStore(runtime.sessions)),
-        guards=list(app.guards),
+        before_request=app.before_request,
         exception_handlers={Exception: problem_exception_handler},
         logging_config=None,
     )
@@ -245,3 +246,16 @@ async def test_a_scoped_route_that_authentication_skips_is_refused_not_let_throu
         response = await client.options("/probe")
     assert response.status_code == 401
     assert response.json()["code"] == "unauthenticated"
+
+
+def test_every_route_runs_the_app_s_guards(app):
+    """The guards run in the app's ``before_request``: a handler, controller or router declaring its
+    own would replace it and skip them, so none does (the OpenAPI documents and OPTIONS included)."""
+    from app.server import BeforeHandler
+
+    assert isinstance(app.before_request, BeforeHandler)
+    assert not app.guards
+    handlers = [handler for route in app.routes for handler in getattr(route, "route_handlers", ())]
+    assert len(handlers) > 50
+    for handler in handlers:
+        assert handler.resolve_before_request() is app.before_request, handler
