@@ -6,12 +6,16 @@ the triggers' cost per write, in one command.
 1. **304 revalidation of an unchanged list** (GET /jobengine/sources?limit=50, If-None-Match of the
    current page) under ``wrk``, beside the framework ceiling (``bench/baseline_static.py``: the same
    page from memory in a bare Litestar handler), in alternating rounds; the target is a ratio of at
-   least 0.50.
+   least 0.50. Beside it, a **changed list**: the same request with an ETag that no longer matches
+   (answered 200 from the database after the revalidation's check) against the database-bound ceiling
+   (``bench/baseline_db.py``: the same keyset query with raw asyncpg); the target is at least 0.80.
+   The same read without ``If-None-Match`` runs beside them, to tell the revalidation's share.
 2. **Fan-out**: ``--subscribers`` event streams (``GET /jobengine/events``) on one gateway process,
    held by a separate client process; this command commits a source change through its own
    connection (another process) every 300 ms; each subscriber notes when the event arrives. Reports
    p50/p99 commit→delivery over every (change, subscriber) and the gateway process's RSS per idle
-   subscriber. Target p99 ≤ 250 ms.
+   subscriber, and the process's CPU over 31 s (two heartbeats) with no stream and again with every stream open and
+   idle (an idle stream should cost heartbeats only). Target p99 ≤ 250 ms.
 3. **Burst**: 10,000 jobs each started and finished (20,000 changes) within 10 s, one subscriber
    counting what it receives: coalescing per object within the stream's window.
 4. **Trigger cost**: single-row writes committed one by one (INSERT into sources, UPDATE of a job),
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -68,6 +73,7 @@ from bench.run_foundation import (  # noqa: E402
 
 PATH = "/jobengine/sources?limit=50"
 TARGET_REVALIDATE = 0.50
+TARGET_CHANGED = 0.80
 TARGET_P99_MS = 250.0
 TARGET_STALE_P99_MS = 50.0
 
@@ -115,6 +121,27 @@ def rss_kb(pids: list[int]) -> int:
         except OSError:
             pass
     return total
+
+
+IDLE_SECONDS = 31.0  # two heartbeats of every stream (15 s apart)
+
+
+def cpu_seconds(pids: list[int], seconds: float) -> float:
+    """CPU (user + system) the processes spend over the next ``seconds``."""
+
+    def used() -> float:
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+            except OSError:
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+
+    before = used()
+    time.sleep(seconds)
+    return used() - before
 
 
 class Subscribers:
@@ -339,6 +366,11 @@ def main() -> None:
                             PYTHON, str(BENCH / "serve.py"), "bench.baseline_static:create_app", "{port}")
         static.start()
         static.wait_ready(PATH)
+        database = new_server(env.servers, env.workdir, "baseline-db",
+                              {**base_env, "BENCH_PG_DSN": pg_dsn, "BENCH_TENANT_ID": str(tenant_id)},
+                              PYTHON, str(BENCH / "serve.py"), "bench.baseline_db:create_app", "{port}")
+        database.start()
+        database.wait_ready(PATH)
         results: dict[str, Any] = {"machine": machine(), "immediate_revalidation": check.status_code}
 
         print("1. revalidation of an unchanged list")
@@ -346,6 +378,10 @@ def main() -> None:
             Load("revalidate", "gateway 304 revalidation (from memory)", gateway, {**auth, "If-None-Match": etag},
                  expect=304, path=PATH),
             Load("framework_ceiling", "baseline: static (framework ceiling)", static, path=PATH),
+            Load("changed", "gateway revalidation of a changed list", gateway,
+                 {**auth, "If-None-Match": '"0-no-longer-current"'}, path=PATH),
+            Load("plain", "gateway list read (no If-None-Match)", gateway, auth, path=PATH),
+            Load("database_ceiling", "baseline: raw asyncpg (database-bound ceiling)", database, path=PATH),
         ]
         sessions = Sessions(pg_dsn)
         try:
@@ -361,6 +397,17 @@ def main() -> None:
         }
         print(f"   304 revalidation {loads[0].rps():.0f} req/s ({loads[0].cpu_ms():.3f} ms CPU) vs ceiling "
               f"{loads[1].rps():.0f} ({loads[1].cpu_ms():.3f} ms CPU): ratio {ratio:.2f} (target ≥ {TARGET_REVALIDATE})")
+        changed = loads[2].rps() / loads[4].rps()
+        results["changed_list"] = {
+            "gateway_rps": loads[2].rps(), "ceiling_rps": loads[4].rps(), "ratio": changed,
+            "target": TARGET_CHANGED, "gateway_cpu_ms_per_request": loads[2].cpu_ms(),
+            "ceiling_cpu_ms_per_request": loads[4].cpu_ms(),
+            "plain_read_rps": loads[3].rps(), "plain_read_cpu_ms_per_request": loads[3].cpu_ms(),
+        }
+        print(f"   changed list {loads[2].rps():.0f} req/s ({loads[2].cpu_ms():.3f} ms CPU) vs database ceiling "
+              f"{loads[4].rps():.0f} ({loads[4].cpu_ms():.3f} ms CPU): ratio {changed:.2f} (target ≥ {TARGET_CHANGED}); "
+              f"the same read without If-None-Match {loads[3].rps():.0f} req/s ({loads[3].cpu_ms():.3f} ms CPU)")
+        database.stop()
         if not args.revalidation_only:
             the_other_parts(args, results, gateway, token, pg_dsn, tenant_id)
 
@@ -376,10 +423,12 @@ def the_other_parts(args: Any, results: dict[str, Any], gateway: Any, token: str
     print(f"2. {args.subscribers} subscribers on one process, changes committed by another")
     workers = gateway.worker_pids() or [gateway.process.pid]  # type: ignore[union-attr]
     idle_before = rss_kb(workers)
+    cpu_without = cpu_seconds(workers, IDLE_SECONDS)
     subscribers = Subscribers(gateway, token, args.subscribers, kinds="source")
     subscribers.wait_open()
     time.sleep(2)
     idle_after = rss_kb(workers)
+    cpu_with = cpu_seconds(workers, IDLE_SECONDS)
     commits = asyncio.run(source_change(pg_dsn, tenant_id, args.commits, 0.3))
     time.sleep(1.5)
     arrivals = subscribers.arrivals()
@@ -393,10 +442,14 @@ def the_other_parts(args: Any, results: dict[str, Any], gateway: Any, token: str
         "expected": expected, "p50_ms": statistics.median(latencies) if latencies else None,
         "p99_ms": percentile(latencies, 0.99) if latencies else None, "target_p99_ms": TARGET_P99_MS,
         "rss_kb_per_idle_subscriber": (idle_after - idle_before) / args.subscribers,
+        "cpu_share_idle_without_streams": cpu_without / IDLE_SECONDS,
+        "cpu_share_idle_with_streams": cpu_with / IDLE_SECONDS,
     }
     print(f"   delivered {len(latencies)}/{expected}; p50 {results['fan_out']['p50_ms']:.1f} ms, "
           f"p99 {results['fan_out']['p99_ms']:.1f} ms (target ≤ {TARGET_P99_MS}); "
           f"{results['fan_out']['rss_kb_per_idle_subscriber']:.1f} KB RSS per idle subscriber")
+    print(f"   CPU over {IDLE_SECONDS:.0f} s idle: {100 * cpu_without / IDLE_SECONDS:.2f} % of a core without streams, "
+          f"{100 * cpu_with / IDLE_SECONDS:.2f} % with {args.subscribers} open")
 
     print(f"3. burst: {args.burst_jobs} jobs started and finished in 10 s, one subscriber")
     one = Subscribers(gateway, token, 1, kinds="job")
