@@ -59,7 +59,7 @@ class Worker:
         handlers: dict[str, Handler],
         *,
         worker_id: str | None = None,
-        concurrency: int = 8,
+        concurrency: int = 64,  # as `jobgate worker --concurrency`
         tenants: tuple[str, ...] = (),
         steps: list[Step] | None = None,
     ) -> None:
