@@ -170,12 +170,12 @@ class RedisStore:
                 keys = list(dict.fromkeys(key for key, _ in batch))
                 try:
                     values = await self._call(self.redis.mget([self.prefix + key for key in keys]))
+                    found = {key: int(value or 0) for key, value in zip(keys, values)}
                 except Exception as exc:  # noqa: BLE001 - each read fails as its own call would
                     for _, waiter in batch:
                         if not waiter.done():
                             waiter.set_exception(exc)
                     continue
-                found = {key: int(value or 0) for key, value in zip(keys, values)}
                 for key, waiter in batch:
                     if not waiter.done():
                         waiter.set_result(found[key])

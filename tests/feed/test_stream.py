@@ -217,3 +217,71 @@ def test_each_message_is_written_as_server_sent_event_lines_and_a_changes_bytes_
     assert stream.encode(stream.Outgoing(retry=2000, comment="closed")) == b": closed\r\nretry: 2000\r\n\r\n"
     snapshot = stream.Outgoing(event="snapshot", data="a\nb")
     assert stream.encode(snapshot) == b"event: snapshot\r\ndata: a\r\ndata: b\r\n\r\n"
+
+
+class _Hub:
+    """The hub's subscribe/unsubscribe, keeping the subscriptions so a test can offer them changes."""
+
+    def __init__(self) -> None:
+        self.subscriptions: list[Subscription] = []
+
+    def subscribe(self, tenant_ids: Any, accept: Any, capacity: int) -> Subscription:
+        subscription = Subscription(frozenset(tenant_ids), accept, capacity)
+        self.subscriptions.append(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscription.release()
+
+
+async def _renewals_under_changes(messages: Any, hub: _Hub, keeps: list[float], *, every: float,
+                                  reading: float = 0.0) -> int:
+    """Offer a change every ``every`` s for 1.5 s while a reader taking ``reading`` s per message
+    consumes ``messages``; how many times the stream renewed its lease."""
+
+    async def consume() -> None:
+        async for _ in messages:
+            if reading:
+                await asyncio.sleep(reading)
+
+    consumer = asyncio.ensure_future(consume())
+    seq = 0
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        await asyncio.sleep(every)
+        seq += 1
+        for subscription in hub.subscriptions:
+            subscription.offer(Change(1, seq, "operation", f"o{seq % 3}", None, 0))
+    consumer.cancel()
+    await asyncio.gather(consumer, return_exceptions=True)
+    return len(keeps)
+
+
+async def test_a_snapshot_stream_renews_its_lease_at_every_heartbeat_while_changes_keep_coming():
+    hub, keeps, answers = _Hub(), [], iter(range(10**6))
+
+    async def keep() -> bool:
+        keeps.append(time.monotonic())
+        return True
+
+    async def read() -> bytes:
+        return str(next(answers)).encode()
+
+    messages = stream.snapshots(hub, [1], read, time.monotonic() + 60, keep=keep, heartbeat=0.2, window=0.1)
+    assert await _renewals_under_changes(messages, hub, keeps, every=0.02) >= 3
+
+
+async def test_a_slow_event_streams_reader_does_not_put_off_its_heartbeats():
+    hub, keeps = _Hub(), []
+
+    async def keep() -> bool:
+        keeps.append(time.monotonic())
+        return True
+
+    class Reader:
+        tenant_id = 1
+        project = None
+
+    messages = stream.change_events(hub, None, Reader(), frozenset({"operation"}), None, time.monotonic() + 60,
+                                    keep=keep, heartbeat=0.2, window=0.01)
+    assert await _renewals_under_changes(messages, hub, keeps, every=0.005, reading=0.03) >= 3

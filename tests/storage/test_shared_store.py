@@ -171,3 +171,11 @@ async def test_reads_waiting_together_all_fail_when_redis_does():
             await store.read("a")  # within the pause: not asked
     finally:
         await store.close()
+
+
+async def test_a_value_that_is_no_number_fails_the_read_with_an_error_not_a_cancel(redis_store):
+    """The revalidation catches ordinary errors and asks the database; a cancel would end the request."""
+    key = f"epoch:{uuid.uuid4().hex}"
+    await redis_store.redis.set(redis_store.prefix + key, "not-a-number")
+    with pytest.raises(ValueError):
+        await asyncio.wait_for(redis_store.read(key), 5)

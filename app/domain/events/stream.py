@@ -191,7 +191,7 @@ async def _wait(subscription: Subscription, deadline: float, heartbeat: float) -
         return "closed"
     if subscription.dropped:
         return "dropped"
-    if subscription.queue:
+    if subscription.queue and not subscription.expired:
         return "change"
     subscription.due(min(deadline, time.monotonic() + heartbeat))
     return "heartbeat"
