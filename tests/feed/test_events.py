@@ -275,3 +275,30 @@ async def test_the_canonical_operations_list_streams_too_and_still_answers_json(
                                  headers=headers(factory, tenant))
     assert plain.status_code == 200 and plain.headers["content-type"].startswith("application/json")
     assert "Accept" in plain.headers["vary"]
+
+
+async def test_a_stream_whose_client_left_before_its_start_was_sent_gives_its_slot_back(client, app, factory):
+    """The server cannot send the response's start (the connection is gone): the stream's body never
+    starts, and its budget slot is given back all the same (else the process's count would leak)."""
+    tenant = await factory.tenant()
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+        raise OSError("the connection was closed")
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": EVENTS, "raw_path": EVENTS.encode(), "query_string": b"", "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers(factory, tenant).items()],
+        "server": ("testserver", 80), "client": ("127.0.0.1", 50000),
+    }
+    budget_before = app.state.get("stream_budget")
+    opened_before = budget_before.open if budget_before is not None else 0
+    with pytest.raises(Exception):  # noqa: PT011 - the server's error, as the framework wraps it
+        await app(scope, receive, send)
+    assert sent == ["http.response.start"]
+    assert app.state["stream_budget"].open == opened_before

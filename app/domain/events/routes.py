@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from litestar import Request, get
@@ -14,7 +14,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import Receive, Send
+from litestar.types import Receive, Scope, Send
 
 from app.core.caller import Caller
 from app.core.problems import Problem
@@ -76,7 +76,12 @@ EVENT_STREAM = ResponseSpec(
 
 class EventStream(Stream):
     """A server-sent event stream (the bytes of :func:`stream.encode`) whatever media type its route
-    declares: the lifecycle routes answer JSON, or this when asked for ``text/event-stream``."""
+    declares: the lifecycle routes answer JSON, or this when asked for ``text/event-stream``.
+    ``release`` gives the stream's budget slot back, however its response ends."""
+
+    def __init__(self, iterator: Any, *, release: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(iterator, **kwargs)
+        self.release = release
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIStreamingResponse:
         headers = kwargs.get("headers")
@@ -91,6 +96,7 @@ class EventStream(Stream):
             is_head_response=kwargs.get("is_head_response", False),
             media_type="text/event-stream",
             status_code=self.status_code or kwargs.get("status_code"),
+            release=self.release,
         )
 
 
@@ -100,7 +106,19 @@ class EventStreamResponse(ASGIStreamingResponse):
     subscription and budget). Litestar's streaming response runs a task group of two tasks per
     response instead; a process holds thousands of idle streams."""
 
-    __slots__ = ("gone",)
+    __slots__ = ("gone", "release")
+
+    def __init__(self, *args: Any, release: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Also when the body never started (the client left before the response's start was
+            # sent): the generator's own ``finally`` does not run for a generator never started.
+            await self.release()
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         self.gone = False
@@ -167,14 +185,22 @@ async def open_stream(
     async def keep() -> bool:
         return await budget.renew(tenant_id, stream_id)
 
+    released = False
+
+    async def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            await budget.give_back(tenant_id, stream_id)
+
     async def body() -> AsyncIterator[bytes]:
         try:
             async for outgoing in messages(keep):
                 yield stream.encode(outgoing)
         finally:
-            await budget.give_back(tenant_id, stream_id)
+            await release()
 
-    return EventStream(body(), headers=SSE_HEADERS)
+    return EventStream(body(), release=release, headers=SSE_HEADERS)
 
 
 @get(
