@@ -212,6 +212,19 @@ INSERT_FROM_SOURCE = {
 }
 
 
+def disabled(source_id: str) -> Problem:
+    return Problem(409, "source_disabled", f"Source {source_id!r} is disabled; it accepts no jobs.")
+
+
+async def refusal(session: AsyncSession, caller: Caller, source_id: str) -> Problem:
+    """Why a source took no job (its guarded insert inserted nothing): 404 when the caller cannot see
+    it, 409 ``source_disabled`` when it is disabled."""
+    _, refused = await open_sources(session, caller, [source_id])
+    if refused[source_id] == "not_found":
+        return not_found("Source")
+    return disabled(source_id)
+
+
 def _submit_at_once(project_scoped: bool) -> Any:
     """PostgreSQL, one statement: the job (``INSERT … SELECT`` from its visible, enabled source),
     its source's counter and the request's audit row (``audit_*`` parameters), the last two only
@@ -267,10 +280,7 @@ async def submit_job_at_once(
     parameters = {**_new(row), **audit_row, "project": caller.project, "served_since": now - SERVED_WINDOW}
     inserted = (await connection.execute(statement, parameters)).first()
     if inserted is None:
-        _, refused = await open_sources(session, caller, [data.source_id])
-        if refused[data.source_id] == "not_found":
-            raise not_found("Source")
-        raise Problem(409, "source_disabled", f"Source {data.source_id!r} is disabled; it accepts no jobs.")
+        raise await refusal(session, caller, data.source_id)
     row["project_id"] = inserted.project_id
     return submitted(row), inserted
 
@@ -293,7 +303,7 @@ async def take_source(session: AsyncSession, caller: Caller, source_id: str, job
     if source is None:
         raise not_found("Source")
     if not source.enabled:
-        raise Problem(409, "source_disabled", f"Source {source_id!r} is disabled; it accepts no jobs.")
+        raise disabled(source_id)
     return source
 
 
@@ -340,10 +350,7 @@ async def submit_job(session: AsyncSession, caller: Caller, data: JobSubmit) -> 
     statement = INSERT_FROM_SOURCE[caller.project is not None]
     inserted = (await session.execute(statement, {**_new(row), "project": caller.project})).first()
     if inserted is None:
-        _, refused = await open_sources(session, caller, [data.source_id])
-        if refused[data.source_id] == "not_found":
-            raise not_found("Source")
-        raise Problem(409, "source_disabled", f"Source {data.source_id!r} is disabled; it accepts no jobs.")
+        raise await refusal(session, caller, data.source_id)
     row["project_id"] = inserted.project_id
     count_jobs(session, caller.tenant_id, {data.source_id: 1}, now)
     return submitted(row)
